@@ -1,0 +1,192 @@
+//! The `ControlPlane` gRPC service: apply, get, list, delete, status.
+
+use crate::coordinator::Coordinator;
+use crate::diff::{diff, Planned};
+use crate::error::Error;
+use crate::plan;
+use crate::provision::Provisioner;
+use crate::resource::{kind_label, ResourceKey, State};
+use crate::store::{Store, StoredRow};
+use chrono::{DateTime, Utc};
+use millrace_proto::v1::control_plane_server::ControlPlane;
+use millrace_proto::v1::*;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+pub struct Api {
+    pub store: Store,
+    pub provisioner: Provisioner,
+    pub coordinator: Coordinator,
+    pub started: Instant,
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+fn stored_proto(r: StoredRow) -> StoredResource {
+    StoredResource {
+        resource: Some(r.resource),
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        physical_name: r.physical_name,
+    }
+}
+
+/// Who is calling: the name the request gives, else the peer address.
+fn client_of<T>(req: &Request<T>, given: &str) -> String {
+    if !given.is_empty() {
+        return given.chars().take(200).collect();
+    }
+    req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+fn key_from(kind: i32, name: String, version: String) -> Result<ResourceKey, Error> {
+    match ResourceKind::try_from(kind) {
+        Ok(ResourceKind::Unspecified) | Err(_) => {
+            Err(Error::InvalidArgument(format!("kind {kind} is not a resource kind: use STREAM, TABLE, TRANSFORM, CONSUMER, INGEST_API or DEAD_LETTER_QUEUE")))
+        }
+        Ok(kind) => Ok(ResourceKey { kind, name, version }),
+    }
+}
+
+impl Api {
+    /// Validates, diffs and (unless a dry run) provisions and records a plan, all under the apply lock.
+    pub async fn apply(&self, plan: Plan, dry_run: bool, client: &str) -> Result<ApplyPlanResponse, Error> {
+        let desired = plan::validate(plan)?;
+        let mut tx = self.store.begin_apply().await?;
+        let stored = Store::load_state(&mut *tx).await?;
+        let planned = diff(&desired, &stored);
+        let changes: Vec<ResourceChange> = planned.iter().map(Planned::to_proto).collect();
+        let refused: Vec<String> = planned
+            .iter()
+            .filter(|p| p.action == ChangeAction::Refused)
+            .map(|p| format!("{}: {}", p.key, p.reason))
+            .collect();
+        if refused.is_empty() {
+            // What the plan keeps (protected resources it drops) must still resolve against what it declares.
+            let resulting: State =
+                planned.iter().filter_map(|p| p.resulting().map(|r| (p.key.clone(), r.clone()))).collect();
+            plan::check_state(&resulting)?;
+        }
+        if dry_run {
+            return Ok(ApplyPlanResponse { changes, dry_run, apply_id: 0 });
+        }
+        if !refused.is_empty() {
+            return Err(Error::FailedPrecondition(format!("the plan was not applied: {}", refused.join("; "))));
+        }
+        self.provisioner.execute(&planned).await?;
+        let apply_id = Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
+        tx.commit().await?;
+        let changed = planned.iter().filter(|p| p.action != ChangeAction::Unchanged).count();
+        tracing::info!(apply_id, client, changed, "plan applied");
+        self.coordinator.plan_changed();
+        Ok(ApplyPlanResponse { changes, dry_run, apply_id })
+    }
+
+    /// Deletes one resource as its life cycle allows.
+    pub async fn delete(&self, key: ResourceKey, client: &str) -> Result<ResourceChange, Error> {
+        let mut tx = self.store.begin_apply().await?;
+        let stored = Store::load_state(&mut *tx).await?;
+        if !stored.contains_key(&key) {
+            return Err(Error::NotFound(format!("{key} is not declared")));
+        }
+        let users: Vec<String> =
+            plan::referrers(&stored, &key).into_iter().filter(|k| **k != key).map(|k| k.to_string()).collect();
+        if !users.is_empty() {
+            return Err(Error::FailedPrecondition(format!("{key} is still referred to by {}: remove those first", users.join(", "))));
+        }
+        let mut desired = stored.clone();
+        desired.remove(&key);
+        let planned: Vec<Planned> = diff(&desired, &stored).into_iter().filter(|p| p.key == key).collect();
+        if planned[0].action == ChangeAction::Blocked {
+            return Err(Error::FailedPrecondition(format!(
+                "{key} is deletion protected: change its life_cycle in a plan before deleting it"
+            )));
+        }
+        self.provisioner.execute(&planned).await?;
+        Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
+        tx.commit().await?;
+        tracing::info!(%key, client, "resource deleted");
+        self.coordinator.plan_changed();
+        Ok(planned[0].to_proto())
+    }
+}
+
+#[tonic::async_trait]
+impl ControlPlane for Api {
+    async fn apply_plan(&self, req: Request<ApplyPlanRequest>) -> Result<Response<ApplyPlanResponse>, Status> {
+        let client = client_of(&req, &req.get_ref().client);
+        let r = req.into_inner();
+        Ok(Response::new(self.apply(r.plan.unwrap_or_default(), r.dry_run, &client).await?))
+    }
+
+    async fn get_resource(&self, req: Request<GetResourceRequest>) -> Result<Response<GetResourceResponse>, Status> {
+        let r = req.into_inner();
+        let key = key_from(r.kind, r.name, r.version)?;
+        match self.store.get(&key).await? {
+            Some(row) => Ok(Response::new(GetResourceResponse { resource: Some(stored_proto(row)) })),
+            None => Err(Error::NotFound(format!("{key} is not declared")).into()),
+        }
+    }
+
+    async fn list_resources(&self, req: Request<ListResourcesRequest>) -> Result<Response<ListResourcesResponse>, Status> {
+        let kind = match ResourceKind::try_from(req.get_ref().kind) {
+            Ok(ResourceKind::Unspecified) => None,
+            Ok(k) => Some(k),
+            Err(_) => return Err(Error::InvalidArgument(format!("kind {} is not a resource kind", req.get_ref().kind)).into()),
+        };
+        let rows = self.store.list(kind).await?;
+        Ok(Response::new(ListResourcesResponse { resources: rows.into_iter().map(stored_proto).collect() }))
+    }
+
+    async fn delete_resource(&self, req: Request<DeleteResourceRequest>) -> Result<Response<DeleteResourceResponse>, Status> {
+        let client = client_of(&req, &req.get_ref().client);
+        let r = req.into_inner();
+        let key = key_from(r.kind, r.name, r.version)?;
+        Ok(Response::new(DeleteResourceResponse { change: Some(self.delete(key, &client).await?) }))
+    }
+
+    async fn list_applies(&self, req: Request<ListAppliesRequest>) -> Result<Response<ListAppliesResponse>, Status> {
+        let limit = match req.get_ref().limit {
+            0 => 20,
+            n => n.min(1000),
+        };
+        let applies = self
+            .store
+            .list_applies(limit)
+            .await?
+            .into_iter()
+            .map(|a| ApplyRecord { id: a.id, client: a.client, applied_at: Some(ts(a.applied_at)), changes: a.changes })
+            .collect();
+        Ok(Response::new(ListAppliesResponse { applies }))
+    }
+
+    async fn get_status(&self, _req: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
+        let (pg, kafka, ch) =
+            tokio::join!(self.store.ping(), self.provisioner.kafka.ping(), self.provisioner.clickhouse.ping());
+        let dep = |name: &str, r: Result<(), Error>| DependencyStatus {
+            name: name.into(),
+            reachable: r.is_ok(),
+            detail: r.err().map(|e| e.to_string()).unwrap_or_default(),
+        };
+        let mut resource_counts = std::collections::HashMap::new();
+        if pg.is_ok() {
+            for row in self.store.list(None).await? {
+                let kind = crate::resource::kind_of(crate::resource::spec(&row.resource));
+                *resource_counts.entry(kind_label(kind).to_string()).or_insert(0u64) += 1;
+            }
+        }
+        Ok(Response::new(GetStatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            dependencies: vec![dep("postgres", pg), dep("kafka", kafka), dep("clickhouse", ch)],
+            resource_counts,
+            live_workers: self.coordinator.live_workers().await as u32,
+        }))
+    }
+
+    async fn list_workers(&self, _req: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
+        Ok(Response::new(ListWorkersResponse { workers: self.coordinator.list_workers().await }))
+    }
+}

@@ -1,0 +1,108 @@
+//! The Millrace control plane: stores declared plans in Postgres, provisions Kafka topics and ClickHouse
+//! tables, and hands workers their assignments.
+
+pub mod api;
+pub mod coordinator;
+pub mod diff;
+pub mod error;
+pub mod names;
+pub mod plan;
+pub mod provision;
+pub mod resource;
+pub mod store;
+pub mod types;
+
+use crate::error::Error;
+use millrace_proto::v1::control_plane_server::ControlPlaneServer;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Control plane settings. Every flag has an environment variable and a localhost default.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "millrace-control-plane", version, about = "The Millrace control plane (gRPC)")]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "MILLRACE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Postgres connection string; the database is created if missing.
+    #[arg(long, env = "MILLRACE_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/millrace")]
+    pub database_url: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "MILLRACE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Replication factor of the topics it creates.
+    #[arg(long, env = "MILLRACE_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+    /// Prefix of every topic name, to keep several deployments apart on one broker.
+    #[arg(long, env = "MILLRACE_TOPIC_NAMESPACE", default_value = "")]
+    pub topic_namespace: String,
+    /// ClickHouse HTTP endpoint.
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    pub clickhouse_url: String,
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_USER", default_value = "default")]
+    pub clickhouse_user: String,
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_PASSWORD", default_value = "", hide_env_values = true)]
+    pub clickhouse_password: String,
+    /// ClickHouse database that holds the tables (created if missing).
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_DATABASE", default_value = "millrace")]
+    pub clickhouse_database: String,
+    /// How long to wait for Postgres, the broker or ClickHouse before answering UNAVAILABLE.
+    #[arg(long, env = "MILLRACE_DEPENDENCY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub dependency_timeout_ms: u64,
+    /// How long a worker's lease lasts without a heartbeat.
+    #[arg(long, env = "MILLRACE_LEASE_MS", default_value_t = 10_000)]
+    pub lease_ms: u64,
+}
+
+impl Config {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.dependency_timeout_ms)
+    }
+}
+
+/// Connects to Postgres (migrating it) and serves gRPC on `listener` until `shutdown` resolves.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+    if !config.topic_namespace.is_empty() && !names::is_valid_name(&config.topic_namespace) {
+        return Err(Error::InvalidArgument(format!(
+            "--topic-namespace {:?} must match [A-Za-z_][A-Za-z0-9_]{{0,127}}",
+            config.topic_namespace
+        )));
+    }
+    let store = store::Store::connect(&config.database_url, config.timeout()).await?;
+    let kafka = provision::kafka::Kafka::new(&config.kafka_brokers, config.timeout(), config.replication_factor)?;
+    let clickhouse = provision::clickhouse::ClickHouse::new(
+        &config.clickhouse_url,
+        &config.clickhouse_user,
+        &config.clickhouse_password,
+        &config.clickhouse_database,
+        config.timeout(),
+    );
+    let provisioner = provision::Provisioner { kafka, clickhouse, topic_namespace: config.topic_namespace.clone() };
+    let coordinator = coordinator::Coordinator::default();
+    let api = api::Api { store, provisioner, coordinator, started: Instant::now() };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ControlPlaneServer<api::Api>>().await;
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(millrace_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    // grpcurl 1.8 asks the v1alpha service.
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "control plane serving");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ControlPlaneServer::new(api))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+}

@@ -1,0 +1,390 @@
+//! Validation of a declared plan: names, types, references, cycles. A valid plan becomes a normalised
+//! [`State`] (defaults filled in), so that comparing it with the stored state is a plain equality.
+
+use crate::names::{is_valid_function_name, is_valid_name, is_valid_version};
+use crate::resource::{key_of, physical_name, plan_specs, spec, ResourceKey, State};
+use crate::types::{ch_column_type, validate_fields};
+use millrace_proto::v1::{resource::Spec, LifeCycle, Plan, Resource, ResourceKind, ResourceRef};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+pub const DEFAULT_RETENTION_SECONDS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_RUNTIME: &str = "default";
+/// Kafka's limit on topic names, less room for a namespace prefix.
+const MAX_PHYSICAL_NAME: usize = 200;
+
+/// Why a plan is refused: which resource, which of its fields, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanError {
+    pub resource: String,
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::error::Error for PlanError {}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: field `{}`: {}", self.resource, self.field, self.reason)
+    }
+}
+
+fn fail(resource: &impl fmt::Display, field: &str, reason: impl Into<String>) -> PlanError {
+    PlanError { resource: resource.to_string(), field: field.to_string(), reason: reason.into() }
+}
+
+/// Validates and normalises a whole plan.
+pub fn validate(plan: Plan) -> Result<State, PlanError> {
+    let mut state = State::new();
+    for spec in plan_specs(plan) {
+        let spec = normalise(spec)?;
+        let key = key_of(&spec);
+        if state.insert(key.clone(), Resource { spec: Some(spec) }).is_some() {
+            return Err(fail(&key, "name", "declared twice"));
+        }
+    }
+    check_state(&state)?;
+    Ok(state)
+}
+
+/// Checks a resource on its own and fills in defaults.
+fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
+    let key = key_of(&spec);
+    // A name that fails here is shown in Debug form, so that quotes or control characters stay visible.
+    let shown = ResourceKey::new(key.kind, &format!("{:?}", key.name), &key.version);
+    if !is_valid_name(&key.name) {
+        return Err(fail(&shown, "name", "names must match [A-Za-z_][A-Za-z0-9_]{0,127}"));
+    }
+    if !key.version.is_empty() && !is_valid_version(&key.version) {
+        return Err(fail(&key, "version", "versions must match [0-9A-Za-z_.]{1,32}"));
+    }
+    let physical = crate::names::physical_name(&key.name, &key.version);
+    if physical.len() > MAX_PHYSICAL_NAME {
+        return Err(fail(&key, "name", format!("name and version together exceed {MAX_PHYSICAL_NAME} characters")));
+    }
+    let check_fields = |fields: &[millrace_proto::v1::Field]| {
+        validate_fields(fields).map_err(|e| fail(&key, &format!("fields.{}", e.field), e.reason))
+    };
+    let check_lc = |lc: i32| match LifeCycle::try_from(lc) {
+        Ok(LifeCycle::Unspecified) => Ok(LifeCycle::FullyManaged as i32),
+        Ok(l) => Ok(l as i32),
+        Err(_) => Err(fail(&key, "life_cycle", format!("unknown life cycle {lc}"))),
+    };
+    match &mut spec {
+        Spec::Stream(s) => {
+            check_fields(&s.fields)?;
+            s.parallelism = Some(check_parallelism(&key, s.parallelism)?);
+            s.retention_seconds = Some(check_retention(&key, s.retention_seconds)?);
+            s.life_cycle = check_lc(s.life_cycle)?;
+        }
+        Spec::DeadLetterQueue(d) => {
+            d.parallelism = Some(check_parallelism(&key, d.parallelism)?);
+            d.retention_seconds = Some(check_retention(&key, d.retention_seconds)?);
+            d.life_cycle = check_lc(d.life_cycle)?;
+        }
+        Spec::Table(t) => {
+            check_fields(&t.fields)?;
+            t.life_cycle = check_lc(t.life_cycle)?;
+            for f in &t.fields {
+                ch_column_type(f).map_err(|e| fail(&key, &format!("fields.{}", e.field), e.reason))?;
+            }
+            if t.order_by.is_empty() {
+                t.order_by = t.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect();
+            }
+            for col in &t.order_by {
+                match t.fields.iter().find(|f| &f.name == col) {
+                    None => return Err(fail(&key, "order_by", format!("`{col}` is not a field of the table"))),
+                    Some(f) if f.nullable || !matches!(f.r#type.as_ref().and_then(|t| t.kind.as_ref()),
+                        Some(millrace_proto::v1::field_type::Kind::Scalar(_)) | Some(millrace_proto::v1::field_type::Kind::Decimal(_))) =>
+                    {
+                        return Err(fail(&key, "order_by", format!("`{col}` must be a non-nullable scalar to be in ORDER BY")))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Spec::Transform(t) => {
+            require_ref(&key, "source", t.source.as_ref())?;
+            require_ref(&key, "destination", t.destination.as_ref())?;
+            normalise_function(&key, &mut t.function)?;
+        }
+        Spec::Consumer(c) => {
+            require_ref(&key, "source", c.source.as_ref())?;
+            normalise_function(&key, &mut c.function)?;
+        }
+        Spec::IngestApi(i) => {
+            require_ref(&key, "destination", i.destination.as_ref())?;
+        }
+    }
+    Ok(spec)
+}
+
+fn check_parallelism(key: &ResourceKey, p: Option<u32>) -> Result<u32, PlanError> {
+    match p {
+        None => Ok(1),
+        Some(0) => Err(fail(key, "parallelism", "parallelism must be at least 1")),
+        Some(n) if n > 10_000 => Err(fail(key, "parallelism", "parallelism above 10000 is refused")),
+        Some(n) => Ok(n),
+    }
+}
+
+fn check_retention(key: &ResourceKey, r: Option<u64>) -> Result<u64, PlanError> {
+    match r {
+        None => Ok(DEFAULT_RETENTION_SECONDS),
+        Some(0) => Err(fail(key, "retention_seconds", "retention must be at least 1 second")),
+        // retention.ms must fit in an i64.
+        Some(s) if s > (i64::MAX as u64) / 1000 => Err(fail(key, "retention_seconds", "retention is too large")),
+        Some(s) => Ok(s),
+    }
+}
+
+fn require_ref(key: &ResourceKey, field: &str, r: Option<&ResourceRef>) -> Result<(), PlanError> {
+    match r {
+        Some(r) if !r.name.is_empty() => Ok(()),
+        _ => Err(fail(key, field, "required")),
+    }
+}
+
+fn normalise_function(key: &ResourceKey, f: &mut Option<millrace_proto::v1::FunctionRef>) -> Result<(), PlanError> {
+    let f = f.as_mut().ok_or_else(|| fail(key, "function", "required"))?;
+    if !is_valid_function_name(&f.name) {
+        return Err(fail(key, "function.name", "function names must be 1-256 characters of [A-Za-z0-9_.:-]"));
+    }
+    if f.runtime.is_empty() {
+        f.runtime = DEFAULT_RUNTIME.to_string();
+    } else if !is_valid_name(&f.runtime) {
+        return Err(fail(key, "function.runtime", "runtime names must match [A-Za-z_][A-Za-z0-9_]{0,127}"));
+    }
+    Ok(())
+}
+
+/// Checks what holds between resources: references resolve, physical names are unique, a stream's
+/// destination table fits its fields, transforms form no cycle. Run on a plan and on the state an apply
+/// would leave.
+pub fn check_state(state: &State) -> Result<(), PlanError> {
+    let mut physical: HashMap<(bool, String), &ResourceKey> = HashMap::new();
+    for (key, r) in state {
+        let name = physical_name(spec(r), "");
+        if name.is_empty() {
+            continue;
+        }
+        let is_table = key.kind == ResourceKind::Table;
+        if let Some(other) = physical.insert((is_table, name.clone()), key) {
+            let what = if is_table { "table" } else { "topic" };
+            return Err(fail(key, "name", format!("its {what} name `{name}` is also {other}'s")));
+        }
+    }
+    let resolve = |from: &ResourceKey, field: &str, kind: ResourceKind, r: &ResourceRef| {
+        let target = ResourceKey::new(kind, &r.name, &r.version);
+        if state.contains_key(&target) {
+            Ok(())
+        } else {
+            Err(fail(from, field, format!("refers to {target}, which is not declared")))
+        }
+    };
+    for (key, r) in state {
+        match spec(r) {
+            Spec::Stream(s) => {
+                if let Some(d) = &s.destination {
+                    resolve(key, "destination", ResourceKind::Table, d)?;
+                    check_destination_table(state, key, &s.fields, d)?;
+                }
+                if let Some(d) = &s.dead_letter_queue {
+                    resolve(key, "dead_letter_queue", ResourceKind::DeadLetterQueue, d)?;
+                }
+            }
+            Spec::Transform(t) => {
+                resolve(key, "source", ResourceKind::Stream, t.source.as_ref().unwrap_or(&ResourceRef::default()))?;
+                resolve(key, "destination", ResourceKind::Stream, t.destination.as_ref().unwrap_or(&ResourceRef::default()))?;
+                if let Some(d) = &t.dead_letter_queue {
+                    resolve(key, "dead_letter_queue", ResourceKind::DeadLetterQueue, d)?;
+                }
+            }
+            Spec::Consumer(c) => {
+                resolve(key, "source", ResourceKind::Stream, c.source.as_ref().unwrap_or(&ResourceRef::default()))?;
+                if let Some(d) = &c.dead_letter_queue {
+                    resolve(key, "dead_letter_queue", ResourceKind::DeadLetterQueue, d)?;
+                }
+            }
+            Spec::IngestApi(i) => {
+                resolve(key, "destination", ResourceKind::Stream, i.destination.as_ref().unwrap_or(&ResourceRef::default()))?;
+                if let Some(d) = &i.dead_letter_queue {
+                    resolve(key, "dead_letter_queue", ResourceKind::DeadLetterQueue, d)?;
+                }
+            }
+            Spec::Table(_) | Spec::DeadLetterQueue(_) => {}
+        }
+    }
+    check_cycles(state)
+}
+
+/// Every column of the destination table must be a stream field of the same type, so that sync can fill it.
+fn check_destination_table(
+    state: &State,
+    key: &ResourceKey,
+    fields: &[millrace_proto::v1::Field],
+    dest: &ResourceRef,
+) -> Result<(), PlanError> {
+    let table_key = ResourceKey::new(ResourceKind::Table, &dest.name, &dest.version);
+    let Some(Spec::Table(t)) = state.get(&table_key).map(spec) else { return Ok(()) };
+    for col in &t.fields {
+        match fields.iter().find(|f| f.name == col.name) {
+            None => {
+                return Err(fail(key, "destination", format!("column `{}` of {table_key} is not a field of the stream", col.name)))
+            }
+            Some(f) if f.r#type != col.r#type || f.nullable != col.nullable => {
+                return Err(fail(key, "destination", format!("field `{}` has a different type in {table_key}", col.name)))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Transforms are edges between streams; a cycle would loop records forever.
+fn check_cycles(state: &State) -> Result<(), PlanError> {
+    let mut edges: BTreeMap<(String, String), Vec<(&str, (String, String))>> = BTreeMap::new();
+    for r in state.values() {
+        if let Spec::Transform(t) = spec(r) {
+            let (Some(s), Some(d)) = (&t.source, &t.destination) else { continue };
+            edges
+                .entry((s.name.clone(), s.version.clone()))
+                .or_default()
+                .push((t.name.as_str(), (d.name.clone(), d.version.clone())));
+        }
+    }
+    // Iterative DFS with colours: 1 = on the current path, 2 = finished.
+    let mut colour: HashMap<(String, String), u8> = HashMap::new();
+    for start in edges.keys() {
+        if colour.contains_key(start) {
+            continue;
+        }
+        let mut path: Vec<&str> = Vec::new();
+        let mut stack = vec![(start.clone(), 0usize)];
+        colour.insert(start.clone(), 1);
+        while let Some((node, i)) = stack.pop() {
+            let out = edges.get(&node).map(|v| v.as_slice()).unwrap_or(&[]);
+            if i < out.len() {
+                stack.push((node, i + 1));
+                let (tname, next) = &out[i];
+                match colour.get(next) {
+                    Some(1) => {
+                        path.push(tname);
+                        let key = ResourceKey::new(ResourceKind::Transform, tname, "");
+                        return Err(fail(&key, "destination", format!("transforms form a cycle: {}", path.join(" -> "))));
+                    }
+                    Some(_) => {}
+                    None => {
+                        colour.insert(next.clone(), 1);
+                        path.push(tname);
+                        stack.push((next.clone(), 0));
+                    }
+                }
+            } else {
+                colour.insert(node, 2);
+                path.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resource names that a declared set refers to, used to refuse deleting something still in use.
+pub fn referrers<'a>(state: &'a State, target: &ResourceKey) -> Vec<&'a ResourceKey> {
+    let hits = |r: Option<&ResourceRef>, kind: ResourceKind| {
+        r.is_some_and(|r| kind == target.kind && r.name == target.name && r.version == target.version)
+    };
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (key, r) in state {
+        let refers = match spec(r) {
+            Spec::Stream(s) => {
+                hits(s.destination.as_ref(), ResourceKind::Table)
+                    || hits(s.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
+            }
+            Spec::Transform(t) => {
+                hits(t.source.as_ref(), ResourceKind::Stream)
+                    || hits(t.destination.as_ref(), ResourceKind::Stream)
+                    || hits(t.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
+            }
+            Spec::Consumer(c) => {
+                hits(c.source.as_ref(), ResourceKind::Stream) || hits(c.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
+            }
+            Spec::IngestApi(i) => {
+                hits(i.destination.as_ref(), ResourceKind::Stream) || hits(i.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
+            }
+            _ => false,
+        };
+        if refers && seen.insert(key) {
+            out.push(key);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_proto::v1::{field_type::Kind, Field, FieldType, FunctionRef, ScalarType, Stream, Transform};
+
+    fn stream(name: &str, version: &str) -> Stream {
+        let ty = FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) };
+        let id = Field { name: "id".into(), r#type: Some(ty), nullable: false, key: true };
+        Stream { name: name.into(), version: version.into(), fields: vec![id], ..Default::default() }
+    }
+
+    fn transform(name: &str, from: &str, to: &str) -> Transform {
+        let r = |n: &str| Some(ResourceRef { name: n.into(), version: String::new() });
+        Transform {
+            name: name.into(),
+            source: r(from),
+            destination: r(to),
+            function: Some(FunctionRef { name: "f".into(), runtime: String::new() }),
+            dead_letter_queue: None,
+        }
+    }
+
+    #[test]
+    fn chains_are_accepted_and_defaults_filled_in() {
+        let plan = Plan {
+            streams: vec![stream("a", ""), stream("b", ""), stream("c", "")],
+            transforms: vec![transform("ab", "a", "b"), transform("bc", "b", "c"), transform("ac", "a", "c")],
+            ..Default::default()
+        };
+        let state = validate(plan).unwrap();
+        let Some(Spec::Stream(a)) = state.get(&ResourceKey::new(ResourceKind::Stream, "a", "")).map(spec) else { panic!() };
+        assert_eq!((a.parallelism, a.retention_seconds, a.life_cycle), (Some(1), Some(DEFAULT_RETENTION_SECONDS), LifeCycle::FullyManaged as i32));
+    }
+
+    #[test]
+    fn cycles_are_refused_with_their_transforms_named() {
+        let plan = Plan {
+            streams: vec![stream("a", ""), stream("b", ""), stream("c", "")],
+            transforms: vec![transform("ab", "a", "b"), transform("bc", "b", "c"), transform("ca", "c", "a")],
+            ..Default::default()
+        };
+        let e = validate(plan).unwrap_err();
+        assert!(e.reason.contains("cycle") && e.reason.contains("ab -> bc -> ca"), "{e}");
+        let self_loop = Plan { streams: vec![stream("a", "")], transforms: vec![transform("aa", "a", "a")], ..Default::default() };
+        assert!(validate(self_loop).unwrap_err().reason.contains("cycle"));
+    }
+
+    #[test]
+    fn duplicates_and_physical_name_clashes_are_refused() {
+        let dup = Plan { streams: vec![stream("a", ""), stream("a", "")], ..Default::default() };
+        assert_eq!(validate(dup).unwrap_err().reason, "declared twice");
+        // a_1 unversioned and a version 1 would share topic a_1.
+        let clash = Plan { streams: vec![stream("a_1", ""), stream("a", "1")], ..Default::default() };
+        assert!(validate(clash).unwrap_err().reason.contains("topic name `a_1`"));
+        let versions = Plan { streams: vec![stream("a", "1.0"), stream("a", "2.0")], ..Default::default() };
+        assert_eq!(validate(versions).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn referrers_lists_what_uses_a_resource() {
+        let plan = Plan { streams: vec![stream("a", ""), stream("b", "")], transforms: vec![transform("ab", "a", "b")], ..Default::default() };
+        let state = validate(plan).unwrap();
+        let users = referrers(&state, &ResourceKey::new(ResourceKind::Stream, "b", ""));
+        assert_eq!(users, vec![&ResourceKey::new(ResourceKind::Transform, "ab", "")]);
+    }
+}

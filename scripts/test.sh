@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Everything CI runs: start the real stack (installing what is missing), then every test against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/stack.sh start
+eval "$(bash scripts/stack.sh env)"
+export RUST_BACKTRACE=1
+echo "== cargo test (unit and integration, against the real stack)"
+cargo test --workspace --locked
