@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/stack.sh start
 eval "$(bash scripts/stack.sh env)"
 export RUST_BACKTRACE=1
+echo "== build (the data-plane tests start real worker processes)"
+cargo build --workspace --bins --locked
 echo "== cargo test (unit and integration, against the real stack)"
 cargo test --workspace --locked

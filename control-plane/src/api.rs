@@ -187,6 +187,6 @@ impl ControlPlane for Api {
     }
 
     async fn list_workers(&self, _req: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
-        Ok(Response::new(ListWorkersResponse { workers: self.coordinator.list_workers().await }))
+        Ok(Response::new(ListWorkersResponse { workers: self.coordinator.list_workers().await? }))
     }
 }

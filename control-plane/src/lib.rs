@@ -9,11 +9,13 @@ pub mod names;
 pub mod plan;
 pub mod provision;
 pub mod resource;
+pub mod scheduler;
 pub mod store;
 pub mod types;
 
 use crate::error::Error;
 use millrace_proto::v1::control_plane_server::ControlPlaneServer;
+use millrace_proto::v1::worker_coordinator_server::WorkerCoordinatorServer;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -79,8 +81,10 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         config.timeout(),
     );
     let provisioner = provision::Provisioner { kafka, clickhouse, topic_namespace: config.topic_namespace.clone() };
-    let coordinator = coordinator::Coordinator::default();
-    let api = api::Api { store, provisioner, coordinator, started: Instant::now() };
+    let coordinator =
+        coordinator::Coordinator::new(store.clone(), Duration::from_millis(config.lease_ms), config.topic_namespace.clone());
+    let scheduler = tokio::spawn(coordinator.clone().run(std::future::pending::<()>()));
+    let api = api::Api { store, provisioner, coordinator: coordinator.clone(), started: Instant::now() };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServer<api::Api>>().await;
@@ -97,12 +101,15 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "control plane serving");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ControlPlaneServer::new(api))
+        .add_service(WorkerCoordinatorServer::new(coordinator))
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+    scheduler.abort();
+    served
 }

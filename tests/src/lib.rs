@@ -111,7 +111,12 @@ impl TestEnv {
 
     /// The control plane configuration of this test (flags parsed the way the binary parses them).
     pub fn config(&self) -> Config {
-        <Config as clap::Parser>::parse_from([
+        self.config_with(&[])
+    }
+
+    /// The same, with extra flags.
+    pub fn config_with(&self, extra: &[&str]) -> Config {
+        let base = [
             "millrace-control-plane",
             "--database-url",
             &self.database_url,
@@ -123,7 +128,8 @@ impl TestEnv {
             &self.clickhouse_database,
             "--topic-namespace",
             &self.topic_namespace,
-        ])
+        ];
+        <Config as clap::Parser>::parse_from(base.iter().chain(extra))
     }
 
     pub async fn start(&self) -> ControlPlane {
@@ -279,3 +285,7 @@ pub fn actions(r: &ApplyPlanResponse) -> Vec<(ResourceKind, String, ChangeAction
         .map(|c| (ResourceKind::try_from(c.kind).unwrap(), c.name.clone(), ChangeAction::try_from(c.action).unwrap()))
         .collect()
 }
+
+// ---- data plane ------------------------------------------------------------------------------------------
+
+pub mod dataplane;

@@ -1,0 +1,190 @@
+//! Where each unit of work runs: an even spread over live workers that moves as little as possible.
+//! Pure functions, so the placement rules are tested without a database.
+
+use crate::resource::{physical_name, spec, ResourceKey, State};
+use millrace_proto::v1::{resource::Spec, FunctionRef, ResourceKind, ResourceRef, UnitKind, WorkUnit};
+use std::collections::{BTreeMap, HashMap};
+
+/// A unit's placement: the worker holding it (None = unassigned) and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub worker: Option<String>,
+    pub epoch: u64,
+}
+
+/// Every unit the declared state asks for: one per partition of each transform's and consumer's source.
+pub fn desired_units(state: &State, topic_namespace: &str) -> BTreeMap<String, WorkUnit> {
+    let stream = |r: &ResourceRef| match state.get(&ResourceKey::new(ResourceKind::Stream, &r.name, &r.version)).map(spec) {
+        Some(Spec::Stream(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let dlq_topic = |r: Option<&ResourceRef>| {
+        r.and_then(|r| state.get(&ResourceKey::new(ResourceKind::DeadLetterQueue, &r.name, &r.version)))
+            .map(|d| physical_name(spec(d), topic_namespace))
+            .unwrap_or_default()
+    };
+    let mut out = BTreeMap::new();
+    for r in state.values() {
+        let (kind, name, source, destination, function, dlq) = match spec(r) {
+            Spec::Transform(t) => (UnitKind::UnitTransform, &t.name, &t.source, t.destination.as_ref(), &t.function, t.dead_letter_queue.as_ref()),
+            Spec::Consumer(c) => (UnitKind::UnitConsumer, &c.name, &c.source, None, &c.function, c.dead_letter_queue.as_ref()),
+            _ => continue,
+        };
+        let Some(src) = source.as_ref().and_then(stream) else { continue };
+        let dest = destination.and_then(stream);
+        let source_topic = physical_name(&Spec::Stream(src.clone()), topic_namespace);
+        let destination_topic = dest.as_ref().map(|d| physical_name(&Spec::Stream(d.clone()), topic_namespace)).unwrap_or_default();
+        let key_fields: Vec<String> =
+            dest.as_ref().map(|d| d.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect()).unwrap_or_default();
+        // The transform's own dead letter queue, else its source stream's.
+        let dead_letter_topic = match dlq {
+            Some(d) => dlq_topic(Some(d)),
+            None => dlq_topic(src.dead_letter_queue.as_ref()),
+        };
+        let prefix = if kind == UnitKind::UnitTransform { "transform" } else { "consumer" };
+        for partition in 0..src.parallelism.unwrap_or(1) as i32 {
+            let unit_id = format!("{prefix}/{name}/{partition}");
+            out.insert(
+                unit_id.clone(),
+                WorkUnit {
+                    unit_id,
+                    kind: kind as i32,
+                    name: name.clone(),
+                    source_topic: source_topic.clone(),
+                    partition,
+                    destination_topic: destination_topic.clone(),
+                    function: Some(function.clone().unwrap_or_else(FunctionRef::default)),
+                    dead_letter_topic: dead_letter_topic.clone(),
+                    key_fields: key_fields.clone(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// New placements for `units` over `live` workers, given the current ones. Units stay where they are while
+/// their worker lives and the spread stays within one unit of even; a unit that moves gets epoch + 1.
+pub fn place(units: &[String], live: &[String], current: &HashMap<String, Placement>) -> BTreeMap<String, Placement> {
+    let mut out = BTreeMap::new();
+    let epoch_of = |u: &str| current.get(u).map(|p| p.epoch).unwrap_or(0);
+    if live.is_empty() {
+        for u in units {
+            let moved = current.get(u).is_some_and(|p| p.worker.is_some());
+            out.insert(u.clone(), Placement { worker: None, epoch: epoch_of(u) + u64::from(moved) });
+        }
+        return out;
+    }
+    // Units that stay put, per live worker.
+    let mut held: BTreeMap<&str, Vec<&String>> = live.iter().map(|w| (w.as_str(), Vec::new())).collect();
+    let mut pool: Vec<&String> = Vec::new();
+    for u in units {
+        match current.get(u).and_then(|p| p.worker.as_deref()).and_then(|w| held.get_mut(w)) {
+            Some(v) => v.push(u),
+            None => pool.push(u),
+        }
+    }
+    // Quotas: everyone gets floor(n/w); the `extra` most loaded workers may keep one more.
+    let (n, w) = (units.len(), live.len());
+    let (floor, mut extra) = (n / w, n % w);
+    let mut by_load: Vec<&str> = held.keys().copied().collect();
+    by_load.sort_by_key(|w| std::cmp::Reverse(held[w].len()));
+    let mut quota: HashMap<&str, usize> = HashMap::new();
+    for wk in by_load {
+        let keeps_extra = extra > 0 && held[wk].len() > floor;
+        extra -= usize::from(keeps_extra);
+        quota.insert(wk, floor + usize::from(keeps_extra));
+    }
+    for (wk, units_held) in held.iter_mut() {
+        while units_held.len() > quota[wk] {
+            pool.push(units_held.pop().expect("len > quota"));
+        }
+    }
+    // Least loaded first: with every load now at most floor + 1, this ends within one unit of even.
+    pool.sort();
+    for u in pool {
+        let wk = *held.keys().min_by_key(|w| (held[*w].len(), **w)).expect("at least one live worker");
+        held.get_mut(wk).expect("live worker").push(u);
+    }
+    for (wk, us) in held {
+        for u in us {
+            let same = current.get(u.as_str()).is_some_and(|p| p.worker.as_deref() == Some(wk));
+            let epoch = if same { epoch_of(u) } else { epoch_of(u) + 1 };
+            out.insert(u.clone(), Placement { worker: Some(wk.to_string()), epoch });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("u{i:02}")).collect()
+    }
+    fn loads(p: &BTreeMap<String, Placement>) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for pl in p.values() {
+            *m.entry(pl.worker.clone().unwrap_or_default()).or_insert(0) += 1;
+        }
+        m
+    }
+    fn as_current(p: &BTreeMap<String, Placement>) -> HashMap<String, Placement> {
+        p.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    #[test]
+    fn spreads_evenly_and_is_stable() {
+        let units = ids(8);
+        let live = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let first = place(&units, &live, &HashMap::new());
+        let l = loads(&first);
+        assert!(l.values().all(|&n| n == 2 || n == 3), "{l:?}");
+        assert!(first.values().all(|p| p.epoch == 1));
+        let again = place(&units, &live, &as_current(&first));
+        assert_eq!(first, again, "nothing moves when nothing changed");
+    }
+
+    #[test]
+    fn a_dead_workers_units_move_with_a_new_epoch_and_others_stay() {
+        let units = ids(4);
+        let two = vec!["a".to_string(), "b".to_string()];
+        let before = place(&units, &two, &HashMap::new());
+        let after = place(&units, &["a".to_string()], &as_current(&before));
+        for (u, p) in &after {
+            assert_eq!(p.worker.as_deref(), Some("a"));
+            let was = &before[u];
+            if was.worker.as_deref() == Some("a") {
+                assert_eq!(p.epoch, was.epoch, "{u} stayed");
+            } else {
+                assert_eq!(p.epoch, was.epoch + 1, "{u} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn a_joining_worker_takes_only_what_balance_needs() {
+        let units = ids(4);
+        let one = place(&units, &["a".to_string()], &HashMap::new());
+        let two = place(&units, &["a".to_string(), "b".to_string()], &as_current(&one));
+        assert_eq!(loads(&two), BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 2)]));
+        let moved = two.iter().filter(|(u, p)| p.worker != one[*u].worker).count();
+        assert_eq!(moved, 2);
+        // Five units on two workers: 3 + 2, and a third worker takes one from the worker with three.
+        let units = ids(5);
+        let two = place(&units, &["a".to_string(), "b".to_string()], &HashMap::new());
+        let three = place(&units, &["a".to_string(), "b".to_string(), "c".to_string()], &as_current(&two));
+        let l = loads(&three);
+        assert!(l.values().all(|&n| n == 1 || n == 2), "{l:?}");
+        assert_eq!(three.iter().filter(|(u, p)| p.worker != two[*u].worker).count(), 1);
+    }
+
+    #[test]
+    fn no_live_workers_leaves_units_unassigned() {
+        let units = ids(2);
+        let before = place(&units, &["a".to_string()], &HashMap::new());
+        let after = place(&units, &[], &as_current(&before));
+        assert!(after.values().all(|p| p.worker.is_none() && p.epoch == 2));
+    }
+}

@@ -1,0 +1,302 @@
+//! Serve plain Rust functions over serde types as Millrace transforms and consumers.
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Raw { id: String, value: i64 }
+//! #[derive(Serialize)]
+//! struct Doubled { id: String, value: i64 }
+//!
+//! #[tokio::main]
+//! async fn main() -> anyhow::Result<()> {
+//!     millrace_sdk::Runtime::new("example")
+//!         .transform("double", |r: Raw| Doubled { id: r.id, value: r.value * 2 })
+//!         .transform("only_even", |r: Raw| (r.value % 2 == 0).then_some(r.value))
+//!         .serve("127.0.0.1:50061")
+//!         .await
+//! }
+//! ```
+//!
+//! A transform returns its output record, an `Option` (`None` filters the record out) or a `Vec` (fan-out):
+//! anything `Serialize`, judged by its JSON (null = nothing, array = many, anything else = one).
+//! `try_transform` takes functions returning `Result`; an `Err`, a panic, or an input that does not
+//! deserialize becomes a per-record error, which the worker sends to the dead letter queue.
+
+use millrace_proto::v1::function_runtime_server::{FunctionRuntime, FunctionRuntimeServer};
+use millrace_proto::v1::{
+    process_request, record_result, BatchResult, DescribeRequest, DescribeResponse, FunctionInfo, ProcessRequest,
+    ProcessResponse, RecordError, RecordOutputs, RecordResult,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// A hosted function: JSON in, per-record result out.
+trait Function: Send + Sync {
+    fn call(&self, input: &[u8]) -> RecordResult;
+}
+
+struct Typed<F>(F);
+
+impl<F> Function for Typed<F>
+where
+    F: Fn(&[u8]) -> Result<Vec<Vec<u8>>, RecordError> + Send + Sync,
+{
+    fn call(&self, input: &[u8]) -> RecordResult {
+        let result = match catch_unwind(AssertUnwindSafe(|| (self.0)(input))) {
+            Ok(Ok(values)) => record_result::Result::Ok(RecordOutputs { values }),
+            Ok(Err(e)) => record_result::Result::Error(e),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the function panicked".into());
+                record_result::Result::Error(RecordError { error_type: "panic".into(), message })
+            }
+        };
+        RecordResult { result: Some(result) }
+    }
+}
+
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base).to_string()
+}
+
+fn decode<I: DeserializeOwned>(input: &[u8]) -> Result<I, RecordError> {
+    serde_json::from_slice(input).map_err(|e| RecordError {
+        error_type: "DeserializationError".into(),
+        message: format!("the record does not match {}: {e}", std::any::type_name::<I>()),
+    })
+}
+
+/// Serialises a return value into zero, one or many output records.
+fn encode<O: Serialize>(out: &O) -> Result<Vec<Vec<u8>>, RecordError> {
+    let ser = |e: serde_json::Error| RecordError { error_type: "SerializationError".into(), message: e.to_string() };
+    let bytes = serde_json::to_vec(out).map_err(ser)?;
+    match bytes.first() {
+        Some(b'n') => Ok(Vec::new()),
+        Some(b'[') => {
+            let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&bytes).map_err(ser)?;
+            Ok(items.into_iter().filter(|v| v.get() != "null").map(|v| v.get().as_bytes().to_vec()).collect())
+        }
+        _ => Ok(vec![bytes]),
+    }
+}
+
+fn user_error<E: Display>(e: E) -> RecordError {
+    RecordError { error_type: short_type_name::<E>(), message: e.to_string() }
+}
+
+/// A set of functions served as one sidecar.
+#[derive(Clone)]
+pub struct Runtime {
+    name: String,
+    functions: BTreeMap<String, (bool, Arc<dyn Function>)>,
+}
+
+impl Runtime {
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_string(), functions: BTreeMap::new() }
+    }
+
+    fn add(mut self, name: &str, consumer: bool, f: impl Fn(&[u8]) -> Result<Vec<Vec<u8>>, RecordError> + Send + Sync + 'static) -> Self {
+        self.functions.insert(name.to_string(), (consumer, Arc::new(Typed(f))));
+        self
+    }
+
+    /// A transform returning its output, an `Option` or a `Vec`.
+    pub fn transform<I, O, F>(self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        self.add(name, false, move |input| encode(&f(decode(input)?)))
+    }
+
+    /// A transform that may fail: `Err(e)` sends the record to the dead letter queue with `e` as the error.
+    pub fn try_transform<I, O, E, F>(self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        E: Display,
+        F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
+    {
+        self.add(name, false, move |input| encode(&f(decode(input)?).map_err(user_error)?))
+    }
+
+    /// A consumer: called for each record, produces nothing.
+    pub fn consumer<I, F>(self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned,
+        F: Fn(I) + Send + Sync + 'static,
+    {
+        self.add(name, true, move |input| {
+            f(decode(input)?);
+            Ok(Vec::new())
+        })
+    }
+
+    /// A consumer that may fail.
+    pub fn try_consumer<I, E, F>(self, name: &str, f: F) -> Self
+    where
+        I: DeserializeOwned,
+        E: Display,
+        F: Fn(I) -> Result<(), E> + Send + Sync + 'static,
+    {
+        self.add(name, true, move |input| {
+            f(decode(input)?).map_err(user_error)?;
+            Ok(Vec::new())
+        })
+    }
+
+    pub fn into_service(self) -> FunctionRuntimeServer<Self> {
+        FunctionRuntimeServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve_with_listener(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .await
+    }
+
+    /// Serves on `addr` until Ctrl-C.
+    pub async fn serve(self, addr: &str) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(addr, functions = ?self.functions.keys().collect::<Vec<_>>(), "sidecar serving");
+        self.serve_with_listener(listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+type ProcessStream = Pin<Box<dyn futures::Stream<Item = Result<ProcessResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FunctionRuntime for Runtime {
+    async fn describe(&self, _: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
+        Ok(Response::new(DescribeResponse {
+            functions: self.functions.iter().map(|(name, (consumer, _))| FunctionInfo { name: name.clone(), consumer: *consumer }).collect(),
+            runtime: format!("millrace-sdk-rust {} ({})", env!("CARGO_PKG_VERSION"), self.name),
+        }))
+    }
+
+    type ProcessStream = ProcessStream;
+
+    async fn process(&self, req: Request<Streaming<ProcessRequest>>) -> Result<Response<ProcessStream>, Status> {
+        let mut inbound = req.into_inner();
+        let name = match inbound.message().await? {
+            Some(ProcessRequest { message: Some(process_request::Message::Open(o)) }) => o.function,
+            _ => return Err(Status::invalid_argument("the first message of a Process stream must be `open`")),
+        };
+        let Some((_, f)) = self.functions.get(&name).cloned() else {
+            let known: Vec<&String> = self.functions.keys().collect();
+            return Err(Status::not_found(format!("no function `{name}` here; this sidecar hosts {known:?}")));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(ProcessRequest { message: Some(process_request::Message::Batch(b)) })) => b,
+                    Ok(None) => return,
+                    Ok(Some(_)) => {
+                        let _ = tx.send(Err(Status::invalid_argument("only `batch` messages may follow `open`"))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "process stream ended");
+                        return;
+                    }
+                };
+                let f = f.clone();
+                // User code may be slow: keep it off the async threads.
+                let results = tokio::task::spawn_blocking(move || {
+                    let results: Vec<RecordResult> = batch.records.iter().map(|r| f.call(&r.value)).collect();
+                    BatchResult { batch_id: batch.batch_id, results }
+                })
+                .await;
+                let msg = results.map(|r| ProcessResponse { result: Some(r) }).map_err(|e| Status::internal(e.to_string()));
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct In {
+        v: i64,
+    }
+
+    fn ok(r: RecordResult) -> Vec<String> {
+        match r.result.unwrap() {
+            record_result::Result::Ok(o) => o.values.into_iter().map(|v| String::from_utf8(v).unwrap()).collect(),
+            record_result::Result::Error(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn err(r: RecordResult) -> RecordError {
+        match r.result.unwrap() {
+            record_result::Result::Error(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn outputs_follow_the_shape_of_the_return_value() {
+        let rt = Runtime::new("t")
+            .transform("one", |i: In| serde_json::json!({ "v": i.v * 2 }))
+            .transform("maybe", |i: In| (i.v > 0).then_some(i.v))
+            .transform("many", |i: In| vec![i.v; i.v as usize]);
+        let call = |f: &str, input: &str| rt.functions[f].1.call(input.as_bytes());
+        assert_eq!(ok(call("one", r#"{"v": 2}"#)), vec![r#"{"v":4}"#]);
+        assert_eq!(ok(call("maybe", r#"{"v": -1}"#)), Vec::<String>::new());
+        assert_eq!(ok(call("maybe", r#"{"v": 3}"#)), vec!["3"]);
+        assert_eq!(ok(call("many", r#"{"v": 3}"#)), vec!["3", "3", "3"]);
+    }
+
+    #[derive(Debug)]
+    struct Negative;
+    impl Display for Negative {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("negative value")
+        }
+    }
+
+    #[test]
+    fn errors_panics_and_bad_input_become_record_errors() {
+        let rt = Runtime::new("t")
+            .try_transform("checked", |i: In| if i.v < 0 { Err(Negative) } else { Ok(i.v) })
+            .transform("panics", |_: In| -> i64 { panic!("boom") });
+        let call = |f: &str, input: &str| rt.functions[f].1.call(input.as_bytes());
+        let e = err(call("checked", r#"{"v": -1}"#));
+        assert_eq!((e.error_type.as_str(), e.message.as_str()), ("Negative", "negative value"));
+        assert_eq!(err(call("panics", r#"{"v": 1}"#)).error_type, "panic");
+        let e = err(call("checked", "not json"));
+        assert_eq!(e.error_type, "DeserializationError");
+    }
+}

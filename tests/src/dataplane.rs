@@ -1,0 +1,259 @@
+//! Sidecars, workers and records for the data-plane tests.
+
+use crate::{kafka_brokers, WAIT};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Raw {
+    pub id: String,
+    pub value: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[allow(non_snake_case)]
+pub struct Intermediate {
+    pub id: String,
+    pub transformedValue: i64,
+    pub transformedAt: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[allow(non_snake_case)]
+pub struct Final {
+    pub id: String,
+    pub transformedValue: i64,
+    pub anotherTransformedValue: i64,
+    pub transformedAt: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug)]
+pub struct NegativeValue(i64);
+
+impl std::fmt::Display for NegativeValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "value {} is negative", self.0)
+    }
+}
+
+/// The test sidecar's functions: the reference page's chain, and a few shapes.
+pub fn runtime(consumed: Arc<AtomicU64>) -> millrace_sdk::Runtime {
+    millrace_sdk::Runtime::new("tests")
+        .transform("double_value", |r: Raw| Intermediate { id: r.id, transformedValue: r.value * 2, transformedAt: chrono::Utc::now() })
+        .transform("triple_value", |r: Intermediate| Final {
+            id: r.id,
+            transformedValue: r.transformedValue * 2,
+            anotherTransformedValue: r.transformedValue * 3,
+            transformedAt: chrono::Utc::now(),
+        })
+        .try_transform("double_or_fail", |r: Raw| {
+            if r.value < 0 {
+                Err(NegativeValue(r.value))
+            } else {
+                Ok(Raw { id: r.id, value: r.value * 2 })
+            }
+        })
+        .transform("evens_only", |r: Raw| (r.value % 2 == 0).then_some(r))
+        .transform("split_in_three", |r: Raw| (0..3).map(|i| Raw { id: format!("{}-{i}", r.id), value: r.value }).collect::<Vec<_>>())
+        .consumer("count", move |_: Raw| {
+            consumed.fetch_add(1, Ordering::SeqCst);
+        })
+}
+
+/// An in-process sidecar that can be stopped and started again on the same port.
+pub struct Sidecar {
+    pub port: u16,
+    pub consumed: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sidecar {
+    pub async fn start() -> Self {
+        let mut s = Self { port: 0, consumed: Arc::default(), stop: None, task: None };
+        s.listen(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        s
+    }
+
+    fn listen(&mut self, l: tokio::net::TcpListener) {
+        self.port = l.local_addr().unwrap().port();
+        let (tx, rx) = oneshot::channel();
+        let rt = runtime(self.consumed.clone());
+        self.task = Some(tokio::spawn(async move {
+            let _ = rt.serve_with_listener(l, async { let _ = rx.await; }).await;
+        }));
+        self.stop = Some(tx);
+    }
+
+    pub fn url(&self) -> String {
+        format!("default=http://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => return self.listen(l),
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "cannot rebind the sidecar port: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A worker process (the real binary), killed when dropped.
+pub struct Worker {
+    pub child: Child,
+    pub name: String,
+}
+
+fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("millrace-worker");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p millrace-worker` first (scripts/test.sh does)", bin.display());
+    bin
+}
+
+impl Worker {
+    pub fn start(name: &str, control_plane: &str, sidecar: &str) -> Self {
+        let log_dir = std::env::temp_dir().join("millrace-test-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(worker_binary())
+            .args(["--control-plane", control_plane, "--kafka-brokers", &kafka_brokers(), "--sidecar", sidecar])
+            .args(["--http-listen", "127.0.0.1:0", "--name", name, "--batch-linger-ms", "10", "--progress-interval-ms", "100"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the worker");
+        Self { child, name: name.into() }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal the worker");
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", kafka_brokers()).set("linger.ms", "5").create().expect("producer")
+}
+
+/// Produces records keyed by id and waits for every acknowledgement.
+pub async fn produce(p: &FutureProducer, topic: &str, records: &[Raw]) {
+    let payloads: Vec<(String, Vec<u8>)> = records.iter().map(|r| (r.id.clone(), serde_json::to_vec(r).unwrap())).collect();
+    let futures: Vec<_> = payloads
+        .iter()
+        .map(|(k, v)| p.send_result(FutureRecord::to(topic).key(k).payload(v)).map_err(|(e, _)| e).expect("enqueue"))
+        .collect();
+    for f in futures {
+        f.await.expect("delivery").expect("acknowledged");
+    }
+}
+
+pub fn raws(range: std::ops::Range<i64>) -> Vec<Raw> {
+    range.map(|i| Raw { id: format!("id-{i}"), value: i }).collect()
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub value: serde_json::Value,
+    pub key: Option<String>,
+    pub partition: i32,
+    pub timestamp_ms: i64,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads every partition of `topic` from the beginning until `done` holds for what was read, for at most
+/// `limit`. Panics with a count when it does not.
+pub fn read_until(topic: &str, partitions: i32, limit: Duration, done: impl Fn(&[Read]) -> bool) -> Vec<Read> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", "millrace-tests-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let mut out = Vec::new();
+    loop {
+        if done(&out) {
+            return out;
+        }
+        assert!(std::time::Instant::now() < deadline, "reading {topic}: condition not met within {limit:?} ({} records read)", out.len());
+        if let Some(m) = c.poll(Timeout::After(Duration::from_millis(200))) {
+            let m = m.expect("consume");
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for i in 0..h.count() {
+                    let hd = h.get(i);
+                    headers.insert(hd.key.to_string(), String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned());
+                }
+            }
+            out.push(Read {
+                value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                partition: m.partition(),
+                timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                headers,
+            });
+        }
+    }
+}
+
+/// Distinct ids among records, and how many records repeated one.
+pub fn distinct_ids(records: &[Read]) -> (std::collections::HashSet<String>, usize) {
+    let mut ids = std::collections::HashSet::new();
+    let mut dups = 0;
+    for r in records {
+        if !ids.insert(r.value["id"].as_str().unwrap_or_default().to_string()) {
+            dups += 1;
+        }
+    }
+    (ids, dups)
+}

@@ -1,0 +1,307 @@
+//! Workers running transforms and consumers against the real broker, with real worker processes.
+
+use millrace_proto::v1::*;
+use millrace_tests::dataplane::*;
+use millrace_tests::*;
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const LEASE_MS: &str = "3000";
+
+fn chain_plan() -> Plan {
+    let final_fields = vec![
+        key("id", ScalarType::String),
+        field("transformedValue", ScalarType::Int64),
+        field("anotherTransformedValue", ScalarType::Int64),
+        field("transformedAt", ScalarType::Datetime),
+    ];
+    let mid_fields = vec![key("id", ScalarType::String), field("transformedValue", ScalarType::Int64), field("transformedAt", ScalarType::Datetime)];
+    Plan {
+        streams: vec![stream("raw_data", raw_fields(), 4), stream("intermediate_stream", mid_fields, 4), stream("final_stream", final_fields, 4)],
+        transforms: vec![
+            transform("raw_to_intermediate", "raw_data", "intermediate_stream", "double_value"),
+            transform("intermediate_to_final", "intermediate_stream", "final_stream", "triple_value"),
+        ],
+        ..Default::default()
+    }
+}
+
+/// One source stream of `partitions`, one transform running `function` into `out`, and a dead letter queue.
+fn single_plan(partitions: u32, function: &str) -> Plan {
+    let mut src = stream("src", raw_fields(), partitions);
+    src.dead_letter_queue = Some(rref("src_dlq"));
+    Plan {
+        streams: vec![src, stream("out", raw_fields(), partitions)],
+        transforms: vec![transform("src_to_out", "src", "out", function)],
+        dead_letter_queues: vec![DeadLetterQueue { name: "src_dlq".into(), ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+async fn workers(cp: &ControlPlane) -> Vec<WorkerInfo> {
+    cp.client().await.list_workers(ListWorkersRequest {}).await.unwrap().into_inner().workers
+}
+
+/// Waits until `n` live workers hold all `units` between them, evenly; returns them.
+async fn wait_for_placement(cp: &ControlPlane, n: usize, units: usize) -> Vec<WorkerInfo> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let live: Vec<WorkerInfo> = workers(cp).await.into_iter().filter(|w| w.live).collect();
+        let held: Vec<usize> = live.iter().map(|w| w.assignments.len()).collect();
+        if live.len() == n && held.iter().sum::<usize>() == units && held.iter().all(|h| h.abs_diff(units / n) <= 1) {
+            return live;
+        }
+        assert!(Instant::now() < deadline, "placement not reached: {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chained_transforms_run_end_to_end_on_two_workers() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    let mut c = cp.client().await;
+    apply(&mut c, &chain_plan(), false).await.unwrap();
+    let sidecar = Sidecar::start().await;
+    let _w1 = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
+    let _w2 = Worker::start(&format!("{}-b", env.id), &cp.addr, &sidecar.url());
+    let live = wait_for_placement(&cp, 2, 8).await;
+    assert!(live.iter().all(|w| w.assignments.len() == 4), "{live:?}");
+
+    let n = 3000;
+    produce(&producer(), &env.topic("raw_data"), &raws(0..n)).await;
+    let topic = env.topic("final_stream");
+    let out = tokio::task::spawn_blocking(move || {
+        read_until(&topic, 4, Duration::from_secs(60), |r| distinct_ids(r).0.len() == n as usize)
+    })
+    .await
+    .unwrap();
+    for r in &out {
+        let id: i64 = r.value["id"].as_str().unwrap().trim_start_matches("id-").parse().unwrap();
+        assert_eq!(r.value["transformedValue"], id * 4, "{:?}", r.value);
+        assert_eq!(r.value["anotherTransformedValue"], id * 6, "{:?}", r.value);
+        assert_eq!(r.key.as_deref(), r.value["id"].as_str(), "outputs are keyed by the Key field");
+    }
+    let (_, dups) = distinct_ids(&out);
+    println!("chain: {n} ids delivered, {dups} duplicates");
+
+    // Offsets are committed through the control plane once outputs are durable.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let committed: i64 = workers(&cp).await.iter().flat_map(|w| &w.assignments).filter(|a| a.unit_id.starts_with("transform/raw_to_intermediate/")).map(|a| a.committed_offset.max(0)).sum();
+        if committed == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed {committed} of {n}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(sidecar);
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn filters_fan_out_and_consumers() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    let mut c = cp.client().await;
+    let plan = Plan {
+        streams: vec![stream("src", raw_fields(), 2), stream("evens", raw_fields(), 1), stream("triples", raw_fields(), 1)],
+        transforms: vec![transform("keep_evens", "src", "evens", "evens_only"), transform("fan_out", "src", "triples", "split_in_three")],
+        consumers: vec![Consumer {
+            name: "counter".into(),
+            source: Some(rref("src")),
+            function: Some(FunctionRef { name: "count".into(), runtime: String::new() }),
+            dead_letter_queue: None,
+        }],
+        ..Default::default()
+    };
+    apply(&mut c, &plan, false).await.unwrap();
+    let sidecar = Sidecar::start().await;
+    let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
+    wait_for_placement(&cp, 1, 6).await;
+    produce(&producer(), &env.topic("src"), &raws(0..100)).await;
+    let evens = env.topic("evens");
+    let got = tokio::task::spawn_blocking(move || read_until(&evens, 1, Duration::from_secs(30), |r| distinct_ids(r).0.len() == 50)).await.unwrap();
+    assert!(got.iter().all(|r| r.value["value"].as_i64().unwrap() % 2 == 0));
+    let triples = env.topic("triples");
+    let got = tokio::task::spawn_blocking(move || read_until(&triples, 1, Duration::from_secs(30), |r| distinct_ids(r).0.len() == 300)).await.unwrap();
+    assert!(got.iter().any(|r| r.value["id"] == "id-7-2"));
+    let deadline = Instant::now() + WAIT;
+    while sidecar.consumed.load(std::sync::atomic::Ordering::SeqCst) < 100 {
+        assert!(Instant::now() < deadline, "the consumer saw {} of 100", sidecar.consumed.load(std::sync::atomic::Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_records_go_to_the_dead_letter_queue_with_provenance() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    apply(&mut cp.client().await, &single_plan(2, "double_or_fail"), false).await.unwrap();
+    let sidecar = Sidecar::start().await;
+    let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
+    wait_for_placement(&cp, 1, 2).await;
+    let mut records = raws(0..200);
+    let bad = [3usize, 17, 42, 199];
+    for &i in &bad {
+        records[i].value = -(i as i64);
+    }
+    produce(&producer(), &env.topic("src"), &records).await;
+    let out = env.topic("out");
+    let got = tokio::task::spawn_blocking(move || read_until(&out, 2, Duration::from_secs(30), |r| distinct_ids(r).0.len() == 196)).await.unwrap();
+    assert!(got.iter().all(|r| !bad.iter().any(|b| r.value["id"] == format!("id-{b}"))));
+    let dlq = env.topic("src_dlq");
+    let letters = tokio::task::spawn_blocking(move || read_until(&dlq, 1, Duration::from_secs(30), |r| r.len() >= 4)).await.unwrap();
+    let mut ids: Vec<String> = letters.iter().map(|l| l.value["original_record"]["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, vec!["id-17", "id-199", "id-3", "id-42"]);
+    for l in &letters {
+        let v = &l.value;
+        assert_eq!(v["error_type"], "NegativeValue");
+        assert!(v["error_message"].as_str().unwrap().contains("is negative"));
+        assert_eq!(v["source"], "transform");
+        assert_eq!(v["function"], "src_to_out");
+        assert_eq!(v["topic"], env.topic("src"));
+        assert!(v["partition"].as_i64().unwrap() < 2 && v["offset"].as_i64().unwrap() >= 0);
+        assert!(chrono::DateTime::parse_from_rfc3339(v["failed_at"].as_str().unwrap()).is_ok());
+    }
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarting_the_sidecar_mid_stream_loses_nothing() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    apply(&mut cp.client().await, &single_plan(2, "double_or_fail"), false).await.unwrap();
+    let mut sidecar = Sidecar::start().await;
+    let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
+    wait_for_placement(&cp, 1, 2).await;
+    let p = producer();
+    produce(&p, &env.topic("src"), &raws(0..2000)).await;
+    let out = env.topic("out");
+    let o = out.clone();
+    tokio::task::spawn_blocking(move || read_until(&o, 2, Duration::from_secs(30), |r| !r.is_empty())).await.unwrap();
+    sidecar.stop().await;
+    produce(&p, &env.topic("src"), &raws(2000..4000)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // the worker meets a dead sidecar and backs off
+    sidecar.restart().await;
+    produce(&p, &env.topic("src"), &raws(4000..5000)).await;
+    let got = tokio::task::spawn_blocking(move || read_until(&out, 2, Duration::from_secs(60), |r| distinct_ids(r).0.len() == 5000)).await.unwrap();
+    println!("sidecar restart: 5000 ids delivered, {} duplicates", distinct_ids(&got).1);
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+/// Units of one worker, by id, with their epochs.
+fn units_of(ws: &[WorkerInfo], name: &str) -> HashMap<String, u64> {
+    ws.iter().filter(|w| w.name == name && w.live).flat_map(|w| w.assignments.iter().map(|a| (a.unit_id.clone(), a.epoch))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_workers_partitions_resume_within_the_lease_and_nothing_is_lost() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    apply(&mut cp.client().await, &single_plan(4, "double_or_fail"), false).await.unwrap();
+    let sidecar = Sidecar::start().await;
+    let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
+    let mut wa = Worker::start(&a, &cp.addr, &sidecar.url());
+    let _wb = Worker::start(&b, &cp.addr, &sidecar.url());
+    let placed = wait_for_placement(&cp, 2, 4).await;
+    let moved = units_of(&placed, &a);
+    let p = producer();
+    produce(&p, &env.topic("src"), &raws(0..5000)).await;
+    let out = env.topic("out");
+    let o = out.clone();
+    tokio::task::spawn_blocking(move || read_until(&o, 4, Duration::from_secs(30), |r| r.len() >= 1000)).await.unwrap();
+
+    wa.kill9();
+    let killed_at = Instant::now();
+    produce(&p, &env.topic("src"), &raws(5000..10000)).await;
+    // The dead worker's units come back on the other one, at a higher epoch, and make progress there.
+    let deadline = Instant::now() + WAIT;
+    let resumed = loop {
+        let ws = workers(&cp).await;
+        let on_b = units_of(&ws, &b);
+        let progressed = moved.iter().all(|(u, e)| {
+            on_b.get(u).is_some_and(|e2| e2 > e)
+                && ws.iter().flat_map(|w| &w.assignments).any(|x| &x.unit_id == u && x.committed_offset > 0)
+        });
+        if progressed {
+            break killed_at.elapsed();
+        }
+        assert!(Instant::now() < deadline, "the killed worker's units did not resume: {on_b:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let got = tokio::task::spawn_blocking(move || read_until(&out, 4, Duration::from_secs(60), |r| distinct_ids(r).0.len() == 10_000)).await.unwrap();
+    let dups = distinct_ids(&got).1;
+    println!("kill -9: units resumed {resumed:?} after the kill (lease {LEASE_MS} ms); 10000 ids delivered, {dups} duplicates");
+    let lease: u64 = LEASE_MS.parse().unwrap();
+    assert!(resumed < Duration::from_millis(lease + 3000), "resumed after {resumed:?}");
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    apply(&mut cp.client().await, &single_plan(4, "double_or_fail"), false).await.unwrap();
+    let sidecar = Sidecar::start().await;
+    let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
+    let wa = Worker::start(&a, &cp.addr, &sidecar.url());
+    let _wb = Worker::start(&b, &cp.addr, &sidecar.url());
+    let placed = wait_for_placement(&cp, 2, 4).await;
+    let moved = units_of(&placed, &a);
+    let p = producer();
+    produce(&p, &env.topic("src"), &raws(0..3000)).await;
+
+    wa.signal(Signal::SIGSTOP);
+    let lease: u64 = LEASE_MS.parse().unwrap();
+    // Past the lease, A's units move to B; records keep coming meanwhile.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let on_b = units_of(&workers(&cp).await, &b);
+        if moved.iter().all(|(u, e)| on_b.get(u).is_some_and(|e2| e2 > e)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "units did not move off the paused worker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce(&p, &env.topic("src"), &raws(3000..6000)).await;
+    let committed_before: HashMap<String, i64> = workers(&cp).await.iter().flat_map(|w| w.assignments.iter().map(|a| (a.unit_id.clone(), a.committed_offset))).collect();
+    let resumed_at_ms = chrono::Utc::now().timestamp_millis();
+    wa.signal(Signal::SIGCONT);
+    produce(&p, &env.topic("src"), &raws(6000..8000)).await;
+    let out = env.topic("out");
+    let got = tokio::task::spawn_blocking(move || read_until(&out, 4, Duration::from_secs(60), |r| distinct_ids(r).0.len() == 8000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(lease)).await;
+
+    // Nothing produced by A after it woke up, for a unit at the epoch it held before the pause.
+    let stale: Vec<&Read> = got
+        .iter()
+        .filter(|r| {
+            let (u, e) = (r.headers.get("millrace-unit"), r.headers.get("millrace-epoch"));
+            let old = u.and_then(|u| moved.get(u)).map(|e| e.to_string());
+            old.is_some() && e == old.as_ref() && r.timestamp_ms > resumed_at_ms
+        })
+        .collect();
+    assert!(stale.is_empty(), "{} records produced at a stale epoch after SIGCONT", stale.len());
+    // Commits never went backwards; a moved unit is only ever held again at a newer epoch.
+    for w in &workers(&cp).await {
+        for u in &w.assignments {
+            assert!(u.committed_offset >= committed_before.get(&u.unit_id).copied().unwrap_or(-1), "{u:?}");
+            if let Some(old) = moved.get(&u.unit_id) {
+                assert!(u.epoch > *old, "{} is held at its pre-pause epoch", u.unit_id);
+            }
+        }
+    }
+    println!("SIGSTOP: 8000 ids delivered, {} duplicates, no stale produce after resume", distinct_ids(&got).1);
+    cp.stop().await;
+    env.cleanup().await;
+}

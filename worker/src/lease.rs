@@ -1,0 +1,30 @@
+//! The worker's own view of its lease. It runs out earlier than the control plane's (it counts from when a
+//! heartbeat was sent, less a margin), so a worker never acts on a lease the control plane already gave away,
+//! even after being paused.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub struct Lease {
+    deadline: Mutex<Instant>,
+    length: Duration,
+}
+
+impl Lease {
+    pub fn new(sent_at: Instant, length: Duration) -> Self {
+        let lease = Self { deadline: Mutex::new(sent_at), length };
+        lease.renewed(sent_at);
+        lease
+    }
+
+    /// A heartbeat sent at `sent_at` succeeded.
+    pub fn renewed(&self, sent_at: Instant) {
+        let margin = (self.length / 10).max(Duration::from_millis(50));
+        *self.deadline.lock().expect("lease lock") = sent_at + self.length.saturating_sub(margin);
+    }
+
+    pub fn valid(&self) -> bool {
+        Instant::now() < *self.deadline.lock().expect("lease lock")
+    }
+}

@@ -1,0 +1,86 @@
+//! Prometheus metrics of the worker, served as text on /metrics.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub records_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub records_filtered: IntCounterVec,
+    pub records_failed: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub batch_latency: HistogramVec,
+    pub consumer_lag: IntGaugeVec,
+    pub units: IntGaugeVec,
+    pub unit_restarts: IntCounterVec,
+    pub commits_refused: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let f = &["function"];
+        let batch_latency = HistogramVec::new(
+            HistogramOpts::new("millrace_batch_latency_seconds", "Time from sending a batch to a sidecar to its result")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            f,
+        )
+        .expect("valid metric");
+        r.register(Box::new(batch_latency.clone())).expect("unique metric");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let consumer_lag = gauge(
+            "millrace_consumer_lag",
+            "Records between the next one to process and the high watermark of the last fetch response",
+            &["function", "topic", "partition"],
+        );
+        let units = gauge("millrace_units", "Units of work this worker runs", &["function"]);
+        Self {
+            records_in: counter(&r, "millrace_records_in_total", "Records read from source partitions", f),
+            records_out: counter(&r, "millrace_records_out_total", "Output records acknowledged by the broker", f),
+            records_filtered: counter(&r, "millrace_records_filtered_total", "Input records with no output", f),
+            records_failed: counter(&r, "millrace_records_failed_total", "Input records the function failed on", f),
+            dead_letters: counter(&r, "millrace_dead_letters_total", "Dead letters acknowledged by the broker", f),
+            unit_restarts: counter(&r, "millrace_unit_restarts_total", "Unit pipelines restarted after an error", f),
+            commits_refused: counter(&r, "millrace_commits_refused_total", "Offset commits the control plane refused (fenced)", f),
+            batch_latency,
+            consumer_lag,
+            units,
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves /metrics and /healthz until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(move || {
+            let m = metrics.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }
+        }))
+        .route("/healthz", get(|| async { "ok" }));
+    axum::serve(listener, app).await
+}
