@@ -1,9 +1,44 @@
 #!/usr/bin/env bash
-# Millrace's main job: start the local stack, then the control plane on 127.0.0.1:50051 (Ctrl-C stops it).
+# Millrace's main job on this machine: the local stack, the control plane (127.0.0.1:50051), the reference Rust
+# sidecar (127.0.0.1:50061) and one worker (metrics on 127.0.0.1:4000), with examples/plan.json applied: the
+# reference page's chain raw_data -> x2 -> intermediate_stream -> x2, x3 -> final_stream. Ctrl-C stops what it
+# started (the stack keeps running: scripts/stack.sh stop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/stack.sh start
 eval "$(bash scripts/stack.sh env)"
-cargo build --release --locked -p millrace-control-plane
-echo "control plane on ${MILLRACE_LISTEN:-127.0.0.1:50051}; try: $MILLRACE_GRPCURL -plaintext ${MILLRACE_LISTEN:-127.0.0.1:50051} list"
-exec target/release/millrace-control-plane
+CP=${MILLRACE_LISTEN:-127.0.0.1:50051}
+SIDECAR=${MILLRACE_SIDECAR_LISTEN:-127.0.0.1:50061}
+HTTP=${MILLRACE_HTTP_LISTEN:-127.0.0.1:4000}
+echo "== building (release)"
+cargo build --release --locked -p millrace-control-plane -p millrace-worker
+cargo build --release --locked -p millrace-sdk --example reference
+
+log=${MILLRACE_HOME:-$HOME/.millrace}/run; mkdir -p "$log"
+pids=()
+stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap stop EXIT INT TERM
+wait_port() { for _ in $(seq 150); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.2; done; echo "$2 did not start: see $log"; exit 1; }
+
+target/release/millrace-control-plane --listen "$CP" >"$log/control-plane.log" 2>&1 & pids+=($!)
+target/release/examples/reference --listen "$SIDECAR" >"$log/sidecar.log" 2>&1 & pids+=($!)
+wait_port "$CP" "the control plane"; wait_port "$SIDECAR" "the sidecar"
+target/release/millrace-worker --control-plane "http://$CP" --sidecar "default=http://$SIDECAR" --http-listen "$HTTP" \
+  >"$log/worker.log" 2>&1 & pids+=($!)
+wait_port "$HTTP" "the worker"
+
+"$MILLRACE_GRPCURL" -plaintext -d "{\"client\": \"scripts/run.sh\", \"plan\": $(cat examples/plan.json)}" "$CP" \
+  millrace.v1.ControlPlane/ApplyPlan >/dev/null
+cat <<TXT
+
+Millrace is running (logs in $log):
+  control plane   grpc://$CP     $MILLRACE_GRPCURL -plaintext $CP list
+  worker metrics  http://$HTTP/metrics
+  sidecar         grpc://$SIDECAR (sdk-rust/examples/reference.rs)
+  Kafka           $MILLRACE_KAFKA_BROKERS     topics raw_data, intermediate_stream, final_stream, raw_data_dlq
+  ClickHouse      $MILLRACE_CLICKHOUSE_URL    table millrace.final_table
+
+Workers and their units:  $MILLRACE_GRPCURL -plaintext $CP millrace.v1.ControlPlane/ListWorkers
+Records written to raw_data come out doubled, then doubled and tripled, in final_stream. Ctrl-C stops.
+TXT
+wait

@@ -31,6 +31,8 @@ struct Inner {
     wake: Notify,
     watchers: Mutex<HashMap<String, Watcher>>,
     version: std::sync::atomic::AtomicU64,
+    /// One round at a time in this process, so sets are published in the order they were computed.
+    round: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -52,6 +54,7 @@ impl Coordinator {
                 wake: Notify::new(),
                 watchers: Mutex::new(HashMap::new()),
                 version: Default::default(),
+                round: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -84,6 +87,7 @@ impl Coordinator {
     /// One scheduling round: place every desired unit, store what moved, and send each watching worker its
     /// set when it changed.
     pub async fn reschedule(&self) -> Result<(), Error> {
+        let _round = self.inner.round.lock().await;
         let pool = self.inner.store.pool();
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEDULE_LOCK).execute(&mut *tx).await?;

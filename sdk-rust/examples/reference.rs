@@ -30,17 +30,17 @@ struct FinalData {
     transformedAt: DateTime<Utc>,
 }
 
-/// The peer benchmark's record: `{"id": int, "value": int}`.
+/// The peer benchmark's record: `{"id": "<i>", "value": i}`.
 #[derive(Deserialize)]
 struct BenchIn {
-    id: i64,
+    id: String,
     value: i64,
 }
 
 #[derive(Serialize)]
 #[allow(non_snake_case)]
 struct BenchOut {
-    id: i64,
+    id: String,
     transformedValue: i64,
     transformedAt: DateTime<Utc>,
 }

@@ -1,6 +1,9 @@
 //! Sidecars, workers and records for the data-plane tests.
 
-use crate::{kafka_brokers, WAIT};
+use crate::{kafka_brokers, ControlPlane, WAIT};
+use crate::{raw_fields, rref, stream, transform};
+use millrace_proto::v1::{DeadLetterQueue, ListWorkersRequest, Plan, WorkerInfo};
+use std::time::Instant;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -131,7 +134,11 @@ pub struct Worker {
 
 fn worker_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // Tests run from target/<profile>/deps, the bench binaries from target/<profile>.
+    let mut dir = exe.parent().expect("target dir");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target dir");
+    }
     let bin = dir.join("millrace-worker");
     assert!(bin.exists(), "{} is missing: run `cargo build -p millrace-worker` first (scripts/test.sh does)", bin.display());
     bin
@@ -226,7 +233,11 @@ pub fn read_until(topic: &str, partitions: i32, limit: Duration, done: impl Fn(&
             return out;
         }
         assert!(std::time::Instant::now() < deadline, "reading {topic}: condition not met within {limit:?} ({} records read)", out.len());
-        if let Some(m) = c.poll(Timeout::After(Duration::from_millis(200))) {
+        // Drain what is there (up to a chunk) before checking again: `done` may look at every record.
+        let mut wait = Duration::from_millis(200);
+        for _ in 0..10_000 {
+            let Some(m) = c.poll(Timeout::After(wait)) else { break };
+            wait = Duration::ZERO;
             let m = m.expect("consume");
             let mut headers = HashMap::new();
             if let Some(h) = m.headers() {
@@ -257,3 +268,52 @@ pub fn distinct_ids(records: &[Read]) -> (std::collections::HashSet<String>, usi
     }
     (ids, dups)
 }
+
+pub async fn workers(cp: &ControlPlane) -> Vec<WorkerInfo> {
+    cp.client().await.list_workers(ListWorkersRequest {}).await.unwrap().into_inner().workers
+}
+
+
+/// Waits until `n` live workers hold all `units` between them, evenly; returns them.
+pub async fn wait_for_placement(cp: &ControlPlane, n: usize, units: usize) -> Vec<WorkerInfo> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let live: Vec<WorkerInfo> = workers(cp).await.into_iter().filter(|w| w.live).collect();
+        let held: Vec<usize> = live.iter().map(|w| w.assignments.len()).collect();
+        if live.len() == n && held.iter().sum::<usize>() == units && held.iter().all(|h| h.abs_diff(units / n) <= 1) {
+            return live;
+        }
+        assert!(Instant::now() < deadline, "placement not reached: {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+
+/// Units of one worker, by id, with their epochs.
+pub fn units_of(ws: &[WorkerInfo], name: &str) -> HashMap<String, u64> {
+    ws.iter().filter(|w| w.name == name && w.live).flat_map(|w| w.assignments.iter().map(|a| (a.unit_id.clone(), a.epoch))).collect()
+}
+
+
+/// One source stream of `partitions`, one transform running `function` into `out`, and a dead letter queue.
+pub fn single_plan(partitions: u32, function: &str) -> Plan {
+    let mut src = stream("src", raw_fields(), partitions);
+    src.dead_letter_queue = Some(rref("src_dlq"));
+    Plan {
+        streams: vec![src, stream("out", raw_fields(), partitions)],
+        transforms: vec![transform("src_to_out", "src", "out", function)],
+        dead_letter_queues: vec![DeadLetterQueue { name: "src_dlq".into(), ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns the body.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the worker");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut buf)).await.expect("HTTP answer in time").unwrap();
+    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+

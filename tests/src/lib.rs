@@ -233,6 +233,27 @@ impl Default for TestEnv {
     }
 }
 
+// ---- grpcurl ----------------------------------------------------------------------------------------------
+
+pub fn grpcurl_bin() -> String {
+    std::env::var("MILLRACE_GRPCURL").unwrap_or_else(|_| {
+        let home = std::env::var("MILLRACE_HOME").unwrap_or_else(|_| format!("{}/.millrace", env_or("HOME", "/root")));
+        format!("{home}/venv/bin/grpcurl")
+    })
+}
+
+/// Runs `grpcurl -plaintext [-d DATA] ADDR ARGS...`; returns (success, stdout, stderr).
+pub fn grpcurl(addr: &str, data: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(grpcurl_bin());
+    cmd.args(["-plaintext", "-max-time", "30"]);
+    if let Some(d) = data {
+        cmd.args(["-d", d]);
+    }
+    cmd.arg(addr.trim_start_matches("http://")).args(args);
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e} (run scripts/stack.sh start)", grpcurl_bin()));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
 // ---- plan builders -----------------------------------------------------------------------------------------
 
 pub fn scalar(s: ScalarType) -> FieldType {

@@ -27,36 +27,6 @@ fn chain_plan() -> Plan {
     }
 }
 
-/// One source stream of `partitions`, one transform running `function` into `out`, and a dead letter queue.
-fn single_plan(partitions: u32, function: &str) -> Plan {
-    let mut src = stream("src", raw_fields(), partitions);
-    src.dead_letter_queue = Some(rref("src_dlq"));
-    Plan {
-        streams: vec![src, stream("out", raw_fields(), partitions)],
-        transforms: vec![transform("src_to_out", "src", "out", function)],
-        dead_letter_queues: vec![DeadLetterQueue { name: "src_dlq".into(), ..Default::default() }],
-        ..Default::default()
-    }
-}
-
-async fn workers(cp: &ControlPlane) -> Vec<WorkerInfo> {
-    cp.client().await.list_workers(ListWorkersRequest {}).await.unwrap().into_inner().workers
-}
-
-/// Waits until `n` live workers hold all `units` between them, evenly; returns them.
-async fn wait_for_placement(cp: &ControlPlane, n: usize, units: usize) -> Vec<WorkerInfo> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let live: Vec<WorkerInfo> = workers(cp).await.into_iter().filter(|w| w.live).collect();
-        let held: Vec<usize> = live.iter().map(|w| w.assignments.len()).collect();
-        if live.len() == n && held.iter().sum::<usize>() == units && held.iter().all(|h| h.abs_diff(units / n) <= 1) {
-            return live;
-        }
-        assert!(Instant::now() < deadline, "placement not reached: {held:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chained_transforms_run_end_to_end_on_two_workers() {
     let env = TestEnv::new();
@@ -68,6 +38,17 @@ async fn chained_transforms_run_end_to_end_on_two_workers() {
     let _w2 = Worker::start(&format!("{}-b", env.id), &cp.addr, &sidecar.url());
     let live = wait_for_placement(&cp, 2, 8).await;
     assert!(live.iter().all(|w| w.assignments.len() == 4), "{live:?}");
+    // Admins see the same through grpcurl.
+    let addr = cp.addr.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || grpcurl(&addr, None, &["millrace.v1.ControlPlane/ListWorkers"])).await.unwrap();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let listed = v["workers"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{out}");
+    for w in listed {
+        assert!(w["live"].as_bool().unwrap() && w["leaseExpiresAt"].is_string() && w["generation"].is_string(), "{w}");
+        assert_eq!(w["assignments"].as_array().unwrap().len(), 4, "{w}");
+    }
 
     let n = 3000;
     produce(&producer(), &env.topic("raw_data"), &raws(0..n)).await;
@@ -146,6 +127,7 @@ async fn failing_records_go_to_the_dead_letter_queue_with_provenance() {
     let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
     wait_for_placement(&cp, 1, 2).await;
     let mut records = raws(0..200);
+    // Chosen records fail: their values are negative.
     let bad = [3usize, 17, 42, 199];
     for &i in &bad {
         records[i].value = -(i as i64);
@@ -169,6 +151,26 @@ async fn failing_records_go_to_the_dead_letter_queue_with_provenance() {
         assert_eq!(v["topic"], env.topic("src"));
         assert!(v["partition"].as_i64().unwrap() < 2 && v["offset"].as_i64().unwrap() >= 0);
         assert!(chrono::DateTime::parse_from_rfc3339(v["failed_at"].as_str().unwrap()).is_ok());
+    }
+
+    // The worker's /metrics shows what happened, per function and per partition.
+    let http = workers(&cp).await[0].http_address.clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = http_get(&http, "/metrics").await;
+        let has = |line: &str| text.lines().any(|l| l == line);
+        let done = has(r#"millrace_records_in_total{function="src_to_out"} 200"#)
+            && has(r#"millrace_records_out_total{function="src_to_out"} 196"#)
+            && has(r#"millrace_records_failed_total{function="src_to_out"} 4"#)
+            && has(r#"millrace_dead_letters_total{function="src_to_out"} 4"#)
+            && has(r#"millrace_records_filtered_total{function="src_to_out"} 0"#)
+            && text.contains(r#"millrace_batch_latency_seconds_bucket{function="src_to_out",le="+Inf"}"#)
+            && text.contains(&format!(r#"millrace_consumer_lag{{function="src_to_out",partition="1",topic="{}"}} 0"#, env.topic("src")));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "metrics never showed the run:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cp.stop().await;
     env.cleanup().await;
@@ -196,11 +198,6 @@ async fn restarting_the_sidecar_mid_stream_loses_nothing() {
     println!("sidecar restart: 5000 ids delivered, {} duplicates", distinct_ids(&got).1);
     cp.stop().await;
     env.cleanup().await;
-}
-
-/// Units of one worker, by id, with their epochs.
-fn units_of(ws: &[WorkerInfo], name: &str) -> HashMap<String, u64> {
-    ws.iter().filter(|w| w.name == name && w.live).flat_map(|w| w.assignments.iter().map(|a| (a.unit_id.clone(), a.epoch))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

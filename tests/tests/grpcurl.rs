@@ -2,26 +2,6 @@
 
 use millrace_tests::*;
 use serde_json::Value;
-use std::process::Command;
-
-fn grpcurl() -> String {
-    std::env::var("MILLRACE_GRPCURL").unwrap_or_else(|_| {
-        let home = std::env::var("MILLRACE_HOME").unwrap_or_else(|_| format!("{}/.millrace", env_or("HOME", "/root")));
-        format!("{home}/venv/bin/grpcurl")
-    })
-}
-
-/// Runs `grpcurl -plaintext [-d DATA] ADDR ARGS...`; returns (success, stdout, stderr).
-fn run(addr: &str, data: Option<&str>, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(grpcurl());
-    cmd.args(["-plaintext", "-max-time", "30"]);
-    if let Some(d) = data {
-        cmd.args(["-d", d]);
-    }
-    cmd.arg(addr.trim_start_matches("http://")).args(args);
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e} (run scripts/stack.sh start)", grpcurl()));
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 fn example_plan() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/plan.json")).expect("examples/plan.json")
@@ -36,7 +16,7 @@ async fn grpcurl_lists_describes_applies_and_deletes() {
     let call = |data: Option<&str>, args: &[&str]| {
         let (addr, data) = (addr.clone(), data.map(str::to_string));
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        tokio::task::spawn_blocking(move || run(&addr, data.as_deref(), &args.iter().map(String::as_str).collect::<Vec<_>>()))
+        tokio::task::spawn_blocking(move || grpcurl(&addr, data.as_deref(), &args.iter().map(String::as_str).collect::<Vec<_>>()))
     };
     let (ok, out, err) = call(None, &["list"]).await.unwrap();
     assert!(ok, "{err}");
