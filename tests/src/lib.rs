@@ -207,6 +207,15 @@ impl TestEnv {
         self.wait_for(|| self.partitions(topic) == Some(partitions as usize)).await;
     }
 
+    /// Deletes a topic behind Millrace's back.
+    pub async fn delete_topic(&self, topic: &str) {
+        let opts = AdminOptions::new().operation_timeout(Some(Timeout::After(WAIT)));
+        for r in self.admin.delete_topics(&[topic], &opts).await.expect("delete topic") {
+            r.expect("topic deleted");
+        }
+        self.wait_for(|| self.partitions(topic).is_none()).await;
+    }
+
     /// Polls a condition until it holds, failing the test after WAIT.
     pub async fn wait_for(&self, mut ok: impl FnMut() -> bool) {
         let deadline = tokio::time::Instant::now() + WAIT;

@@ -302,3 +302,42 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
     cp.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_produce_is_retried_and_never_committed_past() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    apply(&mut cp.client().await, &single_plan(1, "double_or_fail"), false).await.unwrap();
+    // The destination disappears behind Millrace's back: every produce fails until it is back.
+    let out = env.topic("out");
+    env.delete_topic(&out).await;
+    let sidecar = Sidecar::start().await;
+    let _w = Worker::start_with(&format!("{}-a", env.id), &cp.addr, &sidecar.url(), &["--produce-timeout-ms", "1000"]);
+    wait_for_placement(&cp, 1, 1).await;
+    produce(&producer(), &env.topic("src"), &raws(0..500)).await;
+
+    let committed = |ws: &[WorkerInfo]| ws.iter().flat_map(|w| &w.assignments).map(|a| a.committed_offset).max().unwrap_or(-1);
+    let http = workers(&cp).await[0].http_address.clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = http_get(&http, "/metrics").await;
+        let restarts = text.lines().find(|l| l.starts_with("millrace_unit_restarts_total")).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        if restarts.unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the unit never retried its failed produce");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed(&workers(&cp).await), -1, "an offset was committed past records whose outputs failed");
+
+    env.create_topic(&out, 1).await;
+    let got = tokio::task::spawn_blocking(move || read_until(&out, 1, Duration::from_secs(60), |r| distinct_ids(r).0.len() == 500)).await.unwrap();
+    assert!(got.iter().all(|r| r.value["value"].as_i64().unwrap() % 2 == 0));
+    let deadline = Instant::now() + WAIT;
+    while committed(&workers(&cp).await) != 500 {
+        assert!(Instant::now() < deadline, "the offset never reached 500 once the topic was back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.stop().await;
+    env.cleanup().await;
+}
