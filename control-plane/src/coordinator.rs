@@ -185,6 +185,12 @@ impl Coordinator {
         }
     }
 
+    /// Ends every assignment stream (on shutdown: graceful shutdown waits for open streams, and these never
+    /// end on their own). Workers reconnect to whichever control plane answers next.
+    pub fn close_streams(&self) {
+        self.inner.watchers.lock().expect("watchers lock").clear();
+    }
+
     pub async fn live_workers(&self) -> usize {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM workers WHERE lease_expires_at > now()")
             .fetch_one(self.inner.store.pool())

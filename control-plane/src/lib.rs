@@ -101,6 +101,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "control plane serving");
+    let closing = coordinator.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.close_streams();
+    };
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)

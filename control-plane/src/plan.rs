@@ -241,9 +241,12 @@ fn check_destination_table(
     Ok(())
 }
 
+/// A stream by (name, version).
+type StreamId = (String, String);
+
 /// Transforms are edges between streams; a cycle would loop records forever.
 fn check_cycles(state: &State) -> Result<(), PlanError> {
-    let mut edges: BTreeMap<(String, String), Vec<(&str, (String, String))>> = BTreeMap::new();
+    let mut edges: BTreeMap<StreamId, Vec<(&str, StreamId)>> = BTreeMap::new();
     for r in state.values() {
         if let Spec::Transform(t) = spec(r) {
             let (Some(s), Some(d)) = (&t.source, &t.destination) else { continue };
@@ -254,7 +257,7 @@ fn check_cycles(state: &State) -> Result<(), PlanError> {
         }
     }
     // Iterative DFS with colours: 1 = on the current path, 2 = finished.
-    let mut colour: HashMap<(String, String), u8> = HashMap::new();
+    let mut colour: HashMap<StreamId, u8> = HashMap::new();
     for start in edges.keys() {
         if colour.contains_key(start) {
             continue;

@@ -44,7 +44,22 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     pub async fn start(config: Config) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(config, 0).await
+    }
+
+    /// Starts on a given port (0 = any), retrying while the port is still held by a stopped predecessor.
+    pub async fn start_on(config: Config, port: u16) -> anyhow::Result<Self> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => break l,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => anyhow::bail!("cannot listen on port {port}: {e}"),
+            }
+        };
         let addr = format!("http://{}", listener.local_addr()?);
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(millrace_control_plane::serve(config, listener, async {
@@ -66,6 +81,10 @@ impl ControlPlane {
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "the control plane did not answer within {WAIT:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("addr has a port")
     }
 
     pub async fn client(&self) -> ControlPlaneClient<Channel> {

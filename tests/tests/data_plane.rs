@@ -341,3 +341,43 @@ async fn a_failed_produce_is_retried_and_never_committed_past() {
     cp.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_ride_out_a_control_plane_restart() {
+    let env = TestEnv::new();
+    let config = env.config_with(&["--lease-ms", "10000"]);
+    let cp = ControlPlane::start(config.clone()).await.unwrap();
+    let port = cp.port();
+    apply(&mut cp.client().await, &single_plan(2, "double_or_fail"), false).await.unwrap();
+    let sidecar = Sidecar::start().await;
+    let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
+    let before = wait_for_placement(&cp, 1, 2).await;
+    let p = producer();
+    produce(&p, &env.topic("src"), &raws(0..2000)).await;
+
+    // Down briefly (within the lease): the worker keeps processing; commits wait for the control plane.
+    cp.stop().await;
+    produce(&p, &env.topic("src"), &raws(2000..4000)).await;
+    let out = env.topic("out");
+    let o = out.clone();
+    tokio::task::spawn_blocking(move || read_until(&o, 2, Duration::from_secs(30), |r| distinct_ids(r).0.len() == 4000)).await.unwrap();
+    let cp = ControlPlane::start_on(config, port).await.unwrap();
+    produce(&p, &env.topic("src"), &raws(4000..5000)).await;
+    tokio::task::spawn_blocking(move || read_until(&out, 2, Duration::from_secs(30), |r| distinct_ids(r).0.len() == 5000)).await.unwrap();
+
+    // Same worker, same epochs, and every offset committed through the restarted control plane.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ws = workers(&cp).await;
+        let live: Vec<&WorkerInfo> = ws.iter().filter(|w| w.live).collect();
+        let total: i64 = live.iter().flat_map(|w| &w.assignments).map(|a| a.committed_offset.max(0)).sum();
+        if live.len() == 1 && total == 5000 {
+            assert_eq!(live[0].worker_id, before[0].worker_id, "the worker kept its lease through the restart");
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed {total} of 5000 after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cp.stop().await;
+    env.cleanup().await;
+}

@@ -160,11 +160,12 @@ async fn progress(s: Arc<Session>, mut client: Client, every: Duration, ctx: Arc
         tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(every) => {} }
         round += 1;
         // Lag alone is refreshed about every 5 s; offsets as soon as they move.
-        report(&s, &mut client, &ctx, round % 25 == 0).await;
+        report(&s, &mut client, &ctx, round.is_multiple_of(25)).await;
     }
 }
 
-/// Commits the units' safe offsets; units the control plane no longer grants are stopped.
+/// Commits the units' safe offsets; units the control plane no longer grants are stopped. `all` reports every
+/// unit, moved or not, stopped or not (for lag refreshes and the last report before shutdown).
 async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, all: bool) {
     if !s.lease.valid() {
         return;
@@ -175,7 +176,8 @@ async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, all: bool) {
         .iter()
         .filter_map(|st| {
             let safe = st.safe_offset.load(Ordering::SeqCst);
-            if safe < 0 || (!all && safe == st.reported_offset.load(Ordering::SeqCst)) || st.stop.is_cancelled() {
+            let unchanged = safe == st.reported_offset.load(Ordering::SeqCst);
+            if safe < 0 || (!all && (unchanged || st.stop.is_cancelled())) {
                 return None;
             }
             sent.push((st.clone(), safe));
