@@ -29,6 +29,7 @@ wait_port "$HTTP" "the worker"
 
 "$MILLRACE_GRPCURL" -plaintext -d "{\"client\": \"scripts/run.sh\", \"plan\": $(cat examples/plan.json)}" "$CP" \
   millrace.v1.ControlPlane/ApplyPlan >/dev/null
+VENV_PY=$(dirname "$MILLRACE_GRPCURL")/python
 cat <<TXT
 
 Millrace is running (logs in $log):
@@ -38,7 +39,10 @@ Millrace is running (logs in $log):
   Kafka           $MILLRACE_KAFKA_BROKERS     topics raw_data, intermediate_stream, final_stream, raw_data_dlq
   ClickHouse      $MILLRACE_CLICKHOUSE_URL    table millrace.final_table
 
-Workers and their units:  $MILLRACE_GRPCURL -plaintext $CP millrace.v1.ControlPlane/ListWorkers
-Records written to raw_data come out doubled, then doubled and tripled, in final_stream. Ctrl-C stops.
+Try it, from another terminal:
+  $VENV_PY scripts/demo.py send raw_data 100          # records {id, value} into raw_data
+  $VENV_PY scripts/demo.py peek final_stream -n 5     # doubled, then doubled and tripled
+  $MILLRACE_GRPCURL -plaintext $CP millrace.v1.ControlPlane/ListWorkers
+Ctrl-C stops.
 TXT
 wait

