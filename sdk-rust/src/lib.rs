@@ -279,6 +279,15 @@ mod tests {
         assert_eq!(ok(call("many", r#"{"v": 3}"#)), vec!["3", "3", "3"]);
     }
 
+    #[tokio::test]
+    async fn describe_lists_every_function_and_its_kind() {
+        let rt = Runtime::new("t").transform("double", |i: In| i.v * 2).consumer("sink", |_: In| {});
+        let d = rt.describe(Request::new(DescribeRequest {})).await.unwrap().into_inner();
+        let got: Vec<(String, bool)> = d.functions.into_iter().map(|f| (f.name, f.consumer)).collect();
+        assert_eq!(got, vec![("double".to_string(), false), ("sink".to_string(), true)]);
+        assert!(d.runtime.contains("millrace-sdk-rust"));
+    }
+
     #[derive(Debug)]
     struct Negative;
     impl Display for Negative {

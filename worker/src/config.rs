@@ -48,7 +48,12 @@ impl Config {
 
     pub fn worker_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
-            let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into());
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".into());
             format!("{host}-{}", std::process::id())
         })
     }
