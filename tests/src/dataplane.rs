@@ -70,6 +70,16 @@ pub fn runtime(consumed: Arc<AtomicU64>) -> millrace_sdk::Runtime {
         })
         .transform("evens_only", |r: Raw| (r.value % 2 == 0).then_some(r))
         .transform("split_in_three", |r: Raw| (0..3).map(|i| Raw { id: format!("{}-{i}", r.id), value: r.value }).collect::<Vec<_>>())
+        // Stalls on its first call only: a sidecar that times out once.
+        .transform("slow_first_call", {
+            let first = std::sync::atomic::AtomicBool::new(true);
+            move |r: Raw| {
+                if first.swap(false, Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_secs(3));
+                }
+                r
+            }
+        })
         .consumer("count", move |_: Raw| {
             consumed.fetch_add(1, Ordering::SeqCst);
         })

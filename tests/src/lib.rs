@@ -70,8 +70,11 @@ impl ControlPlane {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if cp.task.is_finished() {
-                let r = cp.task.await?;
-                anyhow::bail!("the control plane exited at start: {r:?}");
+                let why = match cp.task.await? {
+                    Ok(()) => "it stopped without an error".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                anyhow::bail!("the control plane exited at start: {why}");
             }
             if let Ok(mut c) = ControlPlaneClient::connect(cp.addr.clone()).await {
                 if c.list_resources(ListResourcesRequest::default()).await.is_ok() {

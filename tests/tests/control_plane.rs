@@ -417,3 +417,14 @@ async fn unreachable_broker_or_clickhouse_gives_unavailable_and_records_nothing(
     assert!(env.tables().await.is_empty());
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_a_clear_start_up_error_without_the_password() {
+    let env = TestEnv::new();
+    let mut config = env.config();
+    config.database_url = "postgres://millrace:hunter2@127.0.0.1:1/millrace".into();
+    config.dependency_timeout_ms = 2000;
+    let err = ControlPlane::start(config).await.err().expect("start-up fails").to_string();
+    assert!(err.contains("Postgres is unreachable") && err.contains("127.0.0.1:1"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}

@@ -381,3 +381,21 @@ async fn workers_ride_out_a_control_plane_restart() {
     cp.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_that_times_out_is_retried_and_nothing_is_skipped() {
+    let env = TestEnv::new();
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
+    apply(&mut cp.client().await, &single_plan(1, "slow_first_call"), false).await.unwrap();
+    let sidecar = Sidecar::start().await;
+    let _w = Worker::start_with(&format!("{}-a", env.id), &cp.addr, &sidecar.url(), &["--sidecar-timeout-ms", "500"]);
+    wait_for_placement(&cp, 1, 1).await;
+    produce(&producer(), &env.topic("src"), &raws(0..300)).await;
+    let out = env.topic("out");
+    tokio::task::spawn_blocking(move || read_until(&out, 1, Duration::from_secs(30), |r| distinct_ids(r).0.len() == 300)).await.unwrap();
+    let text = http_get(&workers(&cp).await[0].http_address, "/metrics").await;
+    let restarts = text.lines().find(|l| l.starts_with("millrace_unit_restarts_total")).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(restarts.unwrap_or(0) >= 1, "the slow batch was not retried:\n{text}");
+    cp.stop().await;
+    env.cleanup().await;
+}
