@@ -324,6 +324,14 @@ pub fn single_plan(partitions: u32, function: &str) -> Plan {
 }
 
 /// A plain HTTP/1.0 GET on loopback; returns the body.
+/// The value of the first sample of a metric in Prometheus text, 0 when absent.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 pub async fn http_get(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to the worker");
