@@ -3,7 +3,7 @@
 
 use crate::names::{is_valid_function_name, is_valid_name, is_valid_version};
 use crate::resource::{key_of, physical_name, plan_specs, spec, ResourceKey, State};
-use crate::types::{ch_column_type, validate_fields};
+use crate::types::{ch_column_type, is_sortable, validate_fields};
 use millrace_proto::v1::{resource::Spec, LifeCycle, Plan, Resource, ResourceKind, ResourceRef};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -94,9 +94,7 @@ fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
             for col in &t.order_by {
                 match t.fields.iter().find(|f| &f.name == col) {
                     None => return Err(fail(&key, "order_by", format!("`{col}` is not a field of the table"))),
-                    Some(f) if f.nullable || !matches!(f.r#type.as_ref().and_then(|t| t.kind.as_ref()),
-                        Some(millrace_proto::v1::field_type::Kind::Scalar(_)) | Some(millrace_proto::v1::field_type::Kind::Decimal(_))) =>
-                    {
+                    Some(f) if !is_sortable(f) => {
                         return Err(fail(&key, "order_by", format!("`{col}` must be a non-nullable scalar to be in ORDER BY")))
                     }
                     Some(_) => {}

@@ -45,12 +45,17 @@ fn validate_list(fields: &[Field], prefix: &str, depth: usize, top: bool) -> Res
             if !top {
                 return Err(err(&path, "only top-level fields can be key fields"));
             }
-            if f.nullable || !matches!(ty.kind, Some(Kind::Scalar(_)) | Some(Kind::Decimal(_))) {
+            if !is_sortable(f) {
                 return Err(err(&path, "a key field must have a non-nullable scalar type"));
             }
         }
     }
     Ok(())
+}
+
+/// A field that can be a key or an ORDER BY column: a non-nullable scalar or decimal.
+pub fn is_sortable(f: &Field) -> bool {
+    !f.nullable && matches!(f.r#type.as_ref().and_then(|t| t.kind.as_ref()), Some(Kind::Scalar(_)) | Some(Kind::Decimal(_)))
 }
 
 fn validate_type(ty: &FieldType, path: &str, depth: usize) -> Result<(), FieldError> {

@@ -341,3 +341,13 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
+
+/// The lease the data-plane tests run with: short, so failovers happen within a test.
+pub const TEST_LEASE_MS: &str = "3000";
+
+/// A control plane with the tests' lease, `plan` applied.
+pub async fn control_plane_with(env: &crate::TestEnv, plan: &Plan) -> ControlPlane {
+    let cp = ControlPlane::start(env.config_with(&["--lease-ms", TEST_LEASE_MS])).await.expect("control plane starts");
+    crate::apply(&mut cp.client().await, plan, false).await.expect("plan applied");
+    cp
+}

@@ -7,7 +7,6 @@ use nix::sys::signal::Signal;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const LEASE_MS: &str = "3000";
 
 fn chain_plan() -> Plan {
     let final_fields = vec![
@@ -30,9 +29,7 @@ fn chain_plan() -> Plan {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chained_transforms_run_end_to_end_on_two_workers() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    let mut c = cp.client().await;
-    apply(&mut c, &chain_plan(), false).await.unwrap();
+    let cp = control_plane_with(&env, &chain_plan()).await;
     let sidecar = Sidecar::start().await;
     let _w1 = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
     let _w2 = Worker::start(&format!("{}-b", env.id), &cp.addr, &sidecar.url());
@@ -85,8 +82,6 @@ async fn chained_transforms_run_end_to_end_on_two_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn filters_fan_out_and_consumers() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    let mut c = cp.client().await;
     let plan = Plan {
         streams: vec![stream("src", raw_fields(), 2), stream("evens", raw_fields(), 1), stream("triples", raw_fields(), 1)],
         transforms: vec![transform("keep_evens", "src", "evens", "evens_only"), transform("fan_out", "src", "triples", "split_in_three")],
@@ -98,7 +93,7 @@ async fn filters_fan_out_and_consumers() {
         }],
         ..Default::default()
     };
-    apply(&mut c, &plan, false).await.unwrap();
+    let cp = control_plane_with(&env, &plan).await;
     let sidecar = Sidecar::start().await;
     let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
     wait_for_placement(&cp, 1, 6).await;
@@ -121,8 +116,7 @@ async fn filters_fan_out_and_consumers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failing_records_go_to_the_dead_letter_queue_with_provenance() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    apply(&mut cp.client().await, &single_plan(2, "double_or_fail"), false).await.unwrap();
+    let cp = control_plane_with(&env, &single_plan(2, "double_or_fail")).await;
     let sidecar = Sidecar::start().await;
     let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
     wait_for_placement(&cp, 1, 2).await;
@@ -179,8 +173,7 @@ async fn failing_records_go_to_the_dead_letter_queue_with_provenance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarting_the_sidecar_mid_stream_loses_nothing() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    apply(&mut cp.client().await, &single_plan(2, "double_or_fail"), false).await.unwrap();
+    let cp = control_plane_with(&env, &single_plan(2, "double_or_fail")).await;
     let mut sidecar = Sidecar::start().await;
     let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
     wait_for_placement(&cp, 1, 2).await;
@@ -203,8 +196,7 @@ async fn restarting_the_sidecar_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_workers_partitions_resume_within_the_lease_and_nothing_is_lost() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    apply(&mut cp.client().await, &single_plan(4, "double_or_fail"), false).await.unwrap();
+    let cp = control_plane_with(&env, &single_plan(4, "double_or_fail")).await;
     let sidecar = Sidecar::start().await;
     let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
     let mut wa = Worker::start(&a, &cp.addr, &sidecar.url());
@@ -237,8 +229,8 @@ async fn a_killed_workers_partitions_resume_within_the_lease_and_nothing_is_lost
     };
     let got = tokio::task::spawn_blocking(move || read_until(&out, 4, Duration::from_secs(60), |r| distinct_ids(r).0.len() == 10_000)).await.unwrap();
     let dups = distinct_ids(&got).1;
-    println!("kill -9: units resumed {resumed:?} after the kill (lease {LEASE_MS} ms); 10000 ids delivered, {dups} duplicates");
-    let lease: u64 = LEASE_MS.parse().unwrap();
+    println!("kill -9: units resumed {resumed:?} after the kill (lease {TEST_LEASE_MS} ms); 10000 ids delivered, {dups} duplicates");
+    let lease: u64 = TEST_LEASE_MS.parse().unwrap();
     assert!(resumed < Duration::from_millis(lease + 3000), "resumed after {resumed:?}");
     cp.stop().await;
     env.cleanup().await;
@@ -247,8 +239,7 @@ async fn a_killed_workers_partitions_resume_within_the_lease_and_nothing_is_lost
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    apply(&mut cp.client().await, &single_plan(4, "double_or_fail"), false).await.unwrap();
+    let cp = control_plane_with(&env, &single_plan(4, "double_or_fail")).await;
     let sidecar = Sidecar::start().await;
     let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
     let wa = Worker::start(&a, &cp.addr, &sidecar.url());
@@ -259,7 +250,7 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
     produce(&p, &env.topic("src"), &raws(0..3000)).await;
 
     wa.signal(Signal::SIGSTOP);
-    let lease: u64 = LEASE_MS.parse().unwrap();
+    let lease: u64 = TEST_LEASE_MS.parse().unwrap();
     // Past the lease, A's units move to B; records keep coming meanwhile.
     let deadline = Instant::now() + WAIT;
     loop {
@@ -306,8 +297,7 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_produce_is_retried_and_never_committed_past() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    apply(&mut cp.client().await, &single_plan(1, "double_or_fail"), false).await.unwrap();
+    let cp = control_plane_with(&env, &single_plan(1, "double_or_fail")).await;
     // The destination disappears behind Millrace's back: every produce fails until it is back.
     let out = env.topic("out");
     env.delete_topic(&out).await;
@@ -384,8 +374,7 @@ async fn workers_ride_out_a_control_plane_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sidecar_that_times_out_is_retried_and_nothing_is_skipped() {
     let env = TestEnv::new();
-    let cp = ControlPlane::start(env.config_with(&["--lease-ms", LEASE_MS])).await.unwrap();
-    apply(&mut cp.client().await, &single_plan(1, "slow_first_call"), false).await.unwrap();
+    let cp = control_plane_with(&env, &single_plan(1, "slow_first_call")).await;
     let sidecar = Sidecar::start().await;
     let _w = Worker::start_with(&format!("{}-a", env.id), &cp.addr, &sidecar.url(), &["--sidecar-timeout-ms", "500"]);
     wait_for_placement(&cp, 1, 1).await;

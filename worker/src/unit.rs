@@ -190,8 +190,8 @@ async fn read(
     sent: mpsc::Sender<Sent>,
 ) -> Result<(), UnitError> {
     let input = |m: &rdkafka::message::BorrowedMessage<'_>| InputRecord {
-        value: m.payload().unwrap_or_default().to_vec(),
-        key: m.key().unwrap_or_default().to_vec(),
+        value: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        key: bytes::Bytes::copy_from_slice(m.key().unwrap_or_default()),
         partition: m.partition(),
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
@@ -250,7 +250,7 @@ async fn respond(
         let mut dead_letters = Vec::new();
         let (mut filtered, mut failed) = (0u64, 0u64);
         for (rec, res) in batch.records.iter().zip(result.results) {
-            let source_key = (!rec.key.is_empty()).then_some(rec.key.as_slice());
+            let source_key = (!rec.key.is_empty()).then_some(&rec.key[..]);
             match res.result {
                 Some(record_result::Result::Ok(out)) => {
                     if out.values.is_empty() {
