@@ -5,7 +5,8 @@ use crate::diff::{diff, Planned};
 use crate::error::Error;
 use crate::plan;
 use crate::provision::Provisioner;
-use crate::resource::{kind_label, ResourceKey, State};
+use crate::resource::{kind_label, life_cycle, physical_name, spec, ResourceKey, State};
+use millrace_proto::v1::resource::Spec;
 use crate::store::{Store, StoredRow};
 use chrono::{DateTime, Utc};
 use millrace_proto::v1::control_plane_server::ControlPlane;
@@ -56,7 +57,8 @@ impl Api {
         let desired = plan::validate(plan)?;
         let mut tx = self.store.begin_apply().await?;
         let stored = Store::load_state(&mut *tx).await?;
-        let planned = diff(&desired, &stored);
+        let mut planned = diff(&desired, &stored);
+        self.note_partition_counts(&mut planned).await;
         let changes: Vec<ResourceChange> = planned.iter().map(Planned::to_proto).collect();
         let refused: Vec<String> = planned
             .iter()
@@ -80,8 +82,36 @@ impl Api {
         tx.commit().await?;
         let changed = planned.iter().filter(|p| p.action != ChangeAction::Unchanged).count();
         tracing::info!(apply_id, client, changed, "plan applied");
-        self.coordinator.plan_changed();
+        self.coordinator.plan_applied().await;
         Ok(ApplyPlanResponse { changes, dry_run, apply_id })
+    }
+
+    /// Says where a stream's topic has another partition count than declared: units follow the topic, so every
+    /// partition is read, but the user should know. Best effort: an unreachable broker adds no notes.
+    async fn note_partition_counts(&self, planned: &mut [Planned]) {
+        let streams = planned.iter().any(|p| matches!(p.desired.as_ref().map(spec), Some(Spec::Stream(_))));
+        if !streams {
+            return;
+        }
+        let Ok(actual) = self.provisioner.kafka.topics().await else { return };
+        for p in planned.iter_mut() {
+            let Some(Spec::Stream(s)) = p.desired.as_ref().map(spec) else { continue };
+            let external = life_cycle(spec(p.desired.as_ref().expect("desired"))) == LifeCycle::ExternallyManaged;
+            // Creates and updates of managed topics set the count themselves (or are refused).
+            if !external && matches!(p.action, ChangeAction::Create | ChangeAction::Update) {
+                continue;
+            }
+            let topic = physical_name(&Spec::Stream(s.clone()), &self.provisioner.topic_namespace);
+            let declared = s.parallelism.unwrap_or(1) as usize;
+            let note = match actual.get(&topic) {
+                None if external => format!("topic `{topic}` does not exist yet: its units wait for it"),
+                Some(&n) if n != declared => {
+                    format!("topic `{topic}` has {n} partitions where {declared} are declared: all {n} are processed")
+                }
+                _ => continue,
+            };
+            p.reason = if p.reason.is_empty() { note } else { format!("{}; {note}", p.reason) };
+        }
     }
 
     /// Deletes one resource as its life cycle allows.
@@ -108,7 +138,7 @@ impl Api {
         Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
         tx.commit().await?;
         tracing::info!(%key, client, "resource deleted");
-        self.coordinator.plan_changed();
+        self.coordinator.plan_applied().await;
         Ok(planned[0].to_proto())
     }
 }

@@ -1,7 +1,7 @@
 //! The diff between a desired and a stored state, one entry per resource, with life cycles applied.
 
 use crate::resource::{life_cycle, spec, ResourceKey, State};
-use millrace_proto::v1::{resource::Spec, ChangeAction, Field, LifeCycle, Resource, ResourceChange};
+use millrace_proto::v1::{resource::Spec, ChangeAction, Field, FunctionRef, LifeCycle, Resource, ResourceChange, ResourceRef};
 
 /// What an apply does to one resource, and the declarations on either side.
 #[derive(Debug, Clone)]
@@ -151,6 +151,19 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
                 });
             }
         }
+        (Spec::Transform(d), Spec::Transform(s)) => {
+            unit_changes(&mut notes, (&d.source, &s.source), (&d.function, &s.function), (&d.dead_letter_queue, &s.dead_letter_queue));
+            if d.destination != s.destination {
+                notes.push(format!(
+                    "destination {} -> {}: its units restart and write only to the new one",
+                    shown(s.destination.as_ref()),
+                    shown(d.destination.as_ref())
+                ));
+            }
+        }
+        (Spec::Consumer(d), Spec::Consumer(s)) => {
+            unit_changes(&mut notes, (&d.source, &s.source), (&d.function, &s.function), (&d.dead_letter_queue, &s.dead_letter_queue));
+        }
         _ => {}
     }
     if life_cycle(d) != life_cycle(s) {
@@ -160,6 +173,39 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
         notes.push("declaration changed".into());
     }
     Ok(notes.join("; "))
+}
+
+type Pair<'a, T> = (&'a T, &'a T);
+
+/// What a changed transform or consumer does to its running units (each pair is desired, stored).
+fn unit_changes(
+    notes: &mut Vec<String>,
+    source: Pair<Option<ResourceRef>>,
+    function: Pair<Option<FunctionRef>>,
+    dlq: Pair<Option<ResourceRef>>,
+) {
+    if source.0 != source.1 {
+        notes.push(format!(
+            "source {} -> {}: its units restart at the beginning of the new source",
+            shown(source.1.as_ref()),
+            shown(source.0.as_ref())
+        ));
+    }
+    if function.0 != function.1 {
+        let f = |f: &Option<FunctionRef>| f.as_ref().map(|f| format!("{}:{}", f.runtime, f.name)).unwrap_or_default();
+        notes.push(format!("function {} -> {}: its units restart", f(function.1), f(function.0)));
+    }
+    if dlq.0 != dlq.1 {
+        notes.push(format!("dead letter queue {} -> {}: its units restart", shown(dlq.1.as_ref()), shown(dlq.0.as_ref())));
+    }
+}
+
+fn shown(r: Option<&ResourceRef>) -> String {
+    match r {
+        None => "(none)".into(),
+        Some(r) if r.version.is_empty() => r.name.clone(),
+        Some(r) => format!("{}@{}", r.name, r.version),
+    }
 }
 
 fn same_type(a: &Field, b: &Field) -> bool {

@@ -81,8 +81,12 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         config.timeout(),
     );
     let provisioner = provision::Provisioner { kafka, clickhouse, topic_namespace: config.topic_namespace.clone() };
-    let coordinator =
-        coordinator::Coordinator::new(store.clone(), Duration::from_millis(config.lease_ms), config.topic_namespace.clone());
+    let coordinator = coordinator::Coordinator::new(
+        store.clone(),
+        provisioner.kafka.clone(),
+        Duration::from_millis(config.lease_ms),
+        config.topic_namespace.clone(),
+    );
     let scheduler = tokio::spawn(coordinator.clone().run(std::future::pending::<()>()));
     let api = api::Api { store, provisioner, coordinator: coordinator.clone(), started: Instant::now() };
 

@@ -10,6 +10,10 @@ use std::fmt;
 
 pub const DEFAULT_RETENTION_SECONDS: u64 = 7 * 24 * 3600;
 pub const DEFAULT_RUNTIME: &str = "default";
+/// The dead letter queue a plan gains when one of its transforms or consumers has none of its own and its source
+/// stream names none either: nothing that fails is ever dropped. Deletion protected, so dead letters outlive the
+/// transforms that wrote them.
+pub const DEFAULT_DEAD_LETTER_QUEUE: &str = "millrace_dead_letters";
 /// Kafka's limit on topic names, less room for a namespace prefix.
 const MAX_PHYSICAL_NAME: usize = 200;
 
@@ -43,8 +47,37 @@ pub fn validate(plan: Plan) -> Result<State, PlanError> {
             return Err(fail(&key, "name", "declared twice"));
         }
     }
+    add_default_dead_letter_queue(&mut state);
     check_state(&state)?;
     Ok(state)
+}
+
+/// Declares the default dead letter queue when a transform or consumer would otherwise have none. A plan may
+/// declare it itself (to set its parallelism or retention); then that declaration stands.
+fn add_default_dead_letter_queue(state: &mut State) {
+    let has_dlq = |source: Option<&ResourceRef>, own: Option<&ResourceRef>| {
+        own.is_some()
+            || source.is_some_and(|s| {
+                matches!(state.get(&ResourceKey::new(ResourceKind::Stream, &s.name, &s.version)).map(spec),
+                    Some(Spec::Stream(st)) if st.dead_letter_queue.is_some())
+            })
+    };
+    let needed = state.values().any(|r| match spec(r) {
+        Spec::Transform(t) => !has_dlq(t.source.as_ref(), t.dead_letter_queue.as_ref()),
+        Spec::Consumer(c) => !has_dlq(c.source.as_ref(), c.dead_letter_queue.as_ref()),
+        _ => false,
+    });
+    let key = ResourceKey::new(ResourceKind::DeadLetterQueue, DEFAULT_DEAD_LETTER_QUEUE, "");
+    if needed && !state.contains_key(&key) {
+        let dlq = millrace_proto::v1::DeadLetterQueue {
+            name: DEFAULT_DEAD_LETTER_QUEUE.into(),
+            parallelism: Some(1),
+            retention_seconds: Some(DEFAULT_RETENTION_SECONDS),
+            life_cycle: LifeCycle::DeletionProtected as i32,
+            ..Default::default()
+        };
+        state.insert(key, Resource { spec: Some(Spec::DeadLetterQueue(dlq)) });
+    }
 }
 
 /// Checks a resource on its own and fills in defaults.
@@ -379,6 +412,22 @@ mod tests {
         assert!(validate(clash).unwrap_err().reason.contains("topic name `a_1`"));
         let versions = Plan { streams: vec![stream("a", "1.0"), stream("a", "2.0")], ..Default::default() };
         assert_eq!(validate(versions).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_transform_without_a_dead_letter_queue_gets_the_default_one() {
+        let default = ResourceKey::new(ResourceKind::DeadLetterQueue, DEFAULT_DEAD_LETTER_QUEUE, "");
+        let plan = Plan { streams: vec![stream("a", ""), stream("b", "")], transforms: vec![transform("ab", "a", "b")], ..Default::default() };
+        let state = validate(plan.clone()).unwrap();
+        let Some(Spec::DeadLetterQueue(d)) = state.get(&default).map(spec) else { panic!("no default dead letter queue") };
+        assert_eq!(d.life_cycle, LifeCycle::DeletionProtected as i32);
+        // A source stream with a dead letter queue of its own needs no default one.
+        let mut with_own = plan;
+        with_own.streams[0].dead_letter_queue = Some(ResourceRef { name: "a_dlq".into(), version: String::new() });
+        with_own.dead_letter_queues.push(millrace_proto::v1::DeadLetterQueue { name: "a_dlq".into(), ..Default::default() });
+        assert!(!validate(with_own).unwrap().contains_key(&default));
+        // Streams alone need none.
+        assert!(!validate(Plan { streams: vec![stream("a", "")], ..Default::default() }).unwrap().contains_key(&default));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Where each unit of work runs: an even spread over live workers that moves as little as possible.
 //! Pure functions, so the placement rules are tested without a database.
 
+use crate::plan::DEFAULT_DEAD_LETTER_QUEUE;
 use crate::resource::{physical_name, spec, ResourceKey, State};
 use millrace_proto::v1::{resource::Spec, FunctionRef, ResourceKind, ResourceRef, UnitKind, WorkUnit};
 use std::collections::{BTreeMap, HashMap};
@@ -12,17 +13,21 @@ pub struct Placement {
     pub epoch: u64,
 }
 
-/// Every unit the declared state asks for: one per partition of each transform's and consumer's source.
-pub fn desired_units(state: &State, topic_namespace: &str) -> BTreeMap<String, WorkUnit> {
+/// Every unit the declared state asks for: one per partition of each transform's and consumer's source. A
+/// source's partition count is the topic's real one where the broker told us (`partitions`, by topic name), so
+/// that a topic with more partitions than declared (an externally managed one, say) is read whole; the declared
+/// parallelism otherwise.
+pub fn desired_units(state: &State, topic_namespace: &str, partitions: &HashMap<String, usize>) -> BTreeMap<String, WorkUnit> {
     let stream = |r: &ResourceRef| match state.get(&ResourceKey::new(ResourceKind::Stream, &r.name, &r.version)).map(spec) {
         Some(Spec::Stream(s)) => Some(s.clone()),
         _ => None,
     };
-    let dlq_topic = |r: Option<&ResourceRef>| {
-        r.and_then(|r| state.get(&ResourceKey::new(ResourceKind::DeadLetterQueue, &r.name, &r.version)))
+    let dlq_topic = |r: &ResourceRef| {
+        state
+            .get(&ResourceKey::new(ResourceKind::DeadLetterQueue, &r.name, &r.version))
             .map(|d| physical_name(spec(d), topic_namespace))
-            .unwrap_or_default()
     };
+    let default_dlq = ResourceRef { name: DEFAULT_DEAD_LETTER_QUEUE.into(), version: String::new() };
     let mut out = BTreeMap::new();
     for r in state.values() {
         let (kind, name, source, destination, function, dlq) = match spec(r) {
@@ -36,13 +41,15 @@ pub fn desired_units(state: &State, topic_namespace: &str) -> BTreeMap<String, W
         let destination_topic = dest.as_ref().map(|d| physical_name(&Spec::Stream(d.clone()), topic_namespace)).unwrap_or_default();
         let key_fields: Vec<String> =
             dest.as_ref().map(|d| d.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect()).unwrap_or_default();
-        // The transform's own dead letter queue, else its source stream's.
-        let dead_letter_topic = match dlq {
-            Some(d) => dlq_topic(Some(d)),
-            None => dlq_topic(src.dead_letter_queue.as_ref()),
-        };
+        // Its own dead letter queue, else its source stream's, else the plan's default one.
+        let dead_letter_topic = [dlq, src.dead_letter_queue.as_ref(), Some(&default_dlq)]
+            .into_iter()
+            .flatten()
+            .find_map(dlq_topic)
+            .unwrap_or_default();
         let prefix = if kind == UnitKind::UnitTransform { "transform" } else { "consumer" };
-        for partition in 0..src.parallelism.unwrap_or(1) as i32 {
+        let count = partitions.get(&source_topic).copied().unwrap_or(src.parallelism.unwrap_or(1) as usize);
+        for partition in 0..count as i32 {
             let unit_id = format!("{prefix}/{name}/{partition}");
             out.insert(
                 unit_id.clone(),

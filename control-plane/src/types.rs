@@ -108,7 +108,7 @@ fn scalar_ch(s: ScalarType) -> &'static str {
         ScalarType::Float64 => "Float64",
         // ClickHouse 18.16 has no Bool; UInt8 0/1 is what Bool is underneath on newer servers too.
         ScalarType::Bool => "UInt8",
-        ScalarType::Datetime => "DateTime",
+        ScalarType::Datetime => "DateTime('UTC')",
         ScalarType::Date => "Date",
         ScalarType::Uuid => "UUID",
     }
@@ -188,7 +188,7 @@ mod tests {
             (scalar(ScalarType::Uint64), "UInt64"),
             (scalar(ScalarType::Float32), "Float32"),
             (scalar(ScalarType::Bool), "UInt8"),
-            (scalar(ScalarType::Datetime), "DateTime"),
+            (scalar(ScalarType::Datetime), "DateTime('UTC')"),
             (scalar(ScalarType::Date), "Date"),
             (scalar(ScalarType::Uuid), "UUID"),
             (FieldType { kind: Some(Kind::Decimal(DecimalType { precision: 10, scale: 2 })) }, "Decimal(10, 2)"),

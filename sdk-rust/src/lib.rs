@@ -102,11 +102,12 @@ fn user_error<E: Display>(e: E) -> RecordError {
 pub struct Runtime {
     name: String,
     functions: BTreeMap<String, (bool, Arc<dyn Function>)>,
+    max_message: usize,
 }
 
 impl Runtime {
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_string(), functions: BTreeMap::new() }
+        Self { name: name.to_string(), functions: BTreeMap::new(), max_message: 64 << 20 }
     }
 
     fn add(mut self, name: &str, consumer: bool, f: impl Fn(&[u8]) -> Result<Vec<Vec<u8>>, RecordError> + Send + Sync + 'static) -> Self {
@@ -160,8 +161,16 @@ impl Runtime {
         })
     }
 
+    /// The largest batch message the sidecar takes (64 MiB unless set); a worker's `--batch-max-bytes` must stay
+    /// below it.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
+    }
+
     pub fn into_service(self) -> FunctionRuntimeServer<Self> {
-        FunctionRuntimeServer::new(self).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+        let max = self.max_message;
+        FunctionRuntimeServer::new(self).max_decoding_message_size(max).max_encoding_message_size(64 << 20)
     }
 
     /// Serves on `listener` until `shutdown` resolves.
@@ -222,7 +231,9 @@ impl FunctionRuntime for Runtime {
                         return;
                     }
                     Err(e) => {
+                        // Tell the worker why (a batch over the message limit, say): it decides what to retry.
                         tracing::debug!(error = %e, "process stream ended");
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                 };

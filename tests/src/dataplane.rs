@@ -80,6 +80,18 @@ pub fn runtime(consumed: Arc<AtomicU64>) -> millrace_sdk::Runtime {
                 r
             }
         })
+        // Value 7 makes an output far over the broker's 1 MB limit.
+        .transform("inflate", |r: Raw| {
+            let pad = if r.value == 7 { "x".repeat(2_000_000) } else { String::new() };
+            serde_json::json!({ "id": r.id, "value": r.value, "pad": pad })
+        })
+        // Value 13 takes longer than any sidecar timeout the tests set.
+        .transform("sleep_on_13", |r: Raw| {
+            if r.value == 13 {
+                std::thread::sleep(Duration::from_secs(5));
+            }
+            r
+        })
         .consumer("count", move |_: Raw| {
             consumed.fetch_add(1, Ordering::SeqCst);
         })
@@ -89,13 +101,19 @@ pub fn runtime(consumed: Arc<AtomicU64>) -> millrace_sdk::Runtime {
 pub struct Sidecar {
     pub port: u16,
     pub consumed: Arc<AtomicU64>,
+    max_message_bytes: usize,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sidecar {
     pub async fn start() -> Self {
-        let mut s = Self { port: 0, consumed: Arc::default(), stop: None, task: None };
+        Self::start_with_limit(64 << 20).await
+    }
+
+    /// A sidecar that refuses batch messages over `max_message_bytes`.
+    pub async fn start_with_limit(max_message_bytes: usize) -> Self {
+        let mut s = Self { port: 0, consumed: Arc::default(), max_message_bytes, stop: None, task: None };
         s.listen(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"));
         s
     }
@@ -103,7 +121,7 @@ impl Sidecar {
     fn listen(&mut self, l: tokio::net::TcpListener) {
         self.port = l.local_addr().unwrap().port();
         let (tx, rx) = oneshot::channel();
-        let rt = runtime(self.consumed.clone());
+        let rt = runtime(self.consumed.clone()).max_message_bytes(self.max_message_bytes);
         self.task = Some(tokio::spawn(async move {
             let _ = rt.serve_with_listener(l, async { let _ = rx.await; }).await;
         }));
@@ -136,6 +154,61 @@ impl Sidecar {
     }
 }
 
+/// The test sidecar as a process of its own (`millrace-test-sidecar`), restarted whenever it dies, as a
+/// supervisor would; stopped when dropped.
+pub struct SidecarProcess {
+    pub port: u16,
+    pub restarts: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SidecarProcess {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (stop, restarts) = (Arc::new(std::sync::atomic::AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (st, rs) = (stop.clone(), restarts.clone());
+        let thread = std::thread::spawn(move || {
+            let bin = binary("millrace-test-sidecar");
+            while !st.load(Ordering::SeqCst) {
+                let mut child = Command::new(&bin)
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start the test sidecar");
+                loop {
+                    if st.load(Ordering::SeqCst) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return;
+                    }
+                    if child.try_wait().expect("wait for the sidecar").is_some() {
+                        rs.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        });
+        Self { port, restarts, stop, thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("default=http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A worker process (the real binary), killed when dropped.
 pub struct Worker {
     pub child: Child,
@@ -143,14 +216,19 @@ pub struct Worker {
 }
 
 fn worker_binary() -> PathBuf {
+    binary("millrace-worker")
+}
+
+/// A binary of the workspace, beside the running test or bench executable.
+fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     // Tests run from target/<profile>/deps, the bench binaries from target/<profile>.
     let mut dir = exe.parent().expect("target dir");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("target dir");
     }
-    let bin = dir.join("millrace-worker");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p millrace-worker` first (scripts/test.sh does)", bin.display());
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", bin.display());
     bin
 }
 
@@ -168,7 +246,8 @@ impl Worker {
             .args(["--control-plane", control_plane, "--kafka-brokers", &kafka_brokers(), "--sidecar", sidecar])
             .args(["--http-listen", "127.0.0.1:0", "--name", name, "--batch-linger-ms", "10", "--progress-interval-ms", "100"])
             .args(extra)
-            .env("RUST_LOG", "info")
+            // MILLRACE_TEST_WORKER_LOG=debug shows more when a test fails.
+            .env("RUST_LOG", std::env::var("MILLRACE_TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -350,4 +429,97 @@ pub async fn control_plane_with(env: &crate::TestEnv, plan: &Plan) -> ControlPla
     let cp = ControlPlane::start(env.config_with(&["--lease-ms", TEST_LEASE_MS])).await.expect("control plane starts");
     crate::apply(&mut cp.client().await, plan, false).await.expect("plan applied");
     cp
+}
+
+/// A steady load of `raws` records on a topic, in chunks of `Load::CHUNK`, until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Ids below this were all acknowledged by the broker.
+    pub acked: Arc<std::sync::atomic::AtomicI64>,
+    task: tokio::task::JoinHandle<i64>,
+}
+
+impl Load {
+    pub const CHUNK: i64 = 100;
+
+    pub fn start(topic: String) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let (s, a) = (stop.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            let p = producer();
+            let mut next = 0;
+            while !s.load(Ordering::SeqCst) {
+                produce(&p, &topic, &raws(next..next + Self::CHUNK)).await;
+                next += Self::CHUNK;
+                a.store(next, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            next
+        });
+        Self { stop, acked, task }
+    }
+
+    /// The first id of a chunk sent after this call: everything from it on was produced after now.
+    pub fn next_fresh(&self) -> i64 {
+        self.acked.load(Ordering::SeqCst) + Self::CHUNK
+    }
+
+    /// Waits until ids up to `id` are acknowledged.
+    pub async fn wait_past(&self, id: i64) {
+        let deadline = Instant::now() + WAIT;
+        while self.acked.load(Ordering::SeqCst) <= id {
+            assert!(Instant::now() < deadline, "the load never got past id {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops; returns how many records were produced (ids 0..n).
+    pub async fn stop(self) -> i64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("load task")
+    }
+}
+
+/// Produces JSON values keyed by their `id`, waiting for every acknowledgement.
+pub async fn produce_values(p: &FutureProducer, topic: &str, values: &[serde_json::Value]) {
+    let payloads: Vec<(String, Vec<u8>)> =
+        values.iter().map(|v| (v["id"].as_str().unwrap_or_default().to_string(), serde_json::to_vec(v).unwrap())).collect();
+    let futures: Vec<_> = payloads
+        .iter()
+        .map(|(k, v)| p.send_result(FutureRecord::to(topic).key(k).payload(v)).map_err(|(e, _)| e).expect("enqueue"))
+        .collect();
+    for f in futures {
+        f.await.expect("delivery").expect("acknowledged");
+    }
+}
+
+/// Reads a topic in a blocking task until `done`.
+pub async fn read_topic(topic: String, partitions: i32, done: impl Fn(&[Read]) -> bool + Send + 'static) -> Vec<Read> {
+    tokio::task::spawn_blocking(move || read_until(&topic, partitions, Duration::from_secs(60), done)).await.expect("reader")
+}
+
+/// Ids of records, as numbers (`id-<n>`).
+pub fn numbers(records: &[Read]) -> std::collections::BTreeSet<i64> {
+    records.iter().filter_map(|r| r.value["id"].as_str()?.strip_prefix("id-")?.parse().ok()).collect()
+}
+
+/// The /metrics text of the live worker named `name`.
+pub async fn metrics_of(cp: &ControlPlane, name: &str) -> String {
+    let ws = workers(cp).await;
+    let w = ws.iter().find(|w| w.name == name && w.live).unwrap_or_else(|| panic!("no live worker {name}"));
+    http_get(&w.http_address, "/metrics").await
+}
+
+/// Reads a whole topic: everything until nothing new arrived for `quiet` (bounded by WAIT).
+pub async fn read_quiet(topic: String, partitions: i32, quiet: Duration) -> Vec<Read> {
+    let last = std::sync::Mutex::new((0usize, Instant::now()));
+    read_topic(topic, partitions, move |r| {
+        let mut l = last.lock().unwrap();
+        if r.len() != l.0 {
+            *l = (r.len(), Instant::now());
+        }
+        l.1.elapsed() >= quiet
+    })
+    .await
 }

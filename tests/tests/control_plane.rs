@@ -336,7 +336,10 @@ async fn state_survives_a_control_plane_restart() {
     plan.ingest_apis.push(IngestApi { name: "events".into(), destination: Some(rref("events")), ..Default::default() });
     apply(&mut c, &plan, false).await.unwrap();
     let before = c.list_resources(ListResourcesRequest::default()).await.unwrap().into_inner();
-    assert_eq!(before.resources.len(), 6);
+    // Six declared, and the default dead letter queue the transform gets (it has none, nor has its source).
+    assert_eq!(before.resources.len(), 7);
+    assert!(before.resources.iter().any(|r| matches!(&r.resource.as_ref().unwrap().spec,
+        Some(resource::Spec::DeadLetterQueue(d)) if d.name == "millrace_dead_letters")));
     cp.stop().await;
 
     let cp = env.start().await;
@@ -355,7 +358,7 @@ async fn state_survives_a_control_plane_restart() {
     let applies = c.list_applies(ListAppliesRequest::default()).await.unwrap().into_inner().applies;
     assert_eq!(applies.len(), 2);
     assert_eq!(applies[1].client, "tests");
-    assert_eq!(applies[1].changes.len(), 6);
+    assert_eq!(applies[1].changes.len(), 7);
     cp.stop().await;
     env.cleanup().await;
 }

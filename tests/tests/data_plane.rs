@@ -109,6 +109,19 @@ async fn filters_fan_out_and_consumers() {
         assert!(Instant::now() < deadline, "the consumer saw {} of 100", sidecar.consumed.load(std::sync::atomic::Ordering::SeqCst));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Consumer records are consumed, not "filtered"; the filter's are.
+    let http = workers(&cp).await[0].http_address.clone();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = http_get(&http, "/metrics").await;
+        let filtered = |f: &str| text.lines().find(|l| l.starts_with(&format!(r#"millrace_records_filtered_total{{function="{f}"}}"#))).map(|l| l.rsplit(' ').next().unwrap().to_string());
+        if filtered("keep_evens").as_deref() == Some("50") {
+            assert!(filtered("counter").is_none_or(|v| v == "0"), "consumer records counted as filtered:\n{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "filter metrics never showed the run:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cp.stop().await;
     env.cleanup().await;
 }
@@ -159,7 +172,8 @@ async fn failing_records_go_to_the_dead_letter_queue_with_provenance() {
             && has(r#"millrace_dead_letters_total{function="src_to_out"} 4"#)
             && has(r#"millrace_records_filtered_total{function="src_to_out"} 0"#)
             && text.contains(r#"millrace_batch_latency_seconds_bucket{function="src_to_out",le="+Inf"}"#)
-            && text.contains(&format!(r#"millrace_consumer_lag{{function="src_to_out",partition="1",topic="{}"}} 0"#, env.topic("src")));
+            && text.contains(&format!(r#"millrace_consumer_lag{{function="src_to_out",partition="1",topic="{}"}} 0"#, env.topic("src")))
+            && text.contains(&format!(r#"millrace_commit_lag{{function="src_to_out",partition="1",topic="{}"}} 0"#, env.topic("src")));
         if done {
             break;
         }
@@ -246,11 +260,11 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
     let _wb = Worker::start(&b, &cp.addr, &sidecar.url());
     let placed = wait_for_placement(&cp, 2, 4).await;
     let moved = units_of(&placed, &a);
+    let wa_http = placed.iter().find(|w| w.name == a).unwrap().http_address.clone();
     let p = producer();
     produce(&p, &env.topic("src"), &raws(0..3000)).await;
 
     wa.signal(Signal::SIGSTOP);
-    let lease: u64 = TEST_LEASE_MS.parse().unwrap();
     // Past the lease, A's units move to B; records keep coming meanwhile.
     let deadline = Instant::now() + WAIT;
     loop {
@@ -263,23 +277,36 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
     }
     produce(&p, &env.topic("src"), &raws(3000..6000)).await;
     let committed_before: HashMap<String, i64> = workers(&cp).await.iter().flat_map(|w| w.assignments.iter().map(|a| (a.unit_id.clone(), a.committed_offset))).collect();
-    let resumed_at_ms = chrono::Utc::now().timestamp_millis();
+    // Records carry the unit and epoch that produced them: count those of A's units at their old epochs.
+    let stale = |records: &[Read]| {
+        records
+            .iter()
+            .filter(|r| {
+                let (u, e) = (r.headers.get("millrace-unit"), r.headers.get("millrace-epoch"));
+                u.and_then(|u| moved.get(u)).is_some_and(|old| e == Some(&old.to_string()))
+            })
+            .count()
+    };
+    let out = env.topic("out");
+    let stale_before = stale(&read_quiet(out.clone(), 4, Duration::from_secs(2)).await);
     wa.signal(Signal::SIGCONT);
     produce(&p, &env.topic("src"), &raws(6000..8000)).await;
-    let out = env.topic("out");
-    let got = tokio::task::spawn_blocking(move || read_until(&out, 4, Duration::from_secs(60), |r| distinct_ids(r).0.len() == 8000)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(lease)).await;
+    let got = read_topic(out.clone(), 4, |r| distinct_ids(r).0.len() == 8000).await;
 
-    // Nothing produced by A after it woke up, for a unit at the epoch it held before the pause.
-    let stale: Vec<&Read> = got
-        .iter()
-        .filter(|r| {
-            let (u, e) = (r.headers.get("millrace-unit"), r.headers.get("millrace-epoch"));
-            let old = u.and_then(|u| moved.get(u)).map(|e| e.to_string());
-            old.is_some() && e == old.as_ref() && r.timestamp_ms > resumed_at_ms
-        })
-        .collect();
-    assert!(stale.is_empty(), "{} records produced at a stale epoch after SIGCONT", stale.len());
+    // A notices its lost lease, tries to commit its last offsets, is refused, and registers again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = http_get(&wa_http, "/metrics").await;
+        let live_again = workers(&cp).await.iter().any(|w| w.name == a && w.live);
+        if live_again && metric(&text, "millrace_commits_refused_total") >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the paused worker's stale commits were never refused:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing was produced at a stale epoch after A woke up: the destination, read again, has no more of them.
+    let stale_after = stale(&read_quiet(out, 4, Duration::from_secs(2)).await);
+    assert_eq!(stale_after, stale_before, "records were produced at a stale epoch after SIGCONT");
     // Commits never went backwards; a moved unit is only ever held again at a newer epoch.
     for w in &workers(&cp).await {
         for u in &w.assignments {

@@ -34,7 +34,9 @@ async fn grpcurl_lists_describes_applies_and_deletes() {
     let (ok, out, err) = call(Some(&dry), &["millrace.v1.ControlPlane/ApplyPlan"]).await.unwrap();
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["changes"].as_array().unwrap().len(), 8, "{out}");
+    // The eight declared, and the default dead letter queue for the transform whose source names none.
+    assert_eq!(v["changes"].as_array().unwrap().len(), 9, "{out}");
+    assert!(v["changes"].as_array().unwrap().iter().any(|c| c["name"] == "millrace_dead_letters"), "{out}");
     assert!(v["changes"].as_array().unwrap().iter().all(|c| c["action"] == "CREATE"), "{out}");
     assert_eq!(env.partitions(&env.topic("raw_data")), None, "dry run created nothing");
 

@@ -1,8 +1,10 @@
 //! The worker's side of the coordinator protocol: register, keep the lease, follow the assignment stream,
-//! start and stop units to match it, and commit their offsets through the control plane.
+//! start and stop units to match it, commit their offsets through the control plane, and on shutdown finish,
+//! commit and hand over.
 
 use crate::lease::Lease;
-use crate::unit::{self, UnitState, WorkerCtx};
+use crate::unit::pipeline::producer_config;
+use crate::unit::{self, Fence, UnitState, WorkerCtx};
 use millrace_proto::v1::worker_coordinator_client::WorkerCoordinatorClient;
 use millrace_proto::v1::*;
 use std::collections::HashMap;
@@ -17,6 +19,19 @@ use tonic::Code;
 
 type Client = WorkerCoordinatorClient<Channel>;
 
+/// Bound on every unary call to the control plane, so a host that vanished is noticed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the worker takes part in the cluster.
+pub struct Settings {
+    pub name: String,
+    pub http_address: String,
+    pub progress_every: Duration,
+    pub shutdown_timeout: Duration,
+    pub produce_timeout: Duration,
+    pub producer_buffer_kb: usize,
+}
+
 struct Running {
     st: Arc<UnitState>,
     task: JoinHandle<()>,
@@ -24,76 +39,124 @@ struct Running {
 
 type Units = Arc<Mutex<HashMap<String, Running>>>;
 
-/// One registration: lives until the lease is lost or the worker shuts down.
+/// One registration: lives until the lease is lost or the worker has shut down.
 struct Session {
     worker_id: String,
     generation: u64,
-    lease: Arc<Lease>,
+    fence: Arc<Fence>,
     heartbeat: Duration,
     units: Units,
-    /// Cancelled when the lease is lost (or on shutdown).
+    /// Cancelled when the lease is lost, or once the session is over.
     over: CancellationToken,
 }
 
 /// Registers (again and again, as leases come and go) until `shutdown`.
-pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, name: String, http_address: String, progress_every: Duration, shutdown: CancellationToken) {
+pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
         let sent = Instant::now();
-        let reg = RegisterRequest { name: name.clone(), http_address: http_address.clone() };
-        let r = match client.register(reg).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                tracing::warn!(error = %e.message(), code = ?e.code(), retry_in = ?backoff, "cannot register with the control plane");
-                tokio::select! { _ = shutdown.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+        let reg = RegisterRequest { name: settings.name.clone(), http_address: settings.http_address.clone() };
+        let failure = match tokio::time::timeout(CALL_TIMEOUT, client.register(reg)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(e)) => Err(format!("{:?}: {}", e.code(), e.message())),
+            Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        };
+        let r = match failure {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(error, retry_in = ?backoff, "cannot register with the control plane");
+                tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(backoff) => {} }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         backoff = Duration::from_millis(200);
         tracing::info!(worker_id = r.worker_id, generation = r.generation, lease_ms = r.lease_ms, "registered");
+        let lease = Arc::new(Lease::new(sent, Duration::from_millis(r.lease_ms)));
+        // Nothing may wait in the producer longer than 30% of the lease (see `Fence`).
+        let delivery_timeout = settings.produce_timeout.min(lease.length() * 3 / 10);
+        let producer = producer_config(&ctx.kafka_brokers, delivery_timeout, settings.producer_buffer_kb, ctx.max_message_bytes)
+            .create()
+            .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
         let session = Arc::new(Session {
             worker_id: r.worker_id,
             generation: r.generation,
-            lease: Arc::new(Lease::new(sent, Duration::from_millis(r.lease_ms))),
+            fence: Arc::new(Fence { lease, producer, delivery_timeout }),
             heartbeat: Duration::from_millis(r.heartbeat_interval_ms.max(20)),
             units: Arc::default(),
-            over: shutdown.child_token(),
+            over: CancellationToken::new(),
         });
         let hb = tokio::spawn(heartbeat(session.clone(), client.clone()));
-        let pr = tokio::spawn(progress(session.clone(), client.clone(), progress_every, ctx.clone()));
-        follow(&session, &ctx, &mut client).await;
-        session.over.cancel();
+        let pr = tokio::spawn(progress(session.clone(), client.clone(), settings.progress_every, ctx.clone()));
+        follow(&session, &ctx, &mut client, &shutdown).await;
+        let clean = shutdown.is_cancelled() && !session.over.is_cancelled();
         let running: Vec<Running> = session.units.lock().expect("units lock").drain().map(|(_, r)| r).collect();
-        for r in &running {
-            r.st.stop.cancel();
+        let states: Vec<Arc<UnitState>> = running.iter().map(|r| r.st.clone()).collect();
+        if clean {
+            tracing::info!(units = running.len(), "shutting down: finishing in-flight batches");
+            stop_units(running, |st| st.drain.cancel(), settings.shutdown_timeout).await;
+        } else {
+            stop_units(running, |st| st.stop.cancel(), Duration::from_secs(10)).await;
         }
-        for r in running {
-            let _ = tokio::time::timeout(Duration::from_secs(10), r.task).await;
+        // What is durable is committed; the control plane takes it only from a unit's live holder (after a lost
+        // lease it refuses, and the refusal is counted).
+        report(&session, &mut client, &ctx, &states, true).await;
+        if clean {
+            deregister(&session, &mut client).await;
         }
-        // A clean shutdown still holds the lease: commit what is done so a successor starts there.
-        if shutdown.is_cancelled() && session.lease.valid() {
-            report(&session, &mut client, &ctx, true).await;
-        }
+        session.over.cancel();
         hb.abort();
         pr.abort();
+        let _ = tokio::join!(hb, pr);
+        // The session's producer goes with it; dropping a producer purges what it still holds, so nothing queued
+        // under this lease is delivered later.
+        if Arc::strong_count(&session.fence) > 1 {
+            tracing::warn!("a unit outlived its session; its producer goes when it does");
+        }
+    }
+    Ok(())
+}
+
+/// Tells every unit to end (`how`), and waits for them, abandoning what takes longer than `limit`.
+async fn stop_units(running: Vec<Running>, how: impl Fn(&UnitState), limit: Duration) {
+    for r in &running {
+        how(&r.st);
+    }
+    let deadline = Instant::now() + limit;
+    for r in running {
+        let mut task = r.task;
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            tracing::warn!(unit = r.st.unit.unit_id, "unit did not finish in time: abandoning its in-flight batches");
+            r.st.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
+    }
+}
+
+async fn deregister(s: &Session, client: &mut Client) {
+    let req = DeregisterRequest { worker_id: s.worker_id.clone(), generation: s.generation };
+    match tokio::time::timeout(CALL_TIMEOUT, client.deregister(req)).await {
+        Ok(Ok(_)) => tracing::info!(worker_id = s.worker_id, "deregistered: units handed over"),
+        Ok(Err(e)) => tracing::warn!(error = %e.message(), "deregistering failed: units move when the lease runs out"),
+        Err(_) => tracing::warn!("deregistering timed out: units move when the lease runs out"),
     }
 }
 
 async fn heartbeat(s: Arc<Session>, mut client: Client) {
+    let lease = &s.fence.lease;
     loop {
         tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(s.heartbeat) => {} }
         let sent = Instant::now();
         let req = HeartbeatRequest { worker_id: s.worker_id.clone(), generation: s.generation };
         match tokio::time::timeout(s.heartbeat * 2, client.heartbeat(req)).await {
-            Ok(Ok(_)) => s.lease.renewed(sent),
+            Ok(Ok(_)) => lease.renewed(sent),
             Ok(Err(e)) if matches!(e.code(), Code::FailedPrecondition | Code::NotFound) => {
                 tracing::warn!(worker_id = s.worker_id, "lease lost: stopping every unit and registering again");
                 s.over.cancel();
                 return;
             }
             other => {
-                if !s.lease.valid() {
+                if !lease.valid() {
                     tracing::warn!(worker_id = s.worker_id, ?other, "lease ran out without a successful heartbeat: stopping every unit");
                     s.over.cancel();
                     return;
@@ -103,33 +166,44 @@ async fn heartbeat(s: Arc<Session>, mut client: Client) {
     }
 }
 
-/// Follows the assignment stream until the session is over, reopening it when it breaks.
-async fn follow(s: &Session, ctx: &Arc<WorkerCtx>, client: &mut Client) {
+/// Follows the assignment stream until the lease is lost or the worker shuts down, reopening it when it breaks.
+async fn follow(s: &Session, ctx: &Arc<WorkerCtx>, client: &mut Client, shutdown: &CancellationToken) {
     let req = WatchAssignmentsRequest { worker_id: s.worker_id.clone(), generation: s.generation };
     loop {
         let opened = tokio::select! {
             _ = s.over.cancelled() => return,
-            r = client.watch_assignments(req.clone()) => r,
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(CALL_TIMEOUT, client.watch_assignments(req.clone())) => r,
         };
         match opened {
-            Ok(stream) => {
+            Ok(Ok(stream)) => {
                 let mut stream = stream.into_inner();
                 loop {
-                    let msg = tokio::select! { _ = s.over.cancelled() => return, m = stream.message() => m };
+                    let msg = tokio::select! {
+                        _ = s.over.cancelled() => return,
+                        _ = shutdown.cancelled() => return,
+                        m = stream.message() => m,
+                    };
                     match msg {
                         Ok(Some(set)) => reconcile(s, ctx, set),
                         Ok(None) | Err(_) => break,
                     }
                 }
             }
-            Err(e) if matches!(e.code(), Code::FailedPrecondition | Code::NotFound) => return,
-            Err(e) => tracing::debug!(error = %e.message(), "assignment stream unavailable; retrying"),
+            Ok(Err(e)) if matches!(e.code(), Code::FailedPrecondition | Code::NotFound) => return,
+            Ok(Err(e)) => tracing::debug!(error = %e.message(), "assignment stream unavailable; retrying"),
+            Err(_) => tracing::debug!("no answer opening the assignment stream; retrying"),
         }
-        tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(Duration::from_millis(200)) => {} }
+        tokio::select! {
+            _ = s.over.cancelled() => return,
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
     }
 }
 
-/// Makes the running units equal to the set: units gone or at another epoch stop, new ones start.
+/// Makes the running units equal to the set: units gone or at another epoch (moved, or redefined) stop, new ones
+/// start.
 fn reconcile(s: &Session, ctx: &Arc<WorkerCtx>, set: AssignmentSet) {
     let mut units = s.units.lock().expect("units lock");
     let wanted: HashMap<String, Assignment> =
@@ -149,7 +223,7 @@ fn reconcile(s: &Session, ctx: &Arc<WorkerCtx>, set: AssignmentSet) {
         let Some(unit) = a.unit else { continue };
         tracing::info!(unit = id, epoch = a.epoch, from_offset = a.committed_offset, "unit assigned");
         let st = Arc::new(UnitState::new(unit, a.epoch, a.committed_offset));
-        let task = tokio::spawn(unit::run(ctx.clone(), st.clone(), s.lease.clone()));
+        let task = tokio::spawn(unit::run(ctx.clone(), st.clone(), s.fence.clone()));
         units.insert(id, Running { st, task });
     }
 }
@@ -159,41 +233,41 @@ async fn progress(s: Arc<Session>, mut client: Client, every: Duration, ctx: Arc
     loop {
         tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(every) => {} }
         round += 1;
-        // Lag alone is refreshed about every 5 s; offsets as soon as they move.
-        report(&s, &mut client, &ctx, round.is_multiple_of(25)).await;
+        let states: Vec<Arc<UnitState>> = s.units.lock().expect("units lock").values().map(|r| r.st.clone()).collect();
+        // Lag alone is refreshed about every 5 s; offsets and errors as soon as they change.
+        report(&s, &mut client, &ctx, &states, round.is_multiple_of(25)).await;
     }
 }
 
-/// Commits the units' safe offsets; units the control plane no longer grants are stopped. `all` reports every
-/// unit, moved or not, stopped or not (for lag refreshes and the last report before shutdown).
-async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, all: bool) {
-    if !s.lease.valid() {
-        return;
-    }
-    let states: Vec<Arc<UnitState>> = s.units.lock().expect("units lock").values().map(|r| r.st.clone()).collect();
+/// Commits the units' safe offsets and reports their errors; units the control plane no longer grants are
+/// stopped. `all` reports every unit, changed or not (for lag refreshes and the last report of a session). The
+/// control plane, not the worker's own view of its lease, judges each commit.
+async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, states: &[Arc<UnitState>], all: bool) {
     let mut sent = Vec::new();
     let units: Vec<UnitProgress> = states
         .iter()
         .filter_map(|st| {
             let safe = st.safe_offset.load(Ordering::SeqCst);
-            let unchanged = safe == st.reported_offset.load(Ordering::SeqCst);
-            if safe < 0 || (!all && (unchanged || st.stop.is_cancelled())) {
+            let error = st.error();
+            let changed = safe != st.reported_offset.load(Ordering::SeqCst) || error != *st.reported_error.lock().expect("lock");
+            if !all && (!changed || st.stop.is_cancelled()) {
                 return None;
             }
-            sent.push((st.clone(), safe));
-            Some(UnitProgress { unit_id: st.unit.unit_id.clone(), epoch: st.epoch, committed_offset: safe, lag: st.lag.load(Ordering::Relaxed) })
+            sent.push((st.clone(), safe, error.clone()));
+            Some(UnitProgress { unit_id: st.unit.unit_id.clone(), epoch: st.epoch, committed_offset: safe, lag: st.lag.load(Ordering::Relaxed), error })
         })
         .collect();
     if units.is_empty() {
         return;
     }
     let req = ReportProgressRequest { worker_id: s.worker_id.clone(), generation: s.generation, units };
-    match tokio::time::timeout(Duration::from_secs(5), client.report_progress(req)).await {
+    match tokio::time::timeout(CALL_TIMEOUT, client.report_progress(req)).await {
         Ok(Ok(resp)) => {
             let resp = resp.into_inner();
-            for (st, safe) in sent {
+            for (st, safe, error) in sent {
                 if resp.granted.contains(&st.unit.unit_id) {
                     st.reported_offset.store(safe, Ordering::SeqCst);
+                    *st.reported_error.lock().expect("lock") = error;
                 } else if resp.revoked.contains(&st.unit.unit_id) {
                     tracing::warn!(unit = st.unit.unit_id, epoch = st.epoch, "commit refused (fenced): stopping the unit");
                     ctx.metrics.commits_refused.with_label_values(&[&st.unit.name]).inc();

@@ -15,7 +15,7 @@ pub struct Config {
     /// `function.runtime` picks one by name.
     #[arg(long = "sidecar", env = "MILLRACE_SIDECARS", value_delimiter = ',', default_value = "default=http://127.0.0.1:50061")]
     pub sidecars: Vec<String>,
-    /// HTTP listener for /metrics (and, later, ingest).
+    /// HTTP listener for /metrics and /healthz.
     #[arg(long, env = "MILLRACE_HTTP_LISTEN", default_value = "127.0.0.1:4000")]
     pub http_listen: String,
     /// The name this worker registers under; defaults to the host name and process id.
@@ -24,19 +24,43 @@ pub struct Config {
     /// Most records in one batch sent to a sidecar.
     #[arg(long, env = "MILLRACE_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: usize,
+    /// Most bytes of records in one batch (a single larger record goes alone). Keep it below the sidecars'
+    /// gRPC message limit (64 MiB for the Rust and Python SDKs).
+    #[arg(long, env = "MILLRACE_BATCH_MAX_BYTES", default_value_t = 4 << 20)]
+    pub batch_max_bytes: usize,
     /// Longest wait to fill a batch once its first record is in.
     #[arg(long, env = "MILLRACE_BATCH_LINGER_MS", default_value_t = 20)]
     pub batch_linger_ms: u64,
     /// Batches of one unit between the source read and the broker's acknowledgement of their outputs.
     #[arg(long, env = "MILLRACE_MAX_IN_FLIGHT", default_value_t = 4)]
     pub max_in_flight: usize,
+    /// Bytes of input records in flight (at sidecars or awaiting acknowledgement) across all units of the worker.
+    #[arg(long, env = "MILLRACE_MAX_IN_FLIGHT_BYTES", default_value_t = 64 << 20)]
+    pub max_in_flight_bytes: usize,
+    /// Records each unit's consumer may prefetch, in KiB (librdkafka's queued.max.messages.kbytes).
+    #[arg(long, env = "MILLRACE_FETCH_BUFFER_KB", default_value_t = 1024)]
+    pub fetch_buffer_kb: usize,
+    /// Bytes the producer may queue before units wait, in KiB (queue.buffering.max.kbytes).
+    #[arg(long, env = "MILLRACE_PRODUCER_BUFFER_KB", default_value_t = 64 << 10)]
+    pub producer_buffer_kb: usize,
+    /// Largest record the broker takes (message.max.bytes). A larger output sends its input to the dead letter
+    /// queue; a larger dead letter is truncated.
+    #[arg(long, env = "MILLRACE_MAX_MESSAGE_BYTES", default_value_t = 1_000_000)]
+    pub max_message_bytes: usize,
+    /// Tries of a batch that fails the same way before it is split to find the record that makes it fail.
+    #[arg(long, env = "MILLRACE_POISON_TRIES", default_value_t = 3)]
+    pub poison_tries: u32,
+    /// On SIGTERM, how long units may take to finish their in-flight batches before they are abandoned.
+    #[arg(long, env = "MILLRACE_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
     /// A sidecar that takes longer for one batch is treated as down (the batch is retried).
     #[arg(long, env = "MILLRACE_SIDECAR_TIMEOUT_MS", default_value_t = 30_000)]
     pub sidecar_timeout_ms: u64,
     /// How often committed offsets are reported to the control plane.
     #[arg(long, env = "MILLRACE_PROGRESS_INTERVAL_MS", default_value_t = 200)]
     pub progress_interval_ms: u64,
-    /// How long the producer retries one record before the unit rewinds and tries again.
+    /// How long the producer retries one record before the unit rewinds and tries again. Capped at 30% of the
+    /// lease, so that nothing a unit queued is delivered after its lease could have passed to another worker.
     #[arg(long, env = "MILLRACE_PRODUCE_TIMEOUT_MS", default_value_t = 30_000)]
     pub produce_timeout_ms: u64,
 }

@@ -25,6 +25,16 @@ impl Lease {
     }
 
     pub fn valid(&self) -> bool {
-        Instant::now() < *self.deadline.lock().expect("lease lock")
+        self.valid_for(Duration::ZERO)
+    }
+
+    /// Still held `ahead` from now. A record handed to the producer may be delivered up to its delivery timeout
+    /// later, so producing asks for that much lease left.
+    pub fn valid_for(&self, ahead: Duration) -> bool {
+        Instant::now() + ahead < *self.deadline.lock().expect("lease lock")
+    }
+
+    pub fn length(&self) -> Duration {
+        self.length
     }
 }

@@ -12,11 +12,11 @@ pub mod unit;
 use anyhow::Context;
 pub use config::Config;
 use millrace_proto::v1::worker_coordinator_client::WorkerCoordinatorClient;
-use rdkafka::config::ClientConfig;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the worker until `shutdown` is cancelled.
+/// Runs the worker until `shutdown` is cancelled and its units have finished, committed and been handed over.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new();
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
@@ -24,28 +24,43 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("cannot listen on {} (--http-listen)", config.http_listen))?;
     let http_address = listener.local_addr()?.to_string();
     tokio::spawn(metrics::serve(listener, metrics.clone()));
-    let producer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_brokers)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .context("creating the Kafka producer")?;
+    anyhow::ensure!(
+        config.batch_max_bytes < sidecar::MAX_MESSAGE,
+        "--batch-max-bytes must stay below the gRPC message limit of {} bytes",
+        sidecar::MAX_MESSAGE
+    );
+    let max_in_flight_kib = (config.max_in_flight_bytes / 1024).clamp(1, u32::MAX as usize / 2) as u32;
     let ctx = Arc::new(unit::WorkerCtx {
         kafka_brokers: config.kafka_brokers.clone(),
         sidecars: sidecar::Sidecars::new(&config.sidecars, Config::ms(config.sidecar_timeout_ms))?,
-        producer,
         metrics,
         batch_size: config.batch_size.max(1),
+        batch_max_bytes: config.batch_max_bytes.max(1),
         batch_linger: Config::ms(config.batch_linger_ms),
         max_in_flight: config.max_in_flight.max(1),
+        in_flight_kib: Arc::new(tokio::sync::Semaphore::new(max_in_flight_kib as usize)),
+        max_in_flight_kib,
+        fetch_buffer_kb: config.fetch_buffer_kb,
+        max_message_bytes: config.max_message_bytes,
+        poison_tries: config.poison_tries,
     });
+    // Keepalive pings notice a control plane host that vanished without closing its connections.
     let endpoint = tonic::transport::Endpoint::from_shared(config.control_plane.clone())
         .with_context(|| format!("--control-plane {:?} is not a URL", config.control_plane))?
-        .connect_timeout(std::time::Duration::from_secs(2));
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(Duration::from_secs(10)));
     let client = WorkerCoordinatorClient::new(endpoint.connect_lazy());
     tracing::info!(http = http_address, control_plane = config.control_plane, "worker starting");
-    assignments::run(ctx, client, config.worker_name(), http_address, Config::ms(config.progress_interval_ms), shutdown).await;
-    Ok(())
+    let settings = assignments::Settings {
+        name: config.worker_name(),
+        http_address,
+        progress_every: Config::ms(config.progress_interval_ms),
+        shutdown_timeout: Config::ms(config.shutdown_timeout_ms),
+        produce_timeout: Config::ms(config.produce_timeout_ms),
+        producer_buffer_kb: config.producer_buffer_kb,
+    };
+    assignments::run(ctx, client, settings, shutdown).await
 }

@@ -12,7 +12,10 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub batch_latency: HistogramVec,
     pub consumer_lag: IntGaugeVec,
+    pub commit_lag: IntGaugeVec,
     pub units: IntGaugeVec,
+    pub unit_errors: IntGaugeVec,
+    pub records_lost_to_retention: IntCounterVec,
     pub unit_restarts: IntCounterVec,
     pub commits_refused: IntCounterVec,
 }
@@ -44,7 +47,17 @@ impl Metrics {
             "Records between the next one to process and the high watermark of the last fetch response",
             &["function", "topic", "partition"],
         );
+        let commit_lag = gauge(
+            "millrace_commit_lag",
+            "Records between the committed offset and the high watermark of the last fetch response",
+            &["function", "topic", "partition"],
+        );
         let units = gauge("millrace_units", "Units of work this worker runs", &["function"]);
+        let unit_errors = gauge(
+            "millrace_unit_errors",
+            "Units that cannot run, by reason (missing_function, wrong_kind, sidecar_unreachable, no_dead_letter_topic)",
+            &["function", "reason"],
+        );
         Self {
             records_in: counter(&r, "millrace_records_in_total", "Records read from source partitions", f),
             records_out: counter(&r, "millrace_records_out_total", "Output records acknowledged by the broker", f),
@@ -53,11 +66,26 @@ impl Metrics {
             dead_letters: counter(&r, "millrace_dead_letters_total", "Dead letters acknowledged by the broker", f),
             unit_restarts: counter(&r, "millrace_unit_restarts_total", "Unit pipelines restarted after an error", f),
             commits_refused: counter(&r, "millrace_commits_refused_total", "Offset commits the control plane refused (fenced)", f),
+            records_lost_to_retention: counter(
+                &r,
+                "millrace_records_lost_to_retention_total",
+                "Records the broker deleted (retention) before the unit read them",
+                f,
+            ),
             batch_latency,
             consumer_lag,
+            commit_lag,
             units,
+            unit_errors,
             registry: r,
         }
+    }
+
+    /// Forgets the per-partition gauges of a unit that stopped here, so a moved unit is not shown twice.
+    pub fn forget_partition(&self, function: &str, topic: &str, partition: i32) {
+        let p = partition.to_string();
+        let _ = self.consumer_lag.remove_label_values(&[function, topic, &p]);
+        let _ = self.commit_lag.remove_label_values(&[function, topic, &p]);
     }
 
     pub fn render(&self) -> String {

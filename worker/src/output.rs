@@ -45,6 +45,42 @@ pub struct DeadLetter<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// Set when the original record was cut so that the dead letter fits the broker's limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_record_truncated: Option<bool>,
+    /// The original record's size in bytes, when it was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_bytes: Option<usize>,
+}
+
+impl DeadLetter<'_> {
+    /// The dead letter as JSON, at most `max` bytes: when the original record makes it larger, the original is
+    /// cut to what fits (as text) and marked, never dropped.
+    pub fn to_bytes(mut self, original: &[u8], max: usize) -> Vec<u8> {
+        let bytes = serde_json::to_vec(&self).expect("dead letters always serialise");
+        if bytes.len() <= max {
+            return bytes;
+        }
+        self.original_record_truncated = Some(true);
+        self.original_bytes = Some(original.len());
+        self.original_record = OriginalRecord::Text(String::new());
+        let envelope = serde_json::to_vec(&self).expect("dead letters always serialise").len();
+        // Escaping may grow the text: halve until it fits.
+        let mut keep = max.saturating_sub(envelope).min(original.len());
+        loop {
+            let mut cut = String::from_utf8_lossy(&original[..keep]).into_owned();
+            // A multi-byte character cut in half becomes U+FFFD; drop it rather than mislead.
+            if cut.ends_with('\u{fffd}') && keep < original.len() {
+                cut.pop();
+            }
+            self.original_record = OriginalRecord::Text(cut);
+            let bytes = serde_json::to_vec(&self).expect("dead letters always serialise");
+            if bytes.len() <= max || keep == 0 {
+                return bytes;
+            }
+            keep /= 2;
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -93,11 +129,42 @@ mod tests {
                 topic: "t",
                 partition: 1,
                 offset: 5,
+                original_record_truncated: None,
+                original_bytes: None,
             })
             .unwrap()
         };
         assert_eq!(dl(br#"{"id":"x"}"#)["original_record"]["id"], "x");
         assert_eq!(dl(b"\xff garbage")["original_record"], "\u{fffd} garbage");
         assert_eq!(dl(b"{}")["offset"], 5);
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_the_broker_is_cut_and_marked() {
+        let original = format!(r#"{{"id":"big","pad":"{}"}}"#, r#"x\"y"#.repeat(50_000));
+        let letter = |o| DeadLetter {
+            original_record: OriginalRecord::of(o),
+            error_message: "too large",
+            error_type: "OutputTooLarge",
+            failed_at: "t".into(),
+            source: "transform",
+            function: "f",
+            topic: "t",
+            partition: 0,
+            offset: 1,
+            original_record_truncated: None,
+            original_bytes: None,
+        };
+        let fits = letter(original.as_bytes()).to_bytes(original.as_bytes(), 1 << 20);
+        let v: serde_json::Value = serde_json::from_slice(&fits).unwrap();
+        assert_eq!(v["original_record"]["id"], "big");
+        assert!(v.get("original_record_truncated").is_none());
+        let cut = letter(original.as_bytes()).to_bytes(original.as_bytes(), 10_000);
+        assert!(cut.len() <= 10_000, "{} bytes", cut.len());
+        let v: serde_json::Value = serde_json::from_slice(&cut).unwrap();
+        assert_eq!(v["original_record_truncated"], true);
+        assert_eq!(v["original_bytes"], original.len());
+        assert!(v["original_record"].as_str().unwrap().starts_with(r#"{"id":"big""#));
+        assert_eq!(v["error_type"], "OutputTooLarge");
     }
 }

@@ -99,7 +99,7 @@ impl ClickHouse {
             Some(existing) => {
                 for (col, ty) in &declared {
                     match existing.iter().find(|(n, _)| n == col) {
-                        Some((_, have)) if have != ty => {
+                        Some((_, have)) if !same_column_type(have, ty) => {
                             return Err(Error::FailedPrecondition(format!(
                                 "ClickHouse table `{name}` has column `{col}` of type {have}, but the plan declares {ty}"
                             )))
@@ -123,4 +123,10 @@ impl ClickHouse {
     pub async fn drop_table(&self, name: &str) -> Result<(), Error> {
         self.execute("DROP TABLE", &format!("DROP TABLE IF EXISTS {}", self.table_ref(name))).await
     }
+}
+
+/// Column types as ClickHouse reports them. `DateTime` columns made before they were declared `DateTime('UTC')`
+/// hold the same values on a server whose time zone is UTC (ours is), so they count as the same type.
+fn same_column_type(have: &str, declared: &str) -> bool {
+    have == declared || have.replace("DateTime('UTC')", "DateTime") == declared.replace("DateTime('UTC')", "DateTime")
 }

@@ -1,0 +1,208 @@
+//! The `WorkerCoordinator` side of the control plane: registration, leases, assignment streams, fenced offset
+//! commits, and the loop that keeps placements current. Leases, epochs and offsets live in Postgres and are judged
+//! by its clock alone, so a restarted control plane carries on where it stopped.
+
+mod round;
+mod service;
+
+use crate::error::Error;
+use crate::provision::kafka::Kafka;
+use crate::store::Store;
+use millrace_proto::v1::*;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// How often the topics' real partition counts are read from the broker.
+const PARTITION_REFRESH: Duration = Duration::from_secs(5);
+
+/// A worker's open assignment stream, and what it was last sent (units and epochs, not offsets).
+struct Watcher {
+    tx: watch::Sender<Option<AssignmentSet>>,
+    last: Option<Vec<(String, u64)>>,
+}
+
+struct Inner {
+    store: Store,
+    kafka: Kafka,
+    lease: Duration,
+    topic_namespace: String,
+    wake: Notify,
+    watchers: Mutex<HashMap<String, Watcher>>,
+    /// Partition counts of the broker's topics, as last read; the scheduler trusts them over declarations.
+    partitions: Mutex<HashMap<String, usize>>,
+    version: std::sync::atomic::AtomicU64,
+    /// One round at a time in this process, so sets are published in the order they were computed.
+    round: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+fn lease_lost(worker_id: &str) -> Error {
+    Error::FailedPrecondition(format!("worker {worker_id} holds no live lease (expired, or replaced): register again"))
+}
+
+impl Coordinator {
+    pub fn new(store: Store, kafka: Kafka, lease: Duration, topic_namespace: String) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                kafka,
+                lease,
+                topic_namespace,
+                wake: Notify::new(),
+                watchers: Mutex::new(HashMap::new()),
+                partitions: Mutex::new(HashMap::new()),
+                version: Default::default(),
+                round: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.inner.lease.as_millis() as i64
+    }
+
+    /// Wakes the scheduling loop: placements may have to change.
+    pub fn plan_changed(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// After an apply: read the partition counts of the topics it may have created, then schedule at once, so
+    /// that when the apply returns every changed unit has been re-sent to its worker at a new epoch.
+    pub async fn plan_applied(&self) {
+        self.refresh_partitions().await;
+        if let Err(e) = self.reschedule().await {
+            tracing::warn!(error = %e, "scheduling after an apply failed; the scheduling loop retries");
+            self.plan_changed();
+        }
+    }
+
+    /// Reads every topic's partition count from the broker; true when one changed. An unreachable broker keeps
+    /// the last counts (and the declared ones for topics never seen).
+    pub async fn refresh_partitions(&self) -> bool {
+        match self.inner.kafka.topics().await {
+            Ok(counts) => {
+                let mut known = self.inner.partitions.lock().expect("partitions lock");
+                let changed = *known != counts;
+                *known = counts;
+                changed
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read partition counts; keeping the last ones");
+                false
+            }
+        }
+    }
+
+    /// Partition count of a topic as the broker last reported it.
+    pub fn partitions_of(&self, topic: &str) -> Option<usize> {
+        self.inner.partitions.lock().expect("partitions lock").get(topic).copied()
+    }
+
+    /// Reschedules on every wake-up, and often enough to notice an expired lease within a quarter lease. Partition
+    /// counts are refreshed beside it, so a slow broker never delays lease expiry.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let refresher = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    if me.refresh_partitions().await {
+                        me.plan_changed();
+                    }
+                    tokio::time::sleep(PARTITION_REFRESH).await;
+                }
+            })
+        };
+        let tick = (self.inner.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.reschedule().await {
+                tracing::warn!(error = %e, "scheduling round failed; retrying");
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+        }
+        refresher.abort();
+    }
+
+    async fn check_live(&self, worker_id: &str, generation: u64) -> Result<(), Error> {
+        let live: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM workers WHERE worker_id = $1 AND generation = $2 AND lease_expires_at > now())",
+        )
+        .bind(worker_id)
+        .bind(generation as i64)
+        .fetch_one(self.inner.store.pool())
+        .await?;
+        if live {
+            Ok(())
+        } else {
+            Err(lease_lost(worker_id))
+        }
+    }
+
+    /// Ends every assignment stream (on shutdown: graceful shutdown waits for open streams, and these never
+    /// end on their own). Workers reconnect to whichever control plane answers next.
+    pub fn close_streams(&self) {
+        self.inner.watchers.lock().expect("watchers lock").clear();
+    }
+
+    pub async fn live_workers(&self) -> usize {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM workers WHERE lease_expires_at > now()")
+            .fetch_one(self.inner.store.pool())
+            .await
+            .unwrap_or(0) as usize
+    }
+
+    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, Error> {
+        let pool = self.inner.store.pool();
+        let workers = sqlx::query(
+            "SELECT worker_id, name, http_address, generation, lease_expires_at, lease_expires_at > now() AS live
+             FROM workers ORDER BY name, worker_id",
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut units: HashMap<String, Vec<UnitAssignmentInfo>> = HashMap::new();
+        for r in sqlx::query(
+            "SELECT unit_id, worker_id, epoch, committed_offset, lag, error FROM assignments
+             WHERE worker_id IS NOT NULL ORDER BY unit_id",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            let epoch: i64 = r.get("epoch");
+            units.entry(r.get("worker_id")).or_default().push(UnitAssignmentInfo {
+                unit_id: r.get("unit_id"),
+                epoch: epoch as u64,
+                committed_offset: r.get("committed_offset"),
+                lag: r.get("lag"),
+                error: r.get("error"),
+            });
+        }
+        Ok(workers
+            .into_iter()
+            .map(|r| {
+                let id: String = r.get("worker_id");
+                let expires: chrono::DateTime<chrono::Utc> = r.get("lease_expires_at");
+                let generation: i64 = r.get("generation");
+                WorkerInfo {
+                    assignments: units.remove(&id).unwrap_or_default(),
+                    worker_id: id,
+                    name: r.get("name"),
+                    generation: generation as u64,
+                    lease_expires_at: Some(prost_types::Timestamp { seconds: expires.timestamp(), nanos: expires.timestamp_subsec_nanos() as i32 }),
+                    live: r.get("live"),
+                    http_address: r.get("http_address"),
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,132 @@
+//! One scheduling round: place every desired unit, store what moved or changed, and send each watching worker
+//! its set when it changed.
+
+use super::Coordinator;
+use crate::error::Error;
+use crate::scheduler::{desired_units, place, Placement};
+use crate::store::Store;
+use millrace_proto::v1::{Assignment, AssignmentSet, WorkUnit};
+use prost::Message;
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
+
+/// Key of the advisory lock that serialises scheduling rounds (several control planes may share a database).
+const SCHEDULE_LOCK: i64 = 0x6d69_6c6c_7363_6864;
+
+/// A unit's row as stored: where it is, and what it was scheduled as.
+struct Stored {
+    placement: Placement,
+    definition: Vec<u8>,
+}
+
+impl Coordinator {
+    pub async fn reschedule(&self) -> Result<(), Error> {
+        let _round = self.inner.round.lock().await;
+        let pool = self.inner.store.pool();
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEDULE_LOCK).execute(&mut *tx).await?;
+        let state = Store::load_state(&mut *tx).await?;
+        let partitions = self.inner.partitions.lock().expect("partitions lock").clone();
+        let units = desired_units(&state, &self.inner.topic_namespace, &partitions);
+        let live: Vec<String> =
+            sqlx::query_scalar("SELECT worker_id FROM workers WHERE lease_expires_at > now() ORDER BY worker_id")
+                .fetch_all(&mut *tx)
+                .await?;
+        let stored: HashMap<String, Stored> = sqlx::query("SELECT unit_id, worker_id, epoch, definition FROM assignments")
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let epoch: i64 = r.get("epoch");
+                let placement = Placement { worker: r.get("worker_id"), epoch: epoch as u64 };
+                (r.get("unit_id"), Stored { placement, definition: r.get("definition") })
+            })
+            .collect();
+        let current: HashMap<String, Placement> = stored.iter().map(|(u, s)| (u.clone(), s.placement.clone())).collect();
+        let ids: Vec<String> = units.keys().cloned().collect();
+        let placed = place(&ids, &live, &current);
+        let gone: Vec<&String> = current.keys().filter(|u| !units.contains_key(*u)).collect();
+        if !gone.is_empty() {
+            sqlx::query("DELETE FROM assignments WHERE unit_id = ANY($1)").bind(&gone).execute(&mut *tx).await?;
+        }
+        for (unit_id, mut p) in placed {
+            let unit = &units[&unit_id];
+            let definition = unit.encode_to_vec();
+            let old = stored.get(&unit_id);
+            // Rows written before definitions were stored have none: they are recorded, not judged.
+            let known = old.filter(|o| !o.definition.is_empty());
+            let redefined = known.is_some_and(|o| o.definition != definition);
+            // A changed definition is a new epoch even where the unit stays: the worker replaces the running unit.
+            if redefined && old.is_some_and(|o| o.placement.epoch == p.epoch) {
+                p.epoch += 1;
+            }
+            // An offset of one topic means nothing in another: a new source is read from its beginning.
+            let new_source = known.is_some_and(|o| {
+                WorkUnit::decode(o.definition.as_slice()).map(|w| w.source_topic != unit.source_topic).unwrap_or(false)
+            });
+            if old.is_some_and(|o| o.placement == p && o.definition == definition) {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO assignments (unit_id, worker_id, epoch, definition) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (unit_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, epoch = EXCLUDED.epoch,
+                   definition = EXCLUDED.definition, updated_at = now(),
+                   committed_offset = CASE WHEN $5 THEN -1 ELSE assignments.committed_offset END,
+                   lag = CASE WHEN $5 THEN -1 ELSE assignments.lag END,
+                   error = CASE WHEN assignments.epoch = EXCLUDED.epoch THEN assignments.error ELSE '' END",
+            )
+            .bind(&unit_id)
+            .bind(&p.worker)
+            .bind(p.epoch as i64)
+            .bind(&definition)
+            .bind(new_source)
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(unit = unit_id, worker = p.worker.as_deref().unwrap_or("-"), epoch = p.epoch, redefined, new_source, "unit placed");
+        }
+        // Forget workers long dead, so the list stays readable.
+        sqlx::query("DELETE FROM workers WHERE lease_expires_at < now() - interval '1 hour'").execute(&mut *tx).await?;
+        tx.commit().await?;
+        self.publish(&units, &live).await
+    }
+
+    /// Sends each watching worker its set if its units or epochs changed; ends the streams of dead workers.
+    async fn publish(&self, units: &BTreeMap<String, WorkUnit>, live: &[String]) -> Result<(), Error> {
+        let watching: Vec<String> = self.inner.watchers.lock().expect("watchers lock").keys().cloned().collect();
+        if watching.is_empty() {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT unit_id, worker_id, epoch, committed_offset FROM assignments WHERE worker_id = ANY($1) ORDER BY unit_id",
+        )
+        .bind(&watching)
+        .fetch_all(self.inner.store.pool())
+        .await?;
+        let mut sets: HashMap<String, Vec<Assignment>> = HashMap::new();
+        for r in rows {
+            let unit_id: String = r.get("unit_id");
+            let Some(unit) = units.get(&unit_id) else { continue };
+            let worker: String = r.get("worker_id");
+            let epoch: i64 = r.get("epoch");
+            sets.entry(worker).or_default().push(Assignment {
+                unit: Some(unit.clone()),
+                epoch: epoch as u64,
+                committed_offset: r.get("committed_offset"),
+            });
+        }
+        let mut watchers = self.inner.watchers.lock().expect("watchers lock");
+        watchers.retain(|w, _| live.contains(w));
+        for (worker, watcher) in watchers.iter_mut() {
+            let assignments = sets.remove(worker).unwrap_or_default();
+            let key: Vec<(String, u64)> =
+                assignments.iter().map(|a| (a.unit.as_ref().map(|u| u.unit_id.clone()).unwrap_or_default(), a.epoch)).collect();
+            if watcher.last.as_ref() == Some(&key) {
+                continue;
+            }
+            let version = self.inner.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let _ = watcher.tx.send(Some(AssignmentSet { version, assignments }));
+            watcher.last = Some(key);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! A sidecar process for the tests: the test functions, plus `abort_on_13`, which kills the whole process when it
+//! meets value 13 (a sidecar crashing on one record). `Sidecar*` helpers in `millrace_tests::dataplane` restart it
+//! when it dies, as a supervisor would.
+//!
+//!   millrace-test-sidecar --listen 127.0.0.1:PORT
+
+use clap::Parser;
+use millrace_tests::dataplane::{runtime, Raw};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    listen: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    runtime(Default::default())
+        .transform("abort_on_13", |r: Raw| {
+            if r.value == 13 {
+                std::process::abort();
+            }
+            r
+        })
+        .serve(&args.listen)
+        .await
+}

@@ -1,0 +1,232 @@
+//! One unit of work: a source partition read in batches, each batch run through the sidecar, every output (and
+//! dead letter) produced, and the unit's safe offset advanced only when all of a batch's records are acknowledged
+//! by the broker. This module runs a unit's life: it checks the function against the sidecar, runs the pipeline
+//! (`pipeline`), and after a failure decides with `recovery` how to go on so that no record stalls the partition.
+
+pub mod pipeline;
+pub mod recovery;
+pub mod source;
+
+use crate::lease::Lease;
+use crate::metrics::Metrics;
+use crate::sidecar::Sidecars;
+use millrace_proto::v1::{UnitKind, WorkUnit};
+use pipeline::{RunPlan, UnitError};
+use rdkafka::producer::FutureProducer;
+use recovery::Recovery;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What every unit of a worker shares.
+pub struct WorkerCtx {
+    pub kafka_brokers: String,
+    pub sidecars: Sidecars,
+    pub metrics: Metrics,
+    pub batch_size: usize,
+    pub batch_max_bytes: usize,
+    pub batch_linger: Duration,
+    pub max_in_flight: usize,
+    /// Input bytes in flight across all units, in KiB permits: what bounds a worker's memory, whatever its units.
+    pub in_flight_kib: Arc<Semaphore>,
+    pub max_in_flight_kib: u32,
+    pub fetch_buffer_kb: usize,
+    pub max_message_bytes: usize,
+    pub poison_tries: u32,
+}
+
+/// What the units of one lease share: the lease, and a producer whose queue cannot outlive it. A record waits in
+/// the producer at most `delivery_timeout`, and units produce only with at least that much lease left, so nothing
+/// is delivered after the control plane could have given the unit away. The producer is dropped (its queue purged)
+/// when the lease ends.
+pub struct Fence {
+    pub lease: Arc<Lease>,
+    pub producer: FutureProducer,
+    pub delivery_timeout: Duration,
+}
+
+impl Fence {
+    pub fn may_produce(&self) -> bool {
+        self.lease.valid_for(self.delivery_timeout)
+    }
+}
+
+/// A running unit, as the worker's supervisor and progress reporter see it.
+pub struct UnitState {
+    pub unit: WorkUnit,
+    pub epoch: u64,
+    /// The next source offset to process: everything before it is handled and durable. -1 = nothing yet.
+    pub safe_offset: AtomicI64,
+    /// The last safe offset the control plane accepted.
+    pub reported_offset: AtomicI64,
+    /// The next offset the reader will read, for lag.
+    pub position: AtomicI64,
+    /// Records between the safe offset and the high watermark; -1 = unknown.
+    pub lag: AtomicI64,
+    /// The partition's high watermark as the last fetch response gave it; -1 = unknown.
+    pub high_watermark: AtomicI64,
+    /// Why the unit cannot run; "" while it runs.
+    pub error: Mutex<String>,
+    /// The error the control plane last accepted.
+    pub reported_error: Mutex<String>,
+    /// Stop at once (revoked, lease lost).
+    pub stop: CancellationToken,
+    /// Stop reading, finish what is in flight (clean shutdown).
+    pub drain: CancellationToken,
+}
+
+impl UnitState {
+    pub fn new(unit: WorkUnit, epoch: u64, committed_offset: i64) -> Self {
+        Self {
+            unit,
+            epoch,
+            safe_offset: AtomicI64::new(committed_offset),
+            reported_offset: AtomicI64::new(committed_offset),
+            position: AtomicI64::new(committed_offset),
+            lag: AtomicI64::new(-1),
+            high_watermark: AtomicI64::new(-1),
+            error: Mutex::new(String::new()),
+            reported_error: Mutex::new(String::new()),
+            stop: CancellationToken::new(),
+            drain: CancellationToken::new(),
+        }
+    }
+
+    pub fn error(&self) -> String {
+        self.error.lock().expect("error lock").clone()
+    }
+
+    fn ended(&self) -> bool {
+        self.stop.is_cancelled() || self.drain.is_cancelled()
+    }
+
+    /// Sleeps unless the unit is told to stop or drain first; false when it was.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = self.drain.cancelled() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+}
+
+/// Why a unit cannot run at all (shown in ListWorkers and as `millrace_unit_errors{reason}`).
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+/// The unit's function must be hosted by its sidecar, as the right kind: otherwise every record would fail.
+async fn check_function(ctx: &WorkerCtx, st: &UnitState) -> Result<(), Problem> {
+    let u = &st.unit;
+    if u.dead_letter_topic.is_empty() {
+        let message = "the unit has no dead letter topic: apply the plan again with a current control plane".into();
+        return Err(Problem { reason: "no_dead_letter_topic", message });
+    }
+    let f = u.function.clone().unwrap_or_default();
+    let described = ctx.sidecars.describe(&f.runtime).await.map_err(|e| Problem { reason: "sidecar_unreachable", message: e.to_string() })?;
+    let consumer = u.kind == UnitKind::UnitConsumer as i32;
+    let (what, wanted) = if consumer { ("consumer", "consumer") } else { ("transform", "transform") };
+    match described.functions.iter().find(|x| x.name == f.name) {
+        None => {
+            let hosted: Vec<&str> = described.functions.iter().map(|x| x.name.as_str()).collect();
+            Err(Problem {
+                reason: "missing_function",
+                message: format!(
+                    "function `{}` is not hosted by sidecar `{}` (it hosts: {}): deploy it there, or fix the function name of {what} `{}`",
+                    f.name,
+                    f.runtime,
+                    hosted.join(", "),
+                    u.name
+                ),
+            })
+        }
+        Some(info) if info.consumer != consumer => Err(Problem {
+            reason: "wrong_kind",
+            message: format!(
+                "function `{}` on sidecar `{}` is a {}, but {what} `{}` needs a {wanted}",
+                f.name,
+                f.runtime,
+                if info.consumer { "consumer" } else { "transform" },
+                u.name
+            ),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Runs the unit until it is stopped or drained. After a failure it resumes from the safe offset; failures a
+/// record may cause go through `Recovery`, which isolates such a record and sends it to the dead letter queue.
+pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
+    let u = &st.unit;
+    let function = u.name.clone();
+    ctx.metrics.units.with_label_values(&[&function]).inc();
+    let mut recovery = Recovery::new(ctx.batch_size, ctx.poison_tries, st.safe_offset.load(Ordering::SeqCst));
+    let mut backoff = MIN_BACKOFF;
+    let mut problem: Option<&'static str> = None;
+    let set_problem = |now: Option<Problem>, was: &mut Option<&'static str>| {
+        let reason = now.as_ref().map(|p| p.reason);
+        if *was != reason {
+            if let Some(r) = *was {
+                let _ = ctx.metrics.unit_errors.remove_label_values(&[&function, r]);
+            }
+            if let Some(r) = reason {
+                ctx.metrics.unit_errors.with_label_values(&[&function, r]).set(1);
+            }
+            *was = reason;
+        }
+        *st.error.lock().expect("error lock") = now.map(|p| p.message).unwrap_or_default();
+    };
+    while !st.ended() {
+        tracing::debug!(unit = u.unit_id, "checking the function");
+        if let Err(p) = check_function(&ctx, &st).await {
+            tracing::warn!(unit = u.unit_id, epoch = st.epoch, reason = p.reason, error = p.message, retry_in = ?backoff, "unit cannot run");
+            set_problem(Some(p), &mut problem);
+            if !st.pause(backoff).await {
+                break;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
+        set_problem(None, &mut problem);
+        let start = st.safe_offset.load(Ordering::SeqCst);
+        let plan = RunPlan {
+            cap: recovery.cap(),
+            in_flight: if recovery.isolating() { 1 } else { ctx.max_in_flight },
+            condemned: recovery.condemned().cloned(),
+        };
+        tracing::debug!(unit = u.unit_id, start, cap = plan.cap, in_flight = plan.in_flight, condemned = ?plan.condemned, "pipeline starting");
+        let result = tokio::select! {
+            _ = st.stop.cancelled() => break,
+            r = pipeline::run(&ctx, &st, &fence, start, plan) => r,
+        };
+        recovery.progressed(st.safe_offset.load(Ordering::SeqCst));
+        let e = match result {
+            Ok(()) if st.ended() => break,
+            Ok(()) => UnitError::Ended,
+            Err(e) => e,
+        };
+        if st.safe_offset.load(Ordering::SeqCst) != start {
+            backoff = MIN_BACKOFF;
+        }
+        if let UnitError::Batch(f) = &e {
+            recovery.failed(f.clone());
+            backoff = MIN_BACKOFF;
+        }
+        tracing::warn!(unit = u.unit_id, epoch = st.epoch, error = %e, retry_in = ?backoff, "unit pipeline failed; resuming from the last safe offset");
+        ctx.metrics.unit_restarts.with_label_values(&[&function]).inc();
+        if !st.pause(backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    set_problem(None, &mut problem);
+    ctx.metrics.units.with_label_values(&[&function]).dec();
+    ctx.metrics.forget_partition(&function, &u.source_topic, u.partition);
+    tracing::info!(unit = u.unit_id, epoch = st.epoch, "unit stopped");
+}

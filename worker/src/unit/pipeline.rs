@@ -1,0 +1,332 @@
+//! One run of a unit's pipeline, from a start offset until an error, a stop or a drain. Three stages run
+//! concurrently with a bounded number of batches between the first and the last: `read` (batches bounded by
+//! records and bytes), `respond` (sidecar results turned into outputs and dead letters, produced under the fence)
+//! and `acknowledge` (the safe offset moves once a batch's every record is acknowledged).
+
+use super::recovery::{BatchFailure, Condemned, Poison};
+use super::source::{consumer, first_record, next_record, size, Source};
+use super::{Fence, UnitState, WorkerCtx};
+use crate::output::{output_key, DeadLetter, OriginalRecord};
+use crate::sidecar::SidecarError;
+use millrace_proto::v1::{process_request, record_result, InputRecord, ProcessRequest, RecordBatch, UnitKind};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Room left in a broker message for the key, headers and record framing.
+const RECORD_OVERHEAD: usize = 512;
+
+/// How one run batches: records per batch, batches in flight, and a record to dead-letter instead of processing.
+pub struct RunPlan {
+    pub cap: usize,
+    pub in_flight: usize,
+    pub condemned: Option<Condemned>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Sidecar(#[from] SidecarError),
+    #[error("batch at offset {} ({} records) failed: {}: {}", .0.first, .0.len, .0.kind.error_type(), .0.detail)]
+    Batch(BatchFailure),
+    #[error("the sidecar answered batch {got} where batch {want} was expected, or with the wrong record count")]
+    Protocol { want: u64, got: u64 },
+    #[error("the lease is lost (or about to be) or the unit was revoked: stopping before producing")]
+    Fenced,
+    #[error("a produce was not acknowledged: {0}")]
+    Produce(String),
+    #[error("the pipeline ended without being asked to")]
+    Ended,
+}
+
+/// A batch on its way: at the sidecar (or, condemned, going straight to the dead letter queue).
+struct Sent {
+    batch_id: u64,
+    records: Vec<InputRecord>,
+    sent_at: Instant,
+    condemned: Option<Condemned>,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// A batch whose outputs are with the producer, waiting for acknowledgements (each with its input's offset).
+struct Pending {
+    next_offset: i64,
+    outputs: Vec<(i64, DeliveryFuture)>,
+    dead_letters: Vec<(i64, DeliveryFuture)>,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64, plan: RunPlan) -> Result<(), UnitError> {
+    let function = st.unit.function.clone().unwrap_or_default();
+    let consumer = consumer(ctx, st, start)?;
+    tracing::debug!(unit = st.unit.unit_id, "consumer assigned");
+    let session = ctx.sidecars.open(&function.runtime, &function.name, plan.in_flight).await?;
+    tracing::debug!(unit = st.unit.unit_id, "sidecar open");
+    let permits = Arc::new(Semaphore::new(plan.in_flight.max(1)));
+    let (sent_tx, sent_rx) = mpsc::channel::<Sent>(plan.in_flight.max(1));
+    let (pending_tx, pending_rx) = mpsc::channel::<Pending>(plan.in_flight.max(1));
+    let sender = session.sender();
+    tokio::try_join!(
+        read(ctx, st, fence, &consumer, start, &plan, sender, permits, sent_tx),
+        respond(ctx, st, fence, session, sent_rx, pending_tx),
+        acknowledge(ctx, st, pending_rx),
+    )?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    ctx: &WorkerCtx,
+    st: &UnitState,
+    fence: &Fence,
+    consumer: &Source,
+    start: i64,
+    plan: &RunPlan,
+    sidecar: mpsc::Sender<ProcessRequest>,
+    permits: Arc<Semaphore>,
+    sent: mpsc::Sender<Sent>,
+) -> Result<(), UnitError> {
+    let mut batch_id = 0u64;
+    let mut carry: Option<InputRecord> = match first_record(ctx, st, consumer, start).await? {
+        Some(r) => Some(r),
+        None => return Ok(()),
+    };
+    loop {
+        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+        let first = match carry.take() {
+            Some(r) => r,
+            None => match next_record(st, consumer, None).await? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+        };
+        let condemned = plan.condemned.as_ref().filter(|c| c.offset == first.offset).cloned();
+        let mut records = vec![first];
+        let mut bytes = size(&records[0]);
+        if condemned.is_none() {
+            let deadline = Instant::now() + ctx.batch_linger;
+            while records.len() < plan.cap {
+                let Some(r) = next_record(st, consumer, Some(deadline)).await? else { break };
+                // A condemned record goes alone, and so does whatever would take the batch over its byte bound.
+                let condemned_next = plan.condemned.as_ref().is_some_and(|c| c.offset == r.offset);
+                if condemned_next || bytes + size(&r) > ctx.batch_max_bytes {
+                    carry = Some(r);
+                    break;
+                }
+                bytes += size(&r);
+                records.push(r);
+            }
+        }
+        let last = records.last().map(|r| r.offset).unwrap_or(-1);
+        st.position.store(last + 1, Ordering::Relaxed);
+        ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(records.len() as u64);
+        let kib = (bytes.div_ceil(1024) as u32).clamp(1, ctx.max_in_flight_kib);
+        let memory = ctx.in_flight_kib.clone().acquire_many_owned(kib).await.expect("semaphore never closed");
+        // Fencing before the function runs: a consumer's side effects happen at the sidecar.
+        if !fence.lease.valid() || st.stop.is_cancelled() {
+            return Err(UnitError::Fenced);
+        }
+        let to_sidecar = condemned.is_none().then(|| {
+            batch_id += 1;
+            ProcessRequest { message: Some(process_request::Message::Batch(RecordBatch { batch_id, records: records.clone() })) }
+        });
+        tracing::debug!(unit = st.unit.unit_id, batch_id, first = records[0].offset, len = records.len(), bytes, "batch read");
+        let batch = Sent { batch_id, records, sent_at: Instant::now(), condemned, permits: (permit, memory) };
+        if sent.send(batch).await.is_err() {
+            return Ok(());
+        }
+        // A stream the sidecar broke is reported by `respond`, against the batch it was working on.
+        if let Some(msg) = to_sidecar {
+            if sidecar.send(msg).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn respond(
+    ctx: &WorkerCtx,
+    st: &UnitState,
+    fence: &Fence,
+    mut session: crate::sidecar::Session,
+    mut sent: mpsc::Receiver<Sent>,
+    pending: mpsc::Sender<Pending>,
+) -> Result<(), UnitError> {
+    let u = &st.unit;
+    let label = [u.name.as_str()];
+    let transform = u.kind == UnitKind::UnitTransform as i32;
+    let source: &'static str = if transform { "transform" } else { "consumer" };
+    while let Some(batch) = sent.recv().await {
+        let first = batch.records.first().map(|r| r.offset).unwrap_or(-1);
+        let results = match &batch.condemned {
+            Some(c) => vec![Err((c.kind.error_type().to_string(), c.detail.clone()))],
+            None => {
+                let result = session.next().await.map_err(|e| match e.poison() {
+                    Some(kind) => UnitError::Batch(BatchFailure { first, len: batch.records.len(), exact: None, kind, detail: e.to_string() }),
+                    None => e.into(),
+                })?;
+                if result.batch_id != batch.batch_id || result.results.len() != batch.records.len() {
+                    return Err(UnitError::Protocol { want: batch.batch_id, got: result.batch_id });
+                }
+                ctx.metrics.batch_latency.with_label_values(&label).observe(batch.sent_at.elapsed().as_secs_f64());
+                result
+                    .results
+                    .into_iter()
+                    .map(|r| match r.result {
+                        Some(record_result::Result::Ok(out)) => Ok(out.values),
+                        Some(record_result::Result::Error(e)) => Err((e.error_type, e.message)),
+                        None => Err(("ProtocolError".to_string(), "the sidecar returned no result for the record".to_string())),
+                    })
+                    .collect()
+            }
+        };
+        // Fencing: nothing is produced for a unit this worker may no longer hold by the time it is delivered.
+        if !fence.may_produce() || st.stop.is_cancelled() {
+            return Err(UnitError::Fenced);
+        }
+        let mut outputs = Vec::new();
+        let mut dead_letters = Vec::new();
+        let (mut filtered, mut failed) = (0u64, 0u64);
+        for (rec, res) in batch.records.iter().zip(results) {
+            let source_key = (!rec.key.is_empty()).then_some(&rec.key[..]);
+            // An output the broker would refuse sends its input to the dead letter queue instead.
+            let res = match res {
+                Ok(values) if transform && values.iter().any(|v| v.len() + RECORD_OVERHEAD > ctx.max_message_bytes) => {
+                    let biggest = values.iter().map(Vec::len).max().unwrap_or(0);
+                    let limit = ctx.max_message_bytes;
+                    Err((Poison::OutputTooLarge.error_type().to_string(), format!("an output of {biggest} bytes is over the broker's limit of {limit} bytes")))
+                }
+                other => other,
+            };
+            match res {
+                Ok(values) if transform => {
+                    if values.is_empty() {
+                        filtered += 1;
+                    }
+                    for v in values {
+                        let key = output_key(&v, &u.key_fields, source_key);
+                        let f = produce(st, fence, &u.destination_topic, key.as_deref(), &v, rec.offset).await?;
+                        outputs.push((rec.offset, f));
+                    }
+                }
+                Ok(_) => {}
+                Err((error_type, message)) => {
+                    failed += 1;
+                    let letter = DeadLetter {
+                        original_record: OriginalRecord::of(&rec.value),
+                        error_message: &message,
+                        error_type: &error_type,
+                        failed_at: chrono::Utc::now().to_rfc3339(),
+                        source,
+                        function: &u.name,
+                        topic: &u.source_topic,
+                        partition: u.partition,
+                        offset: rec.offset,
+                        original_record_truncated: None,
+                        original_bytes: None,
+                    };
+                    let bytes = letter.to_bytes(&rec.value, ctx.max_message_bytes.saturating_sub(RECORD_OVERHEAD));
+                    dead_letters.push((rec.offset, produce(st, fence, &u.dead_letter_topic, source_key, &bytes, rec.offset).await?));
+                }
+            }
+        }
+        ctx.metrics.records_filtered.with_label_values(&label).inc_by(filtered);
+        ctx.metrics.records_failed.with_label_values(&label).inc_by(failed);
+        let next_offset = batch.records.last().map(|r| r.offset + 1).unwrap_or(-1);
+        let p = Pending { next_offset, outputs, dead_letters, _permits: batch.permits };
+        if pending.send(p).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn too_large(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+}
+
+fn oversize(offset: i64, detail: String) -> UnitError {
+    UnitError::Batch(BatchFailure { first: offset, len: 1, exact: Some(offset), kind: Poison::OutputTooLarge, detail })
+}
+
+/// Hands one record to the producer, waiting while its queue is full (and the fence holds).
+async fn produce(
+    st: &UnitState,
+    fence: &Fence,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    offset: i64,
+) -> Result<DeliveryFuture, UnitError> {
+    let epoch = st.epoch.to_string();
+    loop {
+        // Provenance: which unit, at which epoch, produced the record.
+        let headers = OwnedHeaders::new_with_capacity(2)
+            .insert(Header { key: "millrace-unit", value: Some(st.unit.unit_id.as_str()) })
+            .insert(Header { key: "millrace-epoch", value: Some(epoch.as_str()) });
+        let mut rec = FutureRecord::to(topic).payload(value).headers(headers);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        match fence.producer.send_result(rec) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                if !fence.may_produce() || st.stop.is_cancelled() {
+                    return Err(UnitError::Fenced);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((KafkaError::MessageProduction(code), _)) if too_large(code) => {
+                return Err(oversize(offset, format!("the producer refused a record of {} bytes: {code}", value.len())));
+            }
+            Err((e, _)) => return Err(UnitError::Produce(e.to_string())),
+        }
+    }
+}
+
+async fn acknowledge(ctx: &WorkerCtx, st: &UnitState, mut pending: mpsc::Receiver<Pending>) -> Result<(), UnitError> {
+    let label = [st.unit.name.as_str()];
+    while let Some(p) = pending.recv().await {
+        let (outs, dls) = (p.outputs.len() as u64, p.dead_letters.len() as u64);
+        for (offset, f) in p.outputs.into_iter().chain(p.dead_letters) {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((KafkaError::MessageProduction(code), _))) if too_large(code) => {
+                    return Err(oversize(offset, format!("the broker refused an output: {code}")));
+                }
+                Ok(Err((e, _))) => return Err(UnitError::Produce(e.to_string())),
+                Err(_) => return Err(UnitError::Produce("the producer dropped the record".into())),
+            }
+        }
+        ctx.metrics.records_out.with_label_values(&label).inc_by(outs);
+        ctx.metrics.dead_letters.with_label_values(&label).inc_by(dls);
+        st.safe_offset.store(p.next_offset, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+/// Producer settings for the units of one lease (see `Fence`).
+pub fn producer_config(brokers: &str, delivery_timeout: Duration, buffer_kb: usize, max_message_bytes: usize) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        // Retries never reorder or duplicate records within a partition.
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", delivery_timeout.as_millis().max(10).to_string())
+        .set("queue.buffering.max.kbytes", buffer_kb.max(1024).to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.max.bytes", max_message_bytes.to_string())
+        // A unit must never recreate a topic the plan deleted.
+        .set("allow.auto.create.topics", "false");
+    c
+}

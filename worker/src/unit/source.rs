@@ -1,0 +1,155 @@
+//! Reading a unit's source partition: the consumer (bounded prefetch, lag from fetch responses), and finding the
+//! first record to process. A fetch that starts inside a record batch returns that batch on Apache Kafka, but
+//! some brokers (Tansu 0.6.0) answer with the next batch, silently skipping records; and a broker whose retention
+//! deleted the records at the start offset moves on as well. So a first record past the start offset, or none
+//! while the partition's high watermark is past it, makes the reader step back until it finds a record at or
+//! before the start (dropping those before it). What cannot be found was deleted, and is counted as lost.
+
+use super::pipeline::UnitError;
+use super::{UnitState, WorkerCtx};
+use crate::metrics::Metrics;
+use millrace_proto::v1::InputRecord;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long the first record may take before the high watermark is consulted.
+const PROBE_WAIT: Duration = Duration::from_millis(1200);
+
+/// Lag from librdkafka's statistics: the high watermark of fetch responses (correct on every broker, unlike
+/// ListOffsets on some) less the next offset to read, and less the safe (committable) offset.
+pub struct LagContext {
+    st: Arc<UnitState>,
+    metrics: Metrics,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, stats: Statistics) {
+        let u = &self.st.unit;
+        let Some(p) = stats.topics.get(&u.source_topic).and_then(|t| t.partitions.get(&u.partition)) else { return };
+        if p.hi_offset < 0 {
+            return;
+        }
+        self.st.high_watermark.store(p.hi_offset, Ordering::Relaxed);
+        let or_start = |o: i64| if o >= 0 { o } else { p.lo_offset.max(0) };
+        let read_lag = (p.hi_offset - or_start(self.st.position.load(Ordering::Relaxed))).max(0);
+        let commit_lag = (p.hi_offset - or_start(self.st.safe_offset.load(Ordering::Relaxed))).max(0);
+        self.st.lag.store(commit_lag, Ordering::Relaxed);
+        let labels = [u.name.as_str(), u.source_topic.as_str(), &u.partition.to_string()];
+        self.metrics.consumer_lag.with_label_values(&labels).set(read_lag);
+        self.metrics.commit_lag.with_label_values(&labels).set(commit_lag);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+pub type Source = StreamConsumer<LagContext>;
+
+pub fn consumer(ctx: &WorkerCtx, st: &Arc<UnitState>, start: i64) -> Result<Source, KafkaError> {
+    let c: Source = ClientConfig::new()
+        .set("bootstrap.servers", &ctx.kafka_brokers)
+        // Partitions are assigned by the control plane; the group id only names the client.
+        .set("group.id", format!("millrace-{}", st.unit.name))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // An offset the broker no longer has restarts at the log start; `first_record` counts what was lost.
+        .set("auto.offset.reset", "earliest")
+        .set("allow.auto.create.topics", "false")
+        // Each unit has its own consumer: bound its prefetch so a worker's memory does not grow with its units.
+        .set("queued.max.messages.kbytes", ctx.fetch_buffer_kb.max(1).to_string())
+        .set("fetch.wait.max.ms", "50")
+        .set("statistics.interval.ms", "1000")
+        .create_with_context(LagContext { st: st.clone(), metrics: ctx.metrics.clone() })?;
+    seek(&c, st, start)?;
+    Ok(c)
+}
+
+fn seek(c: &Source, st: &UnitState, offset: i64) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    let offset = if offset >= 0 { Offset::Offset(offset) } else { Offset::Beginning };
+    tpl.add_partition_offset(&st.unit.source_topic, st.unit.partition, offset)?;
+    c.assign(&tpl)
+}
+
+fn input(m: &rdkafka::message::BorrowedMessage<'_>) -> InputRecord {
+    InputRecord {
+        value: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        key: bytes::Bytes::copy_from_slice(m.key().unwrap_or_default()),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+/// Bytes a record takes in a batch.
+pub fn size(r: &InputRecord) -> usize {
+    r.value.len() + r.key.len() + 32
+}
+
+/// The next record (waiting at most until `until`), or None at the deadline or once the unit is told to drain.
+pub async fn next_record(st: &UnitState, consumer: &Source, until: Option<Instant>) -> Result<Option<InputRecord>, UnitError> {
+    let recv = async {
+        match until {
+            None => Some(consumer.recv().await),
+            Some(t) => tokio::time::timeout_at(t, consumer.recv()).await.ok(),
+        }
+    };
+    let got = tokio::select! {
+        _ = st.drain.cancelled() => return Ok(None),
+        got = recv => got,
+    };
+    match got {
+        None => Ok(None),
+        Some(Ok(m)) => Ok(Some(input(&m))),
+        Some(Err(e)) => Err(e.into()),
+    }
+}
+
+/// The first record at or after `start` (see the module's comment), or None once the unit is told to drain.
+pub async fn first_record(ctx: &WorkerCtx, st: &UnitState, consumer: &Source, start: i64) -> Result<Option<InputRecord>, UnitError> {
+    if start <= 0 {
+        return next_record(st, consumer, None).await;
+    }
+    let mut back = 0i64;
+    loop {
+        let got = next_record(st, consumer, Some(Instant::now() + PROBE_WAIT)).await?;
+        if st.drain.is_cancelled() {
+            return Ok(None);
+        }
+        let high = st.high_watermark.load(Ordering::Relaxed);
+        match got {
+            // Nothing there yet (or not known yet): keep waiting where we are.
+            None if high <= start => continue,
+            Some(r) if r.offset <= start => return skip_to(st, consumer, r, start).await,
+            Some(r) if back >= start => {
+                let lost = r.offset - start;
+                tracing::warn!(unit = st.unit.unit_id, from = start, to = r.offset, lost, "records were deleted before they were read (retention): going on after them");
+                ctx.metrics.records_lost_to_retention.with_label_values(&[&st.unit.name]).inc_by(lost as u64);
+                return Ok(Some(r));
+            }
+            _ => {
+                back = (back * 2).clamp(1, start);
+                tracing::debug!(unit = st.unit.unit_id, start, from = start - back, "the broker skipped past the start offset: stepping back");
+                seek(consumer, st, start - back)?;
+            }
+        }
+    }
+}
+
+/// Drops records before `start`, returning the one at it (or the first after it, where offsets have gaps).
+async fn skip_to(st: &UnitState, consumer: &Source, mut r: InputRecord, start: i64) -> Result<Option<InputRecord>, UnitError> {
+    while r.offset < start {
+        match next_record(st, consumer, None).await? {
+            Some(next) => r = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(r))
+}
