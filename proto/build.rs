@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Workers keep each input record while its batch is at the sidecar: Bytes makes that copy free.
         .bytes(".millrace.v1.InputRecord")
+        // Outputs are sliced from the received message, not copied one by one.
+        .bytes(".millrace.v1.RecordOutputs")
         .file_descriptor_set_path(out.join("millrace_descriptor.bin"))
         .compile_protos(&files, &[".", includes.to_str().ok_or("non-UTF-8 protoc include path")?])?;
     Ok(())

@@ -28,6 +28,7 @@ use millrace_proto::v1::{
     process_request, record_result, BatchResult, DescribeRequest, DescribeResponse, FunctionInfo, ProcessRequest,
     ProcessResponse, RecordError, RecordOutputs, RecordResult,
 };
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -47,7 +48,7 @@ struct Typed<F>(F);
 
 impl<F> Function for Typed<F>
 where
-    F: Fn(&[u8]) -> Result<Vec<Vec<u8>>, RecordError> + Send + Sync,
+    F: Fn(&[u8]) -> Result<Vec<Bytes>, RecordError> + Send + Sync,
 {
     fn call(&self, input: &[u8]) -> RecordResult {
         let result = match catch_unwind(AssertUnwindSafe(|| (self.0)(input))) {
@@ -80,16 +81,16 @@ fn decode<I: DeserializeOwned>(input: &[u8]) -> Result<I, RecordError> {
 }
 
 /// Serialises a return value into zero, one or many output records.
-fn encode<O: Serialize>(out: &O) -> Result<Vec<Vec<u8>>, RecordError> {
+fn encode<O: Serialize>(out: &O) -> Result<Vec<Bytes>, RecordError> {
     let ser = |e: serde_json::Error| RecordError { error_type: "SerializationError".into(), message: e.to_string() };
     let bytes = serde_json::to_vec(out).map_err(ser)?;
     match bytes.first() {
         Some(b'n') => Ok(Vec::new()),
         Some(b'[') => {
             let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&bytes).map_err(ser)?;
-            Ok(items.into_iter().filter(|v| v.get() != "null").map(|v| v.get().as_bytes().to_vec()).collect())
+            Ok(items.into_iter().filter(|v| v.get() != "null").map(|v| Bytes::copy_from_slice(v.get().as_bytes())).collect())
         }
-        _ => Ok(vec![bytes]),
+        _ => Ok(vec![Bytes::from(bytes)]),
     }
 }
 
@@ -110,7 +111,7 @@ impl Runtime {
         Self { name: name.to_string(), functions: BTreeMap::new(), max_message: 64 << 20 }
     }
 
-    fn add(mut self, name: &str, consumer: bool, f: impl Fn(&[u8]) -> Result<Vec<Vec<u8>>, RecordError> + Send + Sync + 'static) -> Self {
+    fn add(mut self, name: &str, consumer: bool, f: impl Fn(&[u8]) -> Result<Vec<Bytes>, RecordError> + Send + Sync + 'static) -> Self {
         self.functions.insert(name.to_string(), (consumer, Arc::new(Typed(f))));
         self
     }
@@ -265,7 +266,7 @@ mod tests {
 
     fn ok(r: RecordResult) -> Vec<String> {
         match r.result.unwrap() {
-            record_result::Result::Ok(o) => o.values.into_iter().map(|v| String::from_utf8(v).unwrap()).collect(),
+            record_result::Result::Ok(o) => o.values.into_iter().map(|v| String::from_utf8(v.to_vec()).unwrap()).collect(),
             record_result::Result::Error(e) => panic!("{e:?}"),
         }
     }

@@ -85,6 +85,11 @@ pub fn runtime(consumed: Arc<AtomicU64>) -> millrace_sdk::Runtime {
             let pad = if r.value == 7 { "x".repeat(2_000_000) } else { String::new() };
             serde_json::json!({ "id": r.id, "value": r.value, "pad": pad })
         })
+        // A millisecond a record: units stay busy and their backlog stays in the broker (the memory benchmark).
+        .transform("pause_1ms", |r: Raw| {
+            std::thread::sleep(Duration::from_millis(1));
+            r
+        })
         // Value 13 takes longer than any sidecar timeout the tests set.
         .transform("sleep_on_13", |r: Raw| {
             if r.value == 13 {

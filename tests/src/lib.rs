@@ -341,3 +341,4 @@ pub fn actions(r: &ApplyPlanResponse) -> Vec<(ResourceKind, String, ChangeAction
 // ---- data plane ------------------------------------------------------------------------------------------
 
 pub mod dataplane;
+pub mod proxy;

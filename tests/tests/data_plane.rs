@@ -282,8 +282,9 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
         records
             .iter()
             .filter(|r| {
-                let (u, e) = (r.headers.get("millrace-unit"), r.headers.get("millrace-epoch"));
-                u.and_then(|u| moved.get(u)).is_some_and(|old| e == Some(&old.to_string()))
+                // `millrace-origin` is `<unit>@<epoch>`.
+                let origin = r.headers.get("millrace-origin").and_then(|o| o.rsplit_once('@'));
+                origin.is_some_and(|(u, e)| moved.get(u).is_some_and(|old| e == old.to_string()))
             })
             .count()
     };

@@ -3,7 +3,7 @@
 //! commit and hand over.
 
 use crate::lease::Lease;
-use crate::unit::pipeline::producer_config;
+use crate::unit::produce;
 use crate::unit::{self, Fence, UnitState, WorkerCtx};
 use millrace_proto::v1::worker_coordinator_client::WorkerCoordinatorClient;
 use millrace_proto::v1::*;
@@ -75,8 +75,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
         let lease = Arc::new(Lease::new(sent, Duration::from_millis(r.lease_ms)));
         // Nothing may wait in the producer longer than 30% of the lease (see `Fence`).
         let delivery_timeout = settings.produce_timeout.min(lease.length() * 3 / 10);
-        let producer = producer_config(&ctx.kafka_brokers, delivery_timeout, settings.producer_buffer_kb, ctx.max_message_bytes)
-            .create()
+        let producer = produce::producer(&ctx.kafka_brokers, delivery_timeout, settings.producer_buffer_kb, ctx.max_message_bytes)
             .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
         let session = Arc::new(Session {
             worker_id: r.worker_id,

@@ -1,35 +1,111 @@
 //! What goes to the broker: output keys, and dead letters.
 
-use serde::Serialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::fmt;
 
 /// The key of an output record: its key fields' values (joined by `|` when there are several), or the source
-/// record's key when the output lacks them.
-pub fn output_key(value: &[u8], key_fields: &[String], source_key: Option<&[u8]>) -> Option<Vec<u8>> {
+/// record's key when the output lacks them. Written into `buf` (reused across records: this runs for each).
+pub fn output_key<'k>(value: &[u8], key_fields: &[String], source_key: Option<&'k [u8]>, buf: &'k mut Vec<u8>) -> Option<&'k [u8]> {
     if key_fields.is_empty() {
-        return source_key.map(<[u8]>::to_vec);
+        return source_key;
     }
-    let fields: HashMap<&str, &RawValue> = match serde_json::from_slice(value) {
-        Ok(f) => f,
-        Err(_) => return source_key.map(<[u8]>::to_vec),
+    let mut on_stack = [None; 8];
+    let mut on_heap = Vec::new();
+    let found: &mut [Option<&RawValue>] = if key_fields.len() <= on_stack.len() {
+        &mut on_stack[..key_fields.len()]
+    } else {
+        on_heap.resize(key_fields.len(), None);
+        &mut on_heap
     };
-    let mut key = Vec::new();
-    for (i, name) in key_fields.iter().enumerate() {
-        let Some(raw) = fields.get(name.as_str()) else { return source_key.map(<[u8]>::to_vec) };
+    let mut de = serde_json::Deserializer::from_slice(value);
+    if (KeyFields { names: key_fields, found }).deserialize(&mut de).is_err() {
+        return source_key;
+    }
+    let found: &[Option<&RawValue>] = if key_fields.len() <= on_stack.len() { &on_stack[..key_fields.len()] } else { &on_heap };
+    buf.clear();
+    for (i, raw) in found.iter().enumerate() {
+        let Some(raw) = raw else { return source_key };
         if i > 0 {
-            key.push(b'|');
+            buf.push(b'|');
         }
         // Strings by their content, numbers and the rest by their JSON text.
         match serde_json::from_str::<&str>(raw.get()) {
-            Ok(s) => key.extend_from_slice(s.as_bytes()),
+            Ok(s) => buf.extend_from_slice(s.as_bytes()),
             Err(_) => match serde_json::from_str::<String>(raw.get()) {
-                Ok(s) => key.extend_from_slice(s.as_bytes()),
-                Err(_) => key.extend_from_slice(raw.get().as_bytes()),
+                Ok(s) => buf.extend_from_slice(s.as_bytes()),
+                Err(_) => buf.extend_from_slice(raw.get().as_bytes()),
             },
         }
     }
-    Some(key)
+    Some(buf.as_slice())
+}
+
+/// Reads only the named top-level fields of a JSON object, skipping the others unparsed and stopping once all
+/// are found: this runs for every output record, whose key usually comes first.
+struct KeyFields<'f, 'de> {
+    names: &'f [String],
+    found: &'f mut [Option<&'de RawValue>],
+}
+
+/// An object key, borrowed where it has no escapes.
+struct FieldName<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeyFields<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyFields<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut missing = self.names.len();
+        while let Some(FieldName(name)) = map.next_key()? {
+            match self.names.iter().position(|f| *f == name) {
+                Some(i) => {
+                    if self.found[i].is_none() {
+                        missing -= 1;
+                    }
+                    self.found[i] = Some(map.next_value::<&RawValue>()?);
+                    if missing == 0 {
+                        // The rest is skipped without reading its names (an early error would cost more).
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        return Ok(());
+                    }
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A dead letter, as written to the dead letter topic.
@@ -107,13 +183,17 @@ mod tests {
     fn keys_come_from_key_fields_or_fall_back_to_the_source_key() {
         let k = |v: &str, f: &[&str]| {
             let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
-            output_key(v.as_bytes(), &f, Some(b"src")).map(|k| String::from_utf8(k).unwrap())
+            let mut buf = Vec::new();
+            output_key(v.as_bytes(), &f, Some(b"src"), &mut buf).map(|k| String::from_utf8(k.to_vec()).unwrap())
         };
         assert_eq!(k(r#"{"id":"a1","v":2}"#, &["id"]).as_deref(), Some("a1"));
         assert_eq!(k(r#"{"id":7,"v":2}"#, &["id", "v"]).as_deref(), Some("7|2"));
         assert_eq!(k(r#"{"v":2}"#, &["id"]).as_deref(), Some("src"));
         assert_eq!(k("not json", &["id"]).as_deref(), Some("src"));
         assert_eq!(k(r#"{"id":"a"}"#, &[]).as_deref(), Some("src"));
+        // Escapes in names and values, nested values skipped, fields in any order.
+        assert_eq!(k(r#"{"n":{"id":1},"v":[1,2],"\u0069d":"a\"b"}"#, &["id"]).as_deref(), Some("a\"b"));
+        assert_eq!(k(r#"{"v":2,"id":"x"}"#, &["id", "v"]).as_deref(), Some("x|2"));
     }
 
     #[test]

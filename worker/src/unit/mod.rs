@@ -4,6 +4,7 @@
 //! (`pipeline`), and after a failure decides with `recovery` how to go on so that no record stalls the partition.
 
 pub mod pipeline;
+pub mod produce;
 pub mod recovery;
 pub mod source;
 
@@ -12,7 +13,6 @@ use crate::metrics::Metrics;
 use crate::sidecar::Sidecars;
 use millrace_proto::v1::{UnitKind, WorkUnit};
 use pipeline::{RunPlan, UnitError};
-use rdkafka::producer::FutureProducer;
 use recovery::Recovery;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,7 +46,7 @@ pub struct WorkerCtx {
 /// when the lease ends.
 pub struct Fence {
     pub lease: Arc<Lease>,
-    pub producer: FutureProducer,
+    pub producer: produce::Producer,
     pub delivery_timeout: Duration,
 }
 

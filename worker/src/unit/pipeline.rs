@@ -3,20 +3,17 @@
 //! records and bytes), `respond` (sidecar results turned into outputs and dead letters, produced under the fence)
 //! and `acknowledge` (the safe offset moves once a batch's every record is acknowledged).
 
+use super::produce::{origin, send, too_large, BatchAcks};
 use super::recovery::{BatchFailure, Condemned, Poison};
-use super::source::{consumer, first_record, next_record, size, Source};
+use super::source::{consumer, first_record, next_record, size, BatchBuilder, Held, Source};
 use super::{Fence, UnitState, WorkerCtx};
 use crate::output::{output_key, DeadLetter, OriginalRecord};
 use crate::sidecar::SidecarError;
-use millrace_proto::v1::{process_request, record_result, InputRecord, ProcessRequest, RecordBatch, UnitKind};
-use rdkafka::config::ClientConfig;
+use millrace_proto::v1::{process_request, record_result, ProcessRequest, RecordBatch, UnitKind};
+use rdkafka::Message;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -51,17 +48,20 @@ pub enum UnitError {
 /// A batch on its way: at the sidecar (or, condemned, going straight to the dead letter queue).
 struct Sent {
     batch_id: u64,
-    records: Vec<InputRecord>,
+    records: Held,
     sent_at: Instant,
     condemned: Option<Condemned>,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
-/// A batch whose outputs are with the producer, waiting for acknowledgements (each with its input's offset).
+/// A batch whose outputs are with the producer, waiting for acknowledgements.
 struct Pending {
+    first: i64,
+    len: usize,
     next_offset: i64,
-    outputs: Vec<(i64, DeliveryFuture)>,
-    dead_letters: Vec<(i64, DeliveryFuture)>,
+    acks: Arc<BatchAcks>,
+    outputs: u64,
+    dead_letters: u64,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -95,8 +95,9 @@ async fn read(
     permits: Arc<Semaphore>,
     sent: mpsc::Sender<Sent>,
 ) -> Result<(), UnitError> {
+    let mut messages = consumer.stream();
     let mut batch_id = 0u64;
-    let mut carry: Option<InputRecord> = match first_record(ctx, st, consumer, start).await? {
+    let mut carry = match first_record(ctx, st, consumer, &mut messages, start).await? {
         Some(r) => Some(r),
         None => return Ok(()),
     };
@@ -104,31 +105,32 @@ async fn read(
         let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
         let first = match carry.take() {
             Some(r) => r,
-            None => match next_record(st, consumer, None).await? {
+            None => match next_record(st, &mut messages, None).await? {
                 Some(r) => r,
                 None => return Ok(()),
             },
         };
-        let condemned = plan.condemned.as_ref().filter(|c| c.offset == first.offset).cloned();
-        let mut records = vec![first];
-        let mut bytes = size(&records[0]);
+        let condemned = plan.condemned.as_ref().filter(|c| c.offset == first.offset()).cloned();
+        let mut batch = BatchBuilder::default();
+        batch.push(&first);
+        drop(first);
         if condemned.is_none() {
             let deadline = Instant::now() + ctx.batch_linger;
-            while records.len() < plan.cap {
-                let Some(r) = next_record(st, consumer, Some(deadline)).await? else { break };
+            while batch.len() < plan.cap {
+                let Some(r) = next_record(st, &mut messages, Some(deadline)).await? else { break };
                 // A condemned record goes alone, and so does whatever would take the batch over its byte bound.
-                let condemned_next = plan.condemned.as_ref().is_some_and(|c| c.offset == r.offset);
-                if condemned_next || bytes + size(&r) > ctx.batch_max_bytes {
+                let condemned_next = plan.condemned.as_ref().is_some_and(|c| c.offset == r.offset());
+                if condemned_next || batch.bytes + size(&r) > ctx.batch_max_bytes {
                     carry = Some(r);
                     break;
                 }
-                bytes += size(&r);
-                records.push(r);
+                batch.push(&r);
             }
         }
-        let last = records.last().map(|r| r.offset).unwrap_or(-1);
-        st.position.store(last + 1, Ordering::Relaxed);
-        ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(records.len() as u64);
+        let bytes = batch.bytes;
+        let (records, held) = batch.finish();
+        st.position.store(held.last_offset() + 1, Ordering::Relaxed);
+        ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(held.len() as u64);
         let kib = (bytes.div_ceil(1024) as u32).clamp(1, ctx.max_in_flight_kib);
         let memory = ctx.in_flight_kib.clone().acquire_many_owned(kib).await.expect("semaphore never closed");
         // Fencing before the function runs: a consumer's side effects happen at the sidecar.
@@ -137,10 +139,9 @@ async fn read(
         }
         let to_sidecar = condemned.is_none().then(|| {
             batch_id += 1;
-            ProcessRequest { message: Some(process_request::Message::Batch(RecordBatch { batch_id, records: records.clone() })) }
+            ProcessRequest { message: Some(process_request::Message::Batch(RecordBatch { batch_id, records })) }
         });
-        tracing::debug!(unit = st.unit.unit_id, batch_id, first = records[0].offset, len = records.len(), bytes, "batch read");
-        let batch = Sent { batch_id, records, sent_at: Instant::now(), condemned, permits: (permit, memory) };
+        let batch = Sent { batch_id, records: held, sent_at: Instant::now(), condemned, permits: (permit, memory) };
         if sent.send(batch).await.is_err() {
             return Ok(());
         }
@@ -165,8 +166,10 @@ async fn respond(
     let label = [u.name.as_str()];
     let transform = u.kind == UnitKind::UnitTransform as i32;
     let source: &'static str = if transform { "transform" } else { "consumer" };
+    let origin = origin(st);
+    let mut key_buf = Vec::new();
     while let Some(batch) = sent.recv().await {
-        let first = batch.records.first().map(|r| r.offset).unwrap_or(-1);
+        let first = batch.records.first_offset();
         let results = match &batch.condemned {
             Some(c) => vec![Err((c.kind.error_type().to_string(), c.detail.clone()))],
             None => {
@@ -193,15 +196,15 @@ async fn respond(
         if !fence.may_produce() || st.stop.is_cancelled() {
             return Err(UnitError::Fenced);
         }
-        let mut outputs = Vec::new();
-        let mut dead_letters = Vec::new();
+        let acks = BatchAcks::new();
+        let (mut outputs, mut dead_letters) = (0u64, 0u64);
         let (mut filtered, mut failed) = (0u64, 0u64);
         for (rec, res) in batch.records.iter().zip(results) {
-            let source_key = (!rec.key.is_empty()).then_some(&rec.key[..]);
+            let source_key = (!rec.key.is_empty()).then_some(rec.key);
             // An output the broker would refuse sends its input to the dead letter queue instead.
             let res = match res {
                 Ok(values) if transform && values.iter().any(|v| v.len() + RECORD_OVERHEAD > ctx.max_message_bytes) => {
-                    let biggest = values.iter().map(Vec::len).max().unwrap_or(0);
+                    let biggest = values.iter().map(|v| v.len()).max().unwrap_or(0);
                     let limit = ctx.max_message_bytes;
                     Err((Poison::OutputTooLarge.error_type().to_string(), format!("an output of {biggest} bytes is over the broker's limit of {limit} bytes")))
                 }
@@ -213,16 +216,16 @@ async fn respond(
                         filtered += 1;
                     }
                     for v in values {
-                        let key = output_key(&v, &u.key_fields, source_key);
-                        let f = produce(st, fence, &u.destination_topic, key.as_deref(), &v, rec.offset).await?;
-                        outputs.push((rec.offset, f));
+                        let key = output_key(&v, &u.key_fields, source_key, &mut key_buf);
+                        send(st, fence, &acks, &origin, &u.destination_topic, key, &v, rec.offset).await?;
+                        outputs += 1;
                     }
                 }
                 Ok(_) => {}
                 Err((error_type, message)) => {
                     failed += 1;
                     let letter = DeadLetter {
-                        original_record: OriginalRecord::of(&rec.value),
+                        original_record: OriginalRecord::of(rec.value),
                         error_message: &message,
                         error_type: &error_type,
                         failed_at: chrono::Utc::now().to_rfc3339(),
@@ -234,15 +237,16 @@ async fn respond(
                         original_record_truncated: None,
                         original_bytes: None,
                     };
-                    let bytes = letter.to_bytes(&rec.value, ctx.max_message_bytes.saturating_sub(RECORD_OVERHEAD));
-                    dead_letters.push((rec.offset, produce(st, fence, &u.dead_letter_topic, source_key, &bytes, rec.offset).await?));
+                    let bytes = letter.to_bytes(rec.value, ctx.max_message_bytes.saturating_sub(RECORD_OVERHEAD));
+                    send(st, fence, &acks, &origin, &u.dead_letter_topic, source_key, &bytes, rec.offset).await?;
+                    dead_letters += 1;
                 }
             }
         }
         ctx.metrics.records_filtered.with_label_values(&label).inc_by(filtered);
         ctx.metrics.records_failed.with_label_values(&label).inc_by(failed);
-        let next_offset = batch.records.last().map(|r| r.offset + 1).unwrap_or(-1);
-        let p = Pending { next_offset, outputs, dead_letters, _permits: batch.permits };
+        let next_offset = batch.records.last_offset() + 1;
+        let p = Pending { first, len: batch.records.len(), next_offset, acks, outputs, dead_letters, _permits: batch.permits };
         if pending.send(p).await.is_err() {
             return Ok(());
         }
@@ -250,83 +254,21 @@ async fn respond(
     Ok(())
 }
 
-fn too_large(code: RDKafkaErrorCode) -> bool {
-    matches!(code, RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
-}
-
-fn oversize(offset: i64, detail: String) -> UnitError {
-    UnitError::Batch(BatchFailure { first: offset, len: 1, exact: Some(offset), kind: Poison::OutputTooLarge, detail })
-}
-
-/// Hands one record to the producer, waiting while its queue is full (and the fence holds).
-async fn produce(
-    st: &UnitState,
-    fence: &Fence,
-    topic: &str,
-    key: Option<&[u8]>,
-    value: &[u8],
-    offset: i64,
-) -> Result<DeliveryFuture, UnitError> {
-    let epoch = st.epoch.to_string();
-    loop {
-        // Provenance: which unit, at which epoch, produced the record.
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header { key: "millrace-unit", value: Some(st.unit.unit_id.as_str()) })
-            .insert(Header { key: "millrace-epoch", value: Some(epoch.as_str()) });
-        let mut rec = FutureRecord::to(topic).payload(value).headers(headers);
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
-        match fence.producer.send_result(rec) {
-            Ok(f) => return Ok(f),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                if !fence.may_produce() || st.stop.is_cancelled() {
-                    return Err(UnitError::Fenced);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((KafkaError::MessageProduction(code), _)) if too_large(code) => {
-                return Err(oversize(offset, format!("the producer refused a record of {} bytes: {code}", value.len())));
-            }
-            Err((e, _)) => return Err(UnitError::Produce(e.to_string())),
-        }
-    }
-}
-
 async fn acknowledge(ctx: &WorkerCtx, st: &UnitState, mut pending: mpsc::Receiver<Pending>) -> Result<(), UnitError> {
     let label = [st.unit.name.as_str()];
     while let Some(p) = pending.recv().await {
-        let (outs, dls) = (p.outputs.len() as u64, p.dead_letters.len() as u64);
-        for (offset, f) in p.outputs.into_iter().chain(p.dead_letters) {
-            match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((KafkaError::MessageProduction(code), _))) if too_large(code) => {
-                    return Err(oversize(offset, format!("the broker refused an output: {code}")));
-                }
-                Ok(Err((e, _))) => return Err(UnitError::Produce(e.to_string())),
-                Err(_) => return Err(UnitError::Produce("the producer dropped the record".into())),
+        match p.acks.wait().await {
+            Ok(()) => {}
+            // The broker's limit is below ours: find the record by splitting the batch.
+            Err(e) if too_large(&e) => {
+                let detail = format!("the broker refused an output: {e}");
+                return Err(UnitError::Batch(BatchFailure { first: p.first, len: p.len, exact: None, kind: Poison::OutputTooLarge, detail }));
             }
+            Err(e) => return Err(UnitError::Produce(e.to_string())),
         }
-        ctx.metrics.records_out.with_label_values(&label).inc_by(outs);
-        ctx.metrics.dead_letters.with_label_values(&label).inc_by(dls);
+        ctx.metrics.records_out.with_label_values(&label).inc_by(p.outputs);
+        ctx.metrics.dead_letters.with_label_values(&label).inc_by(p.dead_letters);
         st.safe_offset.store(p.next_offset, Ordering::SeqCst);
     }
     Ok(())
-}
-
-/// Producer settings for the units of one lease (see `Fence`).
-pub fn producer_config(brokers: &str, delivery_timeout: Duration, buffer_kb: usize, max_message_bytes: usize) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        // Retries never reorder or duplicate records within a partition.
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", delivery_timeout.as_millis().max(10).to_string())
-        .set("queue.buffering.max.kbytes", buffer_kb.max(1024).to_string())
-        .set("queue.buffering.max.messages", "1000000")
-        .set("message.max.bytes", max_message_bytes.to_string())
-        // A unit must never recreate a topic the plan deleted.
-        .set("allow.auto.create.topics", "false");
-    c
 }

@@ -12,7 +12,9 @@ use millrace_proto::v1::InputRecord;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use bytes::BytesMut;
+use futures::{FutureExt, StreamExt};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::sync::atomic::Ordering;
@@ -78,48 +80,125 @@ fn seek(c: &Source, st: &UnitState, offset: i64) -> Result<(), KafkaError> {
     c.assign(&tpl)
 }
 
-fn input(m: &rdkafka::message::BorrowedMessage<'_>) -> InputRecord {
-    InputRecord {
-        value: bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-        key: bytes::Bytes::copy_from_slice(m.key().unwrap_or_default()),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+pub type Messages<'a> = rdkafka::consumer::MessageStream<'a, LagContext>;
+pub type Record<'a> = BorrowedMessage<'a>;
+
+/// Bytes a record takes in a batch.
+pub fn size(m: &Record<'_>) -> usize {
+    m.payload_len() + m.key().map_or(0, <[u8]>::len) + 32
+}
+
+/// The records of one batch, copied into one buffer (one allocation a batch, not two a record).
+#[derive(Default)]
+pub struct BatchBuilder {
+    buf: BytesMut,
+    records: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, i32, i64, i64)>,
+    pub bytes: usize,
+}
+
+impl BatchBuilder {
+    pub fn push(&mut self, m: &Record<'_>) {
+        let v0 = self.buf.len();
+        self.buf.extend_from_slice(m.payload().unwrap_or_default());
+        let k0 = self.buf.len();
+        self.buf.extend_from_slice(m.key().unwrap_or_default());
+        let ts = m.timestamp().to_millis().unwrap_or(0);
+        self.records.push((v0..k0, k0..self.buf.len(), m.partition(), m.offset(), ts));
+        self.bytes += size(m);
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The records to send, and what the unit keeps of them meanwhile (the same buffer, not copies).
+    pub fn finish(self) -> (Vec<InputRecord>, Held) {
+        let buf = self.buf.freeze();
+        let records = self
+            .records
+            .iter()
+            .map(|(v, k, partition, offset, timestamp_ms)| InputRecord {
+                value: buf.slice(v.clone()),
+                key: buf.slice(k.clone()),
+                partition: *partition,
+                offset: *offset,
+                timestamp_ms: *timestamp_ms,
+            })
+            .collect();
+        (records, Held { buf, records: self.records })
     }
 }
 
-/// Bytes a record takes in a batch.
-pub fn size(r: &InputRecord) -> usize {
-    r.value.len() + r.key.len() + 32
+/// A batch's records while the sidecar has them: for dead letters, source keys and offsets.
+pub struct Held {
+    buf: bytes::Bytes,
+    records: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, i32, i64, i64)>,
+}
+
+/// One record of a held batch.
+pub struct HeldRecord<'a> {
+    pub value: &'a [u8],
+    pub key: &'a [u8],
+    pub offset: i64,
+}
+
+impl Held {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn first_offset(&self) -> i64 {
+        self.records.first().map_or(-1, |r| r.3)
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.records.last().map_or(-1, |r| r.3)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = HeldRecord<'_>> {
+        self.records.iter().map(|(v, k, _, offset, _)| HeldRecord { value: &self.buf[v.clone()], key: &self.buf[k.clone()], offset: *offset })
+    }
 }
 
 /// The next record (waiting at most until `until`), or None at the deadline or once the unit is told to drain.
-pub async fn next_record(st: &UnitState, consumer: &Source, until: Option<Instant>) -> Result<Option<InputRecord>, UnitError> {
-    let recv = async {
-        match until {
-            None => Some(consumer.recv().await),
-            Some(t) => tokio::time::timeout_at(t, consumer.recv()).await.ok(),
+pub async fn next_record<'a>(st: &UnitState, messages: &mut Messages<'a>, until: Option<Instant>) -> Result<Option<Record<'a>>, UnitError> {
+    // A record already fetched is taken without a timer or a wake-up.
+    let got = match messages.next().now_or_never() {
+        Some(got) => got,
+        None => {
+            let recv = async {
+                match until {
+                    None => messages.next().await,
+                    Some(t) => tokio::time::timeout_at(t, messages.next()).await.ok().flatten(),
+                }
+            };
+            tokio::select! {
+                _ = st.drain.cancelled() => return Ok(None),
+                got = recv => got,
+            }
         }
-    };
-    let got = tokio::select! {
-        _ = st.drain.cancelled() => return Ok(None),
-        got = recv => got,
     };
     match got {
         None => Ok(None),
-        Some(Ok(m)) => Ok(Some(input(&m))),
+        Some(Ok(m)) => Ok(Some(m)),
         Some(Err(e)) => Err(e.into()),
     }
 }
 
 /// The first record at or after `start` (see the module's comment), or None once the unit is told to drain.
-pub async fn first_record(ctx: &WorkerCtx, st: &UnitState, consumer: &Source, start: i64) -> Result<Option<InputRecord>, UnitError> {
+pub async fn first_record<'a>(
+    ctx: &WorkerCtx,
+    st: &UnitState,
+    consumer: &'a Source,
+    messages: &mut Messages<'a>,
+    start: i64,
+) -> Result<Option<Record<'a>>, UnitError> {
     if start <= 0 {
-        return next_record(st, consumer, None).await;
+        return next_record(st, messages, None).await;
     }
     let mut back = 0i64;
     loop {
-        let got = next_record(st, consumer, Some(Instant::now() + PROBE_WAIT)).await?;
+        let got = next_record(st, messages, Some(Instant::now() + PROBE_WAIT)).await?;
         if st.drain.is_cancelled() {
             return Ok(None);
         }
@@ -127,10 +206,10 @@ pub async fn first_record(ctx: &WorkerCtx, st: &UnitState, consumer: &Source, st
         match got {
             // Nothing there yet (or not known yet): keep waiting where we are.
             None if high <= start => continue,
-            Some(r) if r.offset <= start => return skip_to(st, consumer, r, start).await,
+            Some(r) if r.offset() <= start => return skip_to(st, messages, r, start).await,
             Some(r) if back >= start => {
-                let lost = r.offset - start;
-                tracing::warn!(unit = st.unit.unit_id, from = start, to = r.offset, lost, "records were deleted before they were read (retention): going on after them");
+                let lost = r.offset() - start;
+                tracing::warn!(unit = st.unit.unit_id, from = start, to = r.offset(), lost, "records were deleted before they were read (retention): going on after them");
                 ctx.metrics.records_lost_to_retention.with_label_values(&[&st.unit.name]).inc_by(lost as u64);
                 return Ok(Some(r));
             }
@@ -144,9 +223,9 @@ pub async fn first_record(ctx: &WorkerCtx, st: &UnitState, consumer: &Source, st
 }
 
 /// Drops records before `start`, returning the one at it (or the first after it, where offsets have gaps).
-async fn skip_to(st: &UnitState, consumer: &Source, mut r: InputRecord, start: i64) -> Result<Option<InputRecord>, UnitError> {
-    while r.offset < start {
-        match next_record(st, consumer, None).await? {
+async fn skip_to<'a>(st: &UnitState, messages: &mut Messages<'a>, mut r: Record<'a>, start: i64) -> Result<Option<Record<'a>>, UnitError> {
+    while r.offset() < start {
+        match next_record(st, messages, None).await? {
             Some(next) => r = next,
             None => return Ok(None),
         }

@@ -1,0 +1,139 @@
+//! Producing a unit's outputs and dead letters. Acknowledgements are counted per batch, not awaited per record: the
+//! producer's delivery callback decrements the batch's count, so a record costs one reference count, not a channel.
+
+use super::pipeline::UnitError;
+use super::recovery::{BatchFailure, Poison};
+use super::{Fence, UnitState};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub type Producer = ThreadedProducer<AckContext>;
+
+/// The header every output and dead letter carries: `<unit id>@<epoch>` of the unit that produced it.
+pub const ORIGIN_HEADER: &str = "millrace-origin";
+
+pub fn origin(st: &UnitState) -> String {
+    format!("{}@{}", st.unit.unit_id, st.epoch)
+}
+
+/// The acknowledgements one batch still waits for, and the first failure among them.
+pub struct BatchAcks {
+    /// Records not yet acknowledged, plus one while the batch is still being produced.
+    pending: AtomicUsize,
+    failed: Mutex<Option<KafkaError>>,
+    done: Notify,
+}
+
+impl BatchAcks {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { pending: AtomicUsize::new(1), failed: Mutex::new(None), done: Notify::new() })
+    }
+
+    fn release(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits until every record of the batch is acknowledged; the first failure, if any.
+    pub async fn wait(&self) -> Result<(), KafkaError> {
+        self.release();
+        while self.pending.load(Ordering::Acquire) > 0 {
+            self.done.notified().await;
+        }
+        match self.failed.lock().expect("acks lock").take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+pub struct AckContext;
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = Arc<BatchAcks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<BatchAcks>) {
+        if let Err((e, _)) = result {
+            acks.failed.lock().expect("acks lock").get_or_insert_with(|| e.clone());
+        }
+        acks.release();
+    }
+}
+
+/// Producer settings for the units of one lease (see `Fence`).
+pub fn producer(brokers: &str, delivery_timeout: Duration, buffer_kb: usize, max_message_bytes: usize) -> Result<Producer, KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        // Retries never reorder or duplicate records within a partition.
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", delivery_timeout.as_millis().max(10).to_string())
+        .set("queue.buffering.max.kbytes", buffer_kb.max(1024).to_string())
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.max.bytes", max_message_bytes.to_string())
+        // A unit must never recreate a topic the plan deleted.
+        .set("allow.auto.create.topics", "false")
+        .create_with_context(AckContext)
+}
+
+pub fn too_large(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
+}
+
+/// Hands one record to the producer, counted in `acks`, waiting while its queue is full (and the fence holds). A
+/// record the producer refuses as too large is known exactly: its input goes to the dead letter queue.
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    st: &UnitState,
+    fence: &Fence,
+    acks: &Arc<BatchAcks>,
+    origin: &str,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+    offset: i64,
+) -> Result<(), UnitError> {
+    loop {
+        // Provenance: which unit, at which epoch, produced the record (one header: each costs an allocation).
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header { key: ORIGIN_HEADER, value: Some(origin) });
+        let mut rec = BaseRecord::with_opaque_to(topic, acks.clone()).payload(value).headers(headers);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        acks.pending.fetch_add(1, Ordering::AcqRel);
+        match fence.producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((e, _)) => {
+                acks.pending.fetch_sub(1, Ordering::AcqRel);
+                match e {
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
+                        if !fence.may_produce() || st.stop.is_cancelled() {
+                            return Err(UnitError::Fenced);
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    e if too_large(&e) => {
+                        let detail = format!("the producer refused a record of {} bytes: {e}", value.len());
+                        return Err(UnitError::Batch(BatchFailure { first: offset, len: 1, exact: Some(offset), kind: Poison::OutputTooLarge, detail }));
+                    }
+                    e => return Err(UnitError::Produce(e.to_string())),
+                }
+            }
+        }
+    }
+}
