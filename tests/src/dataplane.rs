@@ -288,13 +288,41 @@ pub fn producer() -> FutureProducer {
 
 /// Produces records keyed by id and waits for every acknowledgement.
 pub async fn produce(p: &FutureProducer, topic: &str, records: &[Raw]) {
-    let payloads: Vec<(String, Vec<u8>)> = records.iter().map(|r| (r.id.clone(), serde_json::to_vec(r).unwrap())).collect();
+    produce_keyed(p, topic, records.iter().map(|r| (r.id.clone(), serde_json::to_vec(r).unwrap())).collect()).await
+}
+
+/// Produces JSON values keyed by their `id`, waiting for every acknowledgement.
+pub async fn produce_values(p: &FutureProducer, topic: &str, values: &[serde_json::Value]) {
+    let payloads = values.iter().map(|v| (v["id"].as_str().unwrap_or_default().to_string(), serde_json::to_vec(v).unwrap())).collect();
+    produce_keyed(p, topic, payloads).await
+}
+
+async fn produce_keyed(p: &FutureProducer, topic: &str, payloads: Vec<(String, Vec<u8>)>) {
     let futures: Vec<_> = payloads
         .iter()
         .map(|(k, v)| p.send_result(FutureRecord::to(topic).key(k).payload(v)).map_err(|(e, _)| e).expect("enqueue"))
         .collect();
     for f in futures {
         f.await.expect("delivery").expect("acknowledged");
+    }
+}
+
+/// Two worker processes sharing `units` evenly; `moving` is worker A's set (unit id and epoch), the one a test
+/// stops, pauses or kills.
+pub struct Pair {
+    pub a: Worker,
+    pub b: Worker,
+    pub placed: Vec<WorkerInfo>,
+    pub moving: HashMap<String, u64>,
+}
+
+impl Pair {
+    pub async fn start(env: &crate::TestEnv, cp: &ControlPlane, sidecar: &str, units: usize) -> Self {
+        let a = Worker::start(&format!("{}-a", env.id), &cp.addr, sidecar);
+        let b = Worker::start(&format!("{}-b", env.id), &cp.addr, sidecar);
+        let placed = wait_for_placement(cp, 2, units).await;
+        let moving = units_of(&placed, &a.name);
+        Self { a, b, placed, moving }
     }
 }
 
@@ -483,19 +511,6 @@ impl Load {
     pub async fn stop(self) -> i64 {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("load task")
-    }
-}
-
-/// Produces JSON values keyed by their `id`, waiting for every acknowledgement.
-pub async fn produce_values(p: &FutureProducer, topic: &str, values: &[serde_json::Value]) {
-    let payloads: Vec<(String, Vec<u8>)> =
-        values.iter().map(|v| (v["id"].as_str().unwrap_or_default().to_string(), serde_json::to_vec(v).unwrap())).collect();
-    let futures: Vec<_> = payloads
-        .iter()
-        .map(|(k, v)| p.send_result(FutureRecord::to(topic).key(k).payload(v)).map_err(|(e, _)| e).expect("enqueue"))
-        .collect();
-    for f in futures {
-        f.await.expect("delivery").expect("acknowledged");
     }
 }
 

@@ -41,6 +41,34 @@ async fn apply_creates_topics_and_tables_as_declared() {
 }
 
 #[tokio::test]
+async fn datetime_fields_are_utc_columns_and_a_legacy_datetime_column_is_accepted() {
+    let env = TestEnv::new();
+    let cp = env.start().await;
+    let mut c = cp.client().await;
+    let mut plan = raw_plan();
+    let at = field("at", ScalarType::Datetime);
+    let seen = Field { nullable: true, ..field("seen", ScalarType::Datetime) };
+    plan.tables[0].fields.extend([at.clone(), seen.clone()]);
+    plan.streams[0].fields.extend([at, seen]);
+    apply(&mut c, &plan, false).await.unwrap();
+    let columns = env.columns("events_table").await;
+    assert!(columns.contains(&("at".into(), "DateTime('UTC')".into())), "{columns:?}");
+    assert!(columns.contains(&("seen".into(), "Nullable(DateTime('UTC'))".into())), "{columns:?}");
+
+    // A table made before DATETIME meant DateTime('UTC') has plain DateTime columns: same values on a UTC server.
+    let db = &env.clickhouse_database;
+    let old = format!("CREATE TABLE `{db}`.`legacy` (`id` String, `at` DateTime) ENGINE = MergeTree() ORDER BY `id`");
+    env.clickhouse.query(&old).execute().await.unwrap();
+    let mut legacy = table("legacy", vec![key("id", ScalarType::String), field("at", ScalarType::Datetime)]);
+    legacy.life_cycle = LifeCycle::FullyManaged as i32;
+    plan.tables.push(legacy);
+    let r = apply(&mut c, &plan, false).await.unwrap();
+    assert!(actions(&r).contains(&(ResourceKind::Table, "legacy".into(), ChangeAction::Create)), "{r:?}");
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn reapplying_the_same_plan_changes_nothing() {
     let env = TestEnv::new();
     let cp = env.start().await;

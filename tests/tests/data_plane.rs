@@ -212,11 +212,8 @@ async fn a_killed_workers_partitions_resume_within_the_lease_and_nothing_is_lost
     let env = TestEnv::new();
     let cp = control_plane_with(&env, &single_plan(4, "double_or_fail")).await;
     let sidecar = Sidecar::start().await;
-    let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
-    let mut wa = Worker::start(&a, &cp.addr, &sidecar.url());
-    let _wb = Worker::start(&b, &cp.addr, &sidecar.url());
-    let placed = wait_for_placement(&cp, 2, 4).await;
-    let moved = units_of(&placed, &a);
+    let Pair { a: mut wa, b: wb, moving: moved, .. } = Pair::start(&env, &cp, &sidecar.url(), 4).await;
+    let b = wb.name.clone();
     let p = producer();
     produce(&p, &env.topic("src"), &raws(0..5000)).await;
     let out = env.topic("out");
@@ -255,11 +252,8 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
     let env = TestEnv::new();
     let cp = control_plane_with(&env, &single_plan(4, "double_or_fail")).await;
     let sidecar = Sidecar::start().await;
-    let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
-    let wa = Worker::start(&a, &cp.addr, &sidecar.url());
-    let _wb = Worker::start(&b, &cp.addr, &sidecar.url());
-    let placed = wait_for_placement(&cp, 2, 4).await;
-    let moved = units_of(&placed, &a);
+    let Pair { a: wa, b: wb, placed, moving: moved } = Pair::start(&env, &cp, &sidecar.url(), 4).await;
+    let (a, b) = (wa.name.clone(), wb.name.clone());
     let wa_http = placed.iter().find(|w| w.name == a).unwrap().http_address.clone();
     let p = producer();
     produce(&p, &env.topic("src"), &raws(0..3000)).await;

@@ -95,11 +95,8 @@ async fn a_sigterm_hands_units_over_at_once_without_duplicates() {
     let env = TestEnv::new();
     let cp = control_plane_with(&env, &single_plan(4, "double_or_fail")).await;
     let sidecar = Sidecar::start().await;
-    let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
-    let mut wa = Worker::start(&a, &cp.addr, &sidecar.url());
-    let _wb = Worker::start(&b, &cp.addr, &sidecar.url());
-    let placed = wait_for_placement(&cp, 2, 4).await;
-    let moved = units_of(&placed, &a);
+    let Pair { a: mut wa, b: wb, moving: moved, .. } = Pair::start(&env, &cp, &sidecar.url(), 4).await;
+    let b = wb.name.clone();
     let load = Load::start(env.topic("src"));
     read_topic(env.topic("out"), 4, |r| r.len() >= 1000).await;
 

@@ -36,10 +36,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cp = millrace_tests::ControlPlane::start(env.config_with(&["--lease-ms", &lease])).await?;
     apply(&mut cp.client().await, &single_plan(4, "double_or_fail"), false).await?;
     let sidecar = Sidecar::start().await;
-    let (a, b) = (format!("{}-a", env.id), format!("{}-b", env.id));
-    let mut wa = Worker::start(&a, &cp.addr, &sidecar.url());
-    let _wb = Worker::start(&b, &cp.addr, &sidecar.url());
-    let moved = units_of(&wait_for_placement(&cp, 2, 4).await, &a);
+    let Pair { a: mut wa, b: wb, moving: moved, .. } = Pair::start(&env, &cp, &sidecar.url(), 4).await;
+    let b = wb.name.clone();
 
     // A paced flow (N records over about 20 s), so the kill lands while records are still coming.
     let n = args.records;
