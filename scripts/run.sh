@@ -16,7 +16,8 @@ cargo build --release --locked -p millrace-sdk --example reference
 
 log=${MILLRACE_HOME:-$HOME/.millrace}/run; mkdir -p "$log"
 pids=()
-stop() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# Last started, first stopped: the worker commits and hands over while the control plane still answers.
+stop() { for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done; }
 trap stop EXIT INT TERM
 wait_port() { for _ in $(seq 150); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.2; done; echo "$2 did not start: see $log"; exit 1; }
 
