@@ -142,6 +142,31 @@ mod tests {
     }
 
     #[test]
+    fn units_follow_the_topics_real_partitions_and_always_have_a_dead_letter_topic() {
+        use millrace_proto::v1::{field_type::Kind, Field, FieldType, Plan, ScalarType, Stream, Transform};
+        let r = |n: &str| Some(ResourceRef { name: n.into(), version: String::new() });
+        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true };
+        let stream = |n: &str| Stream { name: n.into(), fields: vec![id.clone()], ..Default::default() };
+        let plan = Plan {
+            streams: vec![stream("ext"), stream("out")],
+            transforms: vec![Transform {
+                name: "t".into(),
+                source: r("ext"),
+                destination: r("out"),
+                function: Some(FunctionRef { name: "f".into(), runtime: String::new() }),
+                dead_letter_queue: None,
+            }],
+            ..Default::default()
+        };
+        let state = crate::plan::validate(plan).unwrap();
+        let declared = desired_units(&state, "ns_", &HashMap::new());
+        assert_eq!(declared.keys().collect::<Vec<_>>(), vec!["transform/t/0"]);
+        assert_eq!(declared["transform/t/0"].dead_letter_topic, "ns_millrace_dead_letters");
+        let actual = desired_units(&state, "ns_", &HashMap::from([("ns_ext".to_string(), 3)]));
+        assert_eq!(actual.keys().collect::<Vec<_>>(), vec!["transform/t/0", "transform/t/1", "transform/t/2"]);
+    }
+
+    #[test]
     fn spreads_evenly_and_is_stable() {
         let units = ids(8);
         let live = vec!["a".to_string(), "b".to_string(), "c".to_string()];

@@ -342,3 +342,4 @@ pub fn actions(r: &ApplyPlanResponse) -> Vec<(ResourceKind, String, ChangeAction
 
 pub mod dataplane;
 pub mod proxy;
+pub mod records;
