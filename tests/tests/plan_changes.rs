@@ -25,8 +25,9 @@ async fn a_changed_destination_sends_every_later_record_to_the_new_stream_only()
     plan.transforms[0].destination = Some(rref("out2"));
     let r = apply(&mut cp.client().await, &plan, false).await.unwrap();
     assert!(reason_of(&r, ResourceKind::Transform, "src_to_out").contains("destination out -> out2"), "{r:?}");
-    // Every id from here on was produced after the apply returned.
-    let fresh = load.next_fresh();
+    // Every id from here on was produced after the apply returned (a chunk later still, so that the worker has
+    // received its new set: the apply answers once the set is sent).
+    let fresh = load.next_fresh() + Load::CHUNK;
     load.wait_past(fresh + 1000).await;
     let total = load.stop().await;
 
