@@ -100,11 +100,6 @@ impl Coordinator {
         }
     }
 
-    /// Partition count of a topic as the broker last reported it.
-    pub fn partitions_of(&self, topic: &str) -> Option<usize> {
-        self.inner.partitions.lock().expect("partitions lock").get(topic).copied()
-    }
-
     /// Reschedules on every wake-up, and often enough to notice an expired lease within a quarter lease. Partition
     /// counts are refreshed beside it, so a slow broker never delays lease expiry.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {

@@ -3,10 +3,10 @@
 //! by the broker. This module runs a unit's life: it checks the function against the sidecar, runs the pipeline
 //! (`pipeline`), and after a failure decides with `recovery` how to go on so that no record stalls the partition.
 
-pub mod pipeline;
-pub mod produce;
-pub mod recovery;
-pub mod source;
+pub(crate) mod pipeline;
+pub(crate) mod produce;
+pub(crate) mod recovery;
+pub(crate) mod source;
 
 use crate::lease::Lease;
 use crate::metrics::Metrics;
@@ -131,7 +131,7 @@ async fn check_function(ctx: &WorkerCtx, st: &UnitState) -> Result<(), Problem> 
     let f = u.function.clone().unwrap_or_default();
     let described = ctx.sidecars.describe(&f.runtime).await.map_err(|e| Problem { reason: "sidecar_unreachable", message: e.to_string() })?;
     let consumer = u.kind == UnitKind::UnitConsumer as i32;
-    let (what, wanted) = if consumer { ("consumer", "consumer") } else { ("transform", "transform") };
+    let what = if consumer { "consumer" } else { "transform" };
     match described.functions.iter().find(|x| x.name == f.name) {
         None => {
             let hosted: Vec<&str> = described.functions.iter().map(|x| x.name.as_str()).collect();
@@ -149,7 +149,7 @@ async fn check_function(ctx: &WorkerCtx, st: &UnitState) -> Result<(), Problem> 
         Some(info) if info.consumer != consumer => Err(Problem {
             reason: "wrong_kind",
             message: format!(
-                "function `{}` on sidecar `{}` is a {}, but {what} `{}` needs a {wanted}",
+                "function `{}` on sidecar `{}` is a {}, but {what} `{}` needs a {what}",
                 f.name,
                 f.runtime,
                 if info.consumer { "consumer" } else { "transform" },
@@ -183,7 +183,6 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
         *st.error.lock().expect("error lock") = now.map(|p| p.message).unwrap_or_default();
     };
     while !st.ended() {
-        tracing::debug!(unit = u.unit_id, "checking the function");
         if let Err(p) = check_function(&ctx, &st).await {
             tracing::warn!(unit = u.unit_id, epoch = st.epoch, reason = p.reason, error = p.message, retry_in = ?backoff, "unit cannot run");
             set_problem(Some(p), &mut problem);

@@ -68,9 +68,7 @@ struct Pending {
 pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64, plan: RunPlan) -> Result<(), UnitError> {
     let function = st.unit.function.clone().unwrap_or_default();
     let consumer = consumer(ctx, st, start)?;
-    tracing::debug!(unit = st.unit.unit_id, "consumer assigned");
     let session = ctx.sidecars.open(&function.runtime, &function.name, plan.in_flight).await?;
-    tracing::debug!(unit = st.unit.unit_id, "sidecar open");
     let permits = Arc::new(Semaphore::new(plan.in_flight.max(1)));
     let (sent_tx, sent_rx) = mpsc::channel::<Sent>(plan.in_flight.max(1));
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(plan.in_flight.max(1));

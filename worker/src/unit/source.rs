@@ -17,6 +17,7 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,11 +89,20 @@ pub fn size(m: &Record<'_>) -> usize {
     m.payload_len() + m.key().map_or(0, <[u8]>::len) + 32
 }
 
+/// Where one record of a batch lies in the batch's buffer, and where it came from.
+pub struct Slot {
+    value: Range<usize>,
+    key: Range<usize>,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: i64,
+}
+
 /// The records of one batch, copied into one buffer (one allocation a batch, not two a record).
 #[derive(Default)]
 pub struct BatchBuilder {
     buf: BytesMut,
-    records: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, i32, i64, i64)>,
+    records: Vec<Slot>,
     pub bytes: usize,
 }
 
@@ -102,8 +112,8 @@ impl BatchBuilder {
         self.buf.extend_from_slice(m.payload().unwrap_or_default());
         let k0 = self.buf.len();
         self.buf.extend_from_slice(m.key().unwrap_or_default());
-        let ts = m.timestamp().to_millis().unwrap_or(0);
-        self.records.push((v0..k0, k0..self.buf.len(), m.partition(), m.offset(), ts));
+        let timestamp_ms = m.timestamp().to_millis().unwrap_or(0);
+        self.records.push(Slot { value: v0..k0, key: k0..self.buf.len(), partition: m.partition(), offset: m.offset(), timestamp_ms });
         self.bytes += size(m);
     }
 
@@ -117,12 +127,12 @@ impl BatchBuilder {
         let records = self
             .records
             .iter()
-            .map(|(v, k, partition, offset, timestamp_ms)| InputRecord {
-                value: buf.slice(v.clone()),
-                key: buf.slice(k.clone()),
-                partition: *partition,
-                offset: *offset,
-                timestamp_ms: *timestamp_ms,
+            .map(|s| InputRecord {
+                value: buf.slice(s.value.clone()),
+                key: buf.slice(s.key.clone()),
+                partition: s.partition,
+                offset: s.offset,
+                timestamp_ms: s.timestamp_ms,
             })
             .collect();
         (records, Held { buf, records: self.records })
@@ -132,7 +142,7 @@ impl BatchBuilder {
 /// A batch's records while the sidecar has them: for dead letters, source keys and offsets.
 pub struct Held {
     buf: bytes::Bytes,
-    records: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, i32, i64, i64)>,
+    records: Vec<Slot>,
 }
 
 /// One record of a held batch.
@@ -148,15 +158,15 @@ impl Held {
     }
 
     pub fn first_offset(&self) -> i64 {
-        self.records.first().map_or(-1, |r| r.3)
+        self.records.first().map_or(-1, |s| s.offset)
     }
 
     pub fn last_offset(&self) -> i64 {
-        self.records.last().map_or(-1, |r| r.3)
+        self.records.last().map_or(-1, |s| s.offset)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = HeldRecord<'_>> {
-        self.records.iter().map(|(v, k, _, offset, _)| HeldRecord { value: &self.buf[v.clone()], key: &self.buf[k.clone()], offset: *offset })
+        self.records.iter().map(|s| HeldRecord { value: &self.buf[s.value.clone()], key: &self.buf[s.key.clone()], offset: s.offset })
     }
 }
 
