@@ -115,9 +115,7 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
     match (d, s) {
         (Spec::Stream(d), Spec::Stream(s)) => {
             topic(&mut notes, d.parallelism, s.parallelism, d.retention_seconds, s.retention_seconds)?;
-            if d.fields != s.fields {
-                notes.push("schema changed".into());
-            }
+            notes.extend(field_changes(&d.fields, &s.fields));
         }
         (Spec::DeadLetterQueue(d), Spec::DeadLetterQueue(s)) => {
             topic(&mut notes, d.parallelism, s.parallelism, d.retention_seconds, s.retention_seconds)?;
@@ -205,6 +203,57 @@ fn shown(r: Option<&ResourceRef>) -> String {
         None => "(none)".into(),
         Some(r) if r.version.is_empty() => r.name.clone(),
         Some(r) => format!("{}@{}", r.name, r.version),
+    }
+}
+
+/// A stream's schema change, field by field: added, dropped, retyped, keyed or not.
+fn field_changes(desired: &[Field], stored: &[Field]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for f in desired {
+        match stored.iter().find(|o| o.name == f.name) {
+            None => notes.push(format!("add field {} {}", f.name, type_name(f))),
+            Some(o) => {
+                if !same_type(o, f) {
+                    notes.push(format!("field {}: {} -> {}", f.name, type_name(o), type_name(f)));
+                }
+                if o.key != f.key {
+                    notes.push(format!("field {}: {}", f.name, if f.key { "now part of the key" } else { "no longer part of the key" }));
+                }
+            }
+        }
+    }
+    for o in stored.iter().filter(|o| !desired.iter().any(|f| f.name == o.name)) {
+        notes.push(format!("drop field {}", o.name));
+    }
+    if notes.is_empty() && desired != stored {
+        notes.push("field order changed".into());
+    }
+    notes
+}
+
+fn type_name(f: &Field) -> String {
+    let base = f.r#type.as_ref().map(kind_name).unwrap_or_else(|| "?".into());
+    if f.nullable {
+        format!("optional {base}")
+    } else {
+        base
+    }
+}
+
+fn kind_name(t: &millrace_proto::v1::FieldType) -> String {
+    use millrace_proto::v1::field_type::Kind;
+    match &t.kind {
+        Some(Kind::Scalar(s)) => millrace_proto::v1::ScalarType::try_from(*s)
+            .map(|s| s.as_str_name().to_ascii_lowercase())
+            .unwrap_or_else(|_| "?".into()),
+        Some(Kind::Decimal(d)) => format!("decimal({}, {})", d.precision, d.scale),
+        Some(Kind::Array(inner)) => format!("list of {}", kind_name(inner)),
+        Some(Kind::Optional(inner)) => format!("optional {}", kind_name(inner)),
+        Some(Kind::Record(r)) => {
+            let fields: Vec<String> = r.fields.iter().map(|f| format!("{} {}", f.name, type_name(f))).collect();
+            format!("record {{{}}}", fields.join(", "))
+        }
+        None => "?".into(),
     }
 }
 

@@ -225,14 +225,14 @@ pub fn check_state(state: &State) -> Result<(), PlanError> {
                 }
             }
             Spec::Transform(t) => {
-                resolve(key, "source", ResourceKind::Stream, t.source.as_ref().unwrap_or(&ResourceRef::default()))?;
+                check_source(state, key, t.source.as_ref(), t.dead_letter_queue.as_ref())?;
                 resolve(key, "destination", ResourceKind::Stream, t.destination.as_ref().unwrap_or(&ResourceRef::default()))?;
                 if let Some(d) = &t.dead_letter_queue {
                     resolve(key, "dead_letter_queue", ResourceKind::DeadLetterQueue, d)?;
                 }
             }
             Spec::Consumer(c) => {
-                resolve(key, "source", ResourceKind::Stream, c.source.as_ref().unwrap_or(&ResourceRef::default()))?;
+                check_source(state, key, c.source.as_ref(), c.dead_letter_queue.as_ref())?;
                 if let Some(d) = &c.dead_letter_queue {
                     resolve(key, "dead_letter_queue", ResourceKind::DeadLetterQueue, d)?;
                 }
@@ -247,6 +247,28 @@ pub fn check_state(state: &State) -> Result<(), PlanError> {
         }
     }
     check_cycles(state)
+}
+
+/// A transform's or consumer's source: a stream, or a dead letter queue (whose records it recovers). Failures of
+/// a function reading a dead letter queue must go elsewhere, or they would come back to it.
+fn check_source(state: &State, key: &ResourceKey, source: Option<&ResourceRef>, own_dlq: Option<&ResourceRef>) -> Result<(), PlanError> {
+    let r = source.cloned().unwrap_or_default();
+    if state.contains_key(&ResourceKey::new(ResourceKind::Stream, &r.name, &r.version)) {
+        return Ok(());
+    }
+    if !state.contains_key(&ResourceKey::new(ResourceKind::DeadLetterQueue, &r.name, &r.version)) {
+        let target = ResourceKey::new(ResourceKind::Stream, &r.name, &r.version);
+        return Err(fail(key, "source", format!("refers to {target}, which is not declared (nor is a dead letter queue of that name)")));
+    }
+    let default = ResourceRef { name: DEFAULT_DEAD_LETTER_QUEUE.into(), version: String::new() };
+    if own_dlq.unwrap_or(&default) == &r {
+        return Err(fail(
+            key,
+            "dead_letter_queue",
+            format!("it reads dead letter queue `{}` and would send its own failures back into it: give it another dead_letter_queue", r.name),
+        ));
+    }
+    Ok(())
 }
 
 /// Every column of the destination table must be a stream field of the same type, so that sync can fill it.
@@ -338,11 +360,14 @@ pub fn referrers<'a>(state: &'a State, target: &ResourceKey) -> Vec<&'a Resource
             }
             Spec::Transform(t) => {
                 hits(t.source.as_ref(), ResourceKind::Stream)
+                    || hits(t.source.as_ref(), ResourceKind::DeadLetterQueue)
                     || hits(t.destination.as_ref(), ResourceKind::Stream)
                     || hits(t.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
             }
             Spec::Consumer(c) => {
-                hits(c.source.as_ref(), ResourceKind::Stream) || hits(c.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
+                hits(c.source.as_ref(), ResourceKind::Stream)
+                    || hits(c.source.as_ref(), ResourceKind::DeadLetterQueue)
+                    || hits(c.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
             }
             Spec::IngestApi(i) => {
                 hits(i.destination.as_ref(), ResourceKind::Stream) || hits(i.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
@@ -428,6 +453,30 @@ mod tests {
         assert!(!validate(with_own).unwrap().contains_key(&default));
         // Streams alone need none.
         assert!(!validate(Plan { streams: vec![stream("a", "")], ..Default::default() }).unwrap().contains_key(&default));
+    }
+
+    #[test]
+    fn a_dead_letter_queue_can_be_a_source_but_not_its_own_dead_letter_queue() {
+        let consumer = |source: &str, dlq: Option<&str>| millrace_proto::v1::Consumer {
+            name: "recover".into(),
+            source: Some(ResourceRef { name: source.into(), version: String::new() }),
+            function: Some(FunctionRef { name: "f".into(), runtime: String::new() }),
+            dead_letter_queue: dlq.map(|d| ResourceRef { name: d.into(), version: String::new() }),
+        };
+        let dlq = |name: &str| millrace_proto::v1::DeadLetterQueue { name: name.into(), ..Default::default() };
+        let plan = Plan { dead_letter_queues: vec![dlq("d"), dlq("other")], consumers: vec![consumer("d", None)], ..Default::default() };
+        let state = validate(plan).unwrap();
+        let users = referrers(&state, &ResourceKey::new(ResourceKind::DeadLetterQueue, "d", ""));
+        assert_eq!(users, vec![&ResourceKey::new(ResourceKind::Consumer, "recover", "")]);
+        let units = crate::scheduler::desired_units(&state, "", &Default::default());
+        let unit = &units["consumer/recover/0"];
+        assert_eq!((unit.source_topic.as_str(), unit.dead_letter_topic.as_str()), ("d", DEFAULT_DEAD_LETTER_QUEUE));
+        let own = Plan { dead_letter_queues: vec![dlq("d")], consumers: vec![consumer("d", Some("d"))], ..Default::default() };
+        assert!(validate(own).unwrap_err().to_string().contains("send its own failures back into it"));
+        let default = Plan { consumers: vec![consumer(DEFAULT_DEAD_LETTER_QUEUE, None)], dead_letter_queues: vec![dlq(DEFAULT_DEAD_LETTER_QUEUE)], ..Default::default() };
+        assert!(validate(default).unwrap_err().to_string().contains("give it another dead_letter_queue"));
+        let missing = Plan { consumers: vec![consumer("nope", None)], ..Default::default() };
+        assert!(validate(missing).unwrap_err().to_string().contains("not declared"));
     }
 
     #[test]

@@ -22,6 +22,17 @@ pub fn desired_units(state: &State, topic_namespace: &str, partitions: &HashMap<
         Some(Spec::Stream(s)) => Some(s.clone()),
         _ => None,
     };
+    // A source is a stream, or a dead letter queue read to recover its records: (topic, declared partitions, its
+    // dead letter queue).
+    let source_of = |r: &ResourceRef| -> Option<(String, u32, Option<ResourceRef>)> {
+        if let Some(s) = stream(r) {
+            return Some((physical_name(&Spec::Stream(s.clone()), topic_namespace), s.parallelism.unwrap_or(1), s.dead_letter_queue));
+        }
+        match state.get(&ResourceKey::new(ResourceKind::DeadLetterQueue, &r.name, &r.version)).map(spec) {
+            Some(d @ Spec::DeadLetterQueue(q)) => Some((physical_name(d, topic_namespace), q.parallelism.unwrap_or(1), None)),
+            _ => None,
+        }
+    };
     let dlq_topic = |r: &ResourceRef| {
         state
             .get(&ResourceKey::new(ResourceKind::DeadLetterQueue, &r.name, &r.version))
@@ -35,20 +46,19 @@ pub fn desired_units(state: &State, topic_namespace: &str, partitions: &HashMap<
             Spec::Consumer(c) => (UnitKind::UnitConsumer, &c.name, &c.source, None, &c.function, c.dead_letter_queue.as_ref()),
             _ => continue,
         };
-        let Some(src) = source.as_ref().and_then(stream) else { continue };
+        let Some((source_topic, declared, source_dlq)) = source.as_ref().and_then(source_of) else { continue };
         let dest = destination.and_then(stream);
-        let source_topic = physical_name(&Spec::Stream(src.clone()), topic_namespace);
         let destination_topic = dest.as_ref().map(|d| physical_name(&Spec::Stream(d.clone()), topic_namespace)).unwrap_or_default();
         let key_fields: Vec<String> =
             dest.as_ref().map(|d| d.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect()).unwrap_or_default();
         // Its own dead letter queue, else its source stream's, else the plan's default one.
-        let dead_letter_topic = [dlq, src.dead_letter_queue.as_ref(), Some(&default_dlq)]
+        let dead_letter_topic = [dlq, source_dlq.as_ref(), Some(&default_dlq)]
             .into_iter()
             .flatten()
             .find_map(dlq_topic)
             .unwrap_or_default();
         let prefix = if kind == UnitKind::UnitTransform { "transform" } else { "consumer" };
-        let count = partitions.get(&source_topic).copied().unwrap_or(src.parallelism.unwrap_or(1) as usize);
+        let count = partitions.get(&source_topic).copied().unwrap_or(declared as usize);
         for partition in 0..count as i32 {
             let unit_id = format!("{prefix}/{name}/{partition}");
             out.insert(

@@ -1,7 +1,41 @@
-"""Millrace Python SDK.
+"""Millrace's Python SDK: the reference product's streaming API (`from millrace import ...` in place of
+`from moose_lib import ...`), run on Millrace's workers by `python -m millrace serve app.py`."""
 
-The moose-shaped API (Stream, IngestPipeline, add_transform, ...) and the sidecar that serves user functions
-arrive with the Python SDK issue; this package only reserves the name and the version for now.
-"""
+from .resources import (
+    ConsumerConfig,
+    DeadLetterModel,
+    DeadLetterQueue,
+    DeclarationError,
+    IngestApi,
+    IngestConfig,
+    IngestPipeline,
+    IngestPipelineConfig,
+    LifeCycle,
+    OlapConfig,
+    OlapTable,
+    Stream,
+    StreamConfig,
+    TransformConfig,
+)
+from .types import (
+    AnnotationError,
+    Float32,
+    Float64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Key,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
+    clickhouse_decimal,
+)
 
-__version__ = "0.1.0"
+__all__ = [
+    "AnnotationError", "ConsumerConfig", "DeadLetterModel", "DeadLetterQueue", "DeclarationError", "Float32", "Float64",
+    "IngestApi", "IngestConfig", "IngestPipeline", "IngestPipelineConfig", "Int8", "Int16", "Int32", "Int64", "Key",
+    "LifeCycle", "OlapConfig", "OlapTable", "Stream", "StreamConfig", "TransformConfig", "UInt8", "UInt16", "UInt32",
+    "UInt64", "clickhouse_decimal",
+]  # fmt: skip

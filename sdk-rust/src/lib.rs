@@ -206,6 +206,8 @@ impl FunctionRuntime for Runtime {
         Ok(Response::new(DescribeResponse {
             functions: self.functions.iter().map(|(name, (consumer, _))| FunctionInfo { name: name.clone(), consumer: *consumer }).collect(),
             runtime: format!("millrace-sdk-rust {} ({})", env!("CARGO_PKG_VERSION"), self.name),
+            // One process, with threads: the address the worker called is the only one.
+            endpoints: Vec::new(),
         }))
     }
 

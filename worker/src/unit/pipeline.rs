@@ -89,7 +89,7 @@ async fn read(
     consumer: &Source,
     start: i64,
     plan: &RunPlan,
-    sidecar: mpsc::Sender<ProcessRequest>,
+    sidecar: crate::sidecar::BatchSender,
     permits: Arc<Semaphore>,
     sent: mpsc::Sender<Sent>,
 ) -> Result<(), UnitError> {

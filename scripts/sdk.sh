@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The Python SDK's own virtualenv (~/.millrace/sdk-venv by default), with the `millrace` package of this checkout
+# installed (its gRPC stubs are generated from proto/ as it builds) and the test tools. Idempotent; re-run after
+# changing sdk-python/ or proto/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${MILLRACE_SDK_VENV:-$HOME/.millrace/sdk-venv}
+py=$(command -v python3.11 || command -v python3)
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check "./sdk-python[test]"
+# pip builds in the source tree; leave it clean.
+rm -rf sdk-python/build sdk-python/millrace.egg-info
+echo "[sdk] millrace installed in $venv"

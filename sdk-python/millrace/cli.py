@@ -1,0 +1,75 @@
+"""`python -m millrace plan|apply|serve app.py`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from google.protobuf import json_format
+
+from . import loader, plan, server
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m millrace", description="Millrace's Python SDK: show, apply and serve an app.")
+    sub = p.add_subparsers(dest="command", required=True)
+    cp = dict(default=os.environ.get("MILLRACE_CONTROL_PLANE", plan.DEFAULT_CONTROL_PLANE),
+              help="the control plane's gRPC address (env MILLRACE_CONTROL_PLANE; default %(default)s)")  # fmt: skip
+    for name, what in (("plan", "print the changes applying the app would make"), ("apply", "apply the app")):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("app", help="the Python file declaring streams, tables, transforms and consumers")
+        s.add_argument("--control-plane", **cp)
+        s.add_argument("--json", action="store_true", help="print the control plane's answer as JSON")
+    s = sub.add_parser("serve", help="serve the app's transforms and consumers to workers (the sidecar)")
+    s.add_argument("app")
+    s.add_argument("--host", default=os.environ.get("MILLRACE_SIDECAR_HOST", "127.0.0.1"), help="listen address (env MILLRACE_SIDECAR_HOST)")
+    s.add_argument("--port", type=int, default=int(os.environ.get("MILLRACE_SIDECAR_PORT", "50061")),
+                   help="first port; process i listens on port + i (env MILLRACE_SIDECAR_PORT; default %(default)s)")  # fmt: skip
+    s.add_argument("--processes", type=int, default=int(os.environ.get("MILLRACE_SIDECAR_PROCESSES", "0")) or server.default_processes(),
+                   help="server processes (env MILLRACE_SIDECAR_PROCESSES; default: the cores this process may use)")  # fmt: skip
+    s.add_argument("--advertise", default=os.environ.get("MILLRACE_SIDECAR_ADVERTISE"),
+                   help="host workers reach the processes at (env MILLRACE_SIDECAR_ADVERTISE; default: --host, or 127.0.0.1 for 0.0.0.0)")  # fmt: skip
+    s.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        registry = loader.load(args.app)
+    except loader.AppError as e:
+        print(f"millrace: cannot load the app: {e}", file=sys.stderr)
+        return 3
+    except ValueError as e:
+        print(f"millrace: {e}", file=sys.stderr)
+        return 3
+    if args.command == "serve":
+        if args.processes < 1:
+            print("millrace: --processes must be at least 1", file=sys.stderr)
+            return 2
+        advertise = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host)
+        if args.child is not None:
+            try:
+                return server.run_child(registry, args.host, advertise, args.port, args.processes, args.child)
+            except OSError as e:
+                print(f"millrace: {e}", file=sys.stderr)
+                return 3
+        if not registry.functions():
+            print(f"millrace: {args.app} declares no transform or consumer: there is nothing to serve", file=sys.stderr)
+        return server.Supervisor(args.app, args.host, advertise, args.port, args.processes).run()
+    try:
+        p = plan.build(registry)
+        response = plan.apply(p, args.control_plane, dry_run=args.command == "plan")
+    except plan.ControlPlaneError as e:
+        print(f"millrace: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(response), indent=2))
+    else:
+        for line in plan.describe(response):
+            print(line)
+        if args.command == "apply":
+            print(f"applied (apply {response.apply_id})")
+    return 0

@@ -1,0 +1,152 @@
+"""The app's declarations as the contract's `Plan`, and the calls that show and apply it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import grpc
+from google.protobuf import json_format
+
+from . import resources
+from .v1 import control_plane_pb2, control_plane_pb2_grpc, resources_pb2
+
+DEFAULT_CONTROL_PLANE = "127.0.0.1:50051"
+
+
+def runtime_name() -> str:
+    """The sidecar name the worker routes this app's functions to (its `--sidecar NAME=URL`)."""
+    return os.environ.get("MILLRACE_RUNTIME", "default")
+
+
+def _ref(r: Any) -> Optional[dict]:
+    return None if r is None else {"name": r.name, "version": r.version}
+
+
+def _life_cycle(cfg: Any) -> str:
+    lc = getattr(cfg, "life_cycle", None)
+    return lc.value if lc is not None else "LIFE_CYCLE_UNSPECIFIED"
+
+
+def build(registry: Optional[resources.Registry] = None) -> resources_pb2.Plan:
+    """Every declaration of the registry as one Plan."""
+    reg = registry or resources.registry
+    plan: dict = {"streams": [], "tables": [], "transforms": [], "consumers": [], "ingest_apis": [], "dead_letter_queues": []}
+    for s in reg.of("stream"):
+        plan["streams"].append(
+            {
+                "name": s.name,
+                "version": s.version,
+                "fields": s.fields,
+                "parallelism": s.config.parallelism,
+                "retention_seconds": s.config.retention_period,
+                "life_cycle": _life_cycle(s.config),
+                "destination": _ref(s.config.destination),
+                "dead_letter_queue": _ref(s.config.default_dead_letter_queue),
+            }
+        )
+    for t in reg.of("table"):
+        plan["tables"].append(
+            {
+                "name": t.name,
+                "version": t.version,
+                "fields": t.fields,
+                "order_by": list(t.config.order_by_fields),
+                "life_cycle": _life_cycle(t.config),
+            }
+        )
+    for d in reg.of("dead_letter_queue"):
+        plan["dead_letter_queues"].append(
+            {
+                "name": d.name,
+                "version": d.version,
+                "parallelism": d.config.parallelism,
+                "retention_seconds": d.config.retention_period,
+                "life_cycle": _life_cycle(d.config),
+            }
+        )
+    for a in reg.of("ingest_api"):
+        plan["ingest_apis"].append(
+            {"name": a.name, "version": a.version, "destination": _ref(a.destination), "dead_letter_queue": _ref(a.dead_letter_queue)}
+        )
+    function = lambda f: {"name": f.name, "runtime": runtime_name()}  # noqa: E731
+    for t in reg.transforms:
+        plan["transforms"].append(
+            {
+                "name": t.name,
+                "source": _ref(t.source),
+                "destination": _ref(t.destination),
+                "function": function(t),
+                "dead_letter_queue": _ref(t.dead_letter_queue),
+            }
+        )
+    for c in reg.consumers:
+        plan["consumers"].append(
+            {"name": c.name, "source": _ref(c.source), "function": function(c), "dead_letter_queue": _ref(c.dead_letter_queue)}
+        )
+    return json_format.ParseDict(_drop_none(plan), resources_pb2.Plan())
+
+
+def _drop_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _drop_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_drop_none(x) for x in v]
+    return v
+
+
+class ControlPlaneError(Exception):
+    """The control plane refused the plan or could not be reached; the message says what to do."""
+
+
+def _target(address: str) -> str:
+    for prefix in ("http://", "grpc://"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return address
+
+
+def apply(plan: resources_pb2.Plan, address: str, dry_run: bool, client: str = "millrace-python", timeout: float = 60.0):
+    """ApplyPlan; returns the response or raises ControlPlaneError with a message for a person."""
+    request = control_plane_pb2.ApplyPlanRequest(plan=plan, dry_run=dry_run, client=client)
+    try:
+        with grpc.insecure_channel(_target(address)) as channel:
+            grpc.channel_ready_future(channel).result(timeout=5)
+            stub = control_plane_pb2_grpc.ControlPlaneStub(channel)
+            return stub.ApplyPlan(request, timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise ControlPlaneError(
+            f"the control plane at {address} cannot be reached: start it, or point --control-plane (MILLRACE_CONTROL_PLANE) at it"
+        ) from None
+    except grpc.RpcError as e:
+        code = e.code().name if e.code() else "UNKNOWN"
+        raise ControlPlaneError(f"the control plane refused the plan ({code}): {e.details()}") from None
+
+
+ACTIONS = {
+    control_plane_pb2.CREATE: "+",
+    control_plane_pb2.UPDATE: "~",
+    control_plane_pb2.DELETE: "-",
+    control_plane_pb2.BLOCKED: "!",
+    control_plane_pb2.REFUSED: "x",
+}
+
+
+def describe(response: Any) -> list[str]:
+    """The diff as lines for a person: one per resource that changes, or one saying there is nothing to do."""
+    lines = []
+    unchanged = 0
+    for c in response.changes:
+        if c.action == control_plane_pb2.UNCHANGED:
+            unchanged += 1
+            continue
+        kind = resources_pb2.ResourceKind.Name(c.kind).lower()
+        name = c.name + (f"@{c.version}" if c.version else "")
+        action = control_plane_pb2.ChangeAction.Name(c.action)
+        line = f"{ACTIONS.get(c.action, '?')} {kind} {name}: {action}"
+        if c.reason:
+            line += f" ({c.reason})"
+        lines.append(line)
+    if not lines:
+        lines.append(f"nothing to do: {unchanged} resources unchanged")
+    return lines

@@ -1,0 +1,389 @@
+"""What an app declares: streams, tables, transforms, consumers, ingest APIs and dead letter queues, with the
+reference product's names, argument names and defaults. Declaring registers the resource; `plan.build()` turns
+the registry into the contract's `Plan`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import re
+from enum import Enum
+from typing import Any, Callable, ClassVar, Generic, Literal, Optional, TypeVar, Union
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from .types import model_fields
+
+T = TypeVar("T", bound=BaseModel)
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_VERSION = re.compile(r"^[0-9A-Za-z_.]{1,32}$")
+
+
+class LifeCycle(str, Enum):
+    FULLY_MANAGED = "FULLY_MANAGED"
+    DELETION_PROTECTED = "DELETION_PROTECTED"
+    EXTERNALLY_MANAGED = "EXTERNALLY_MANAGED"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+
+class StreamConfig(_Config):
+    parallelism: int = 1
+    retention_period: int = 604800
+    destination: Optional[Any] = None
+    version: Optional[str] = None
+    life_cycle: Optional[LifeCycle] = None
+    default_dead_letter_queue: Optional[Any] = None
+    metadata: Optional[dict] = None
+
+
+class TransformConfig(_Config):
+    version: Optional[str] = None
+    dead_letter_queue: Optional[Any] = None
+    metadata: Optional[dict] = None
+
+
+class ConsumerConfig(_Config):
+    version: Optional[str] = None
+    dead_letter_queue: Optional[Any] = None
+
+
+class OlapConfig(_Config):
+    order_by_fields: list[str] = []
+    life_cycle: Optional[LifeCycle] = None
+    version: Optional[str] = None
+    metadata: Optional[dict] = None
+
+
+class IngestConfig(_Config):
+    destination: Optional[Any] = None
+    dead_letter_queue: Optional[Any] = None
+    version: Optional[str] = None
+    metadata: Optional[dict] = None
+
+
+class IngestPipelineConfig(_Config):
+    ingest_api: Union[bool, IngestConfig] = True
+    stream: Union[bool, StreamConfig] = True
+    table: Union[bool, OlapConfig] = True
+    dead_letter_queue: Union[bool, StreamConfig] = True
+    version: Optional[str] = None
+    life_cycle: Optional[LifeCycle] = None
+    metadata: Optional[dict] = None
+    path: Optional[str] = None
+
+
+class DeclarationError(ValueError):
+    """A declaration Millrace cannot accept; the message says which and why."""
+
+
+def _check_name(kind: str, name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DeclarationError(f"{kind} name {name!r}: use letters, digits and _, starting with a letter or _ (at most 128)")
+    return name
+
+
+def _check_version(kind: str, name: str, version: Optional[str]) -> str:
+    if version is None or version == "":
+        return ""
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise DeclarationError(f"{kind} {name!r}: version {version!r} must be 1-32 of letters, digits, _ and .")
+    return version
+
+
+def physical(name: str, version: str) -> str:
+    return f"{name}_{version.replace('.', '_')}" if version else name
+
+
+class Registry:
+    """Everything one app declares, in declaration order."""
+
+    def __init__(self) -> None:
+        self.resources: dict[tuple[str, str, str], Any] = {}
+        self.transforms: list[Transform] = []
+        self.consumers: list[Consumer] = []
+
+    def add(self, kind: str, res: Any) -> None:
+        k = (kind, res.name, res.version)
+        if k in self.resources:
+            shown = f"{res.name!r}" + (f" version {res.version!r}" if res.version else "")
+            raise DeclarationError(f"{kind} {shown} is declared twice: give one another name or a version")
+        self.resources[k] = res
+
+    def of(self, kind: str) -> list:
+        return [r for (k, _, _), r in self.resources.items() if k == kind]
+
+    def functions(self) -> dict[str, Union["Transform", "Consumer"]]:
+        return {f.name: f for f in [*self.transforms, *self.consumers]}
+
+
+registry = Registry()
+
+
+def reset_registry() -> Registry:
+    """Forget every declaration (used before importing an app, and by tests)."""
+    global registry
+    registry = Registry()
+    return registry
+
+
+class _Typed:
+    """`Stream[Model](...)`: the subscript picks the record model, as on the reference product."""
+
+    _model: ClassVar[Optional[type]] = None
+    _typed_cache: ClassVar[dict] = {}
+
+    def __class_getitem__(cls, model: Any) -> Any:
+        key = (cls, model)
+        if key not in _Typed._typed_cache:
+            shown = getattr(model, "__name__", repr(model))
+            _Typed._typed_cache[key] = type(f"{cls.__name__}[{shown}]", (cls,), {"_model": model})
+        return _Typed._typed_cache[key]
+
+    def _require_model(self, kind: str, name: str) -> type:
+        m = type(self)._model
+        if not (isinstance(m, type) and issubclass(m, BaseModel)):
+            raise DeclarationError(f"{kind} {name!r}: give its record model as {kind}[Model](...), with a pydantic model")
+        return m
+
+
+def _stable_name(*parts: str) -> str:
+    """A transform's or consumer's name from its parts; hashed when too long, so it stays valid and stable."""
+    name = "__".join(p for p in parts if p)
+    if len(name) > 128:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[:115]}_{digest}"
+    return name
+
+
+class Stream(_Typed, Generic[T]):
+    """A typed Kafka topic."""
+
+    _kind: ClassVar[str] = "stream"
+
+    def __init__(self, name: str, config: Optional[StreamConfig] = None, **kwargs: Any):
+        self.name = _check_name("Stream", name)
+        self.config = config or StreamConfig(**kwargs)
+        self.model = self._require_model("Stream", name)
+        self.version = _check_version("Stream", name, self.config.version)
+        self.fields = model_fields(self.model)
+        if self.config.parallelism < 1:
+            raise DeclarationError(f"Stream {name!r}: parallelism must be at least 1")
+        if self.config.retention_period < 1:
+            raise DeclarationError(f"Stream {name!r}: retention_period must be at least 1 second")
+        self.transformations: list[Transform] = []
+        self.consumers: list[Consumer] = []
+        registry.add(self._kind, self)
+
+    @property
+    def topic(self) -> str:
+        return physical(self.name, self.version)
+
+    def _dlq_for(self, own: Optional["DeadLetterQueue"]) -> Optional["DeadLetterQueue"]:
+        return own or getattr(self.config, "default_dead_letter_queue", None)
+
+    def add_transform(self, destination: "Stream", transformation: Callable[[Any], Any], config: Optional[TransformConfig] = None) -> None:
+        config = config or TransformConfig()
+        if not isinstance(destination, Stream) or isinstance(destination, DeadLetterQueue):
+            raise DeclarationError(f"Stream {self.name!r}: add_transform's destination must be a Stream")
+        if not callable(transformation):
+            raise DeclarationError(f"Stream {self.name!r}: add_transform's transformation must be callable")
+        version = _check_version("Transform", self.name, config.version)
+        name = _stable_name(self.topic, destination.topic, version.replace(".", "_"))
+        for t in self.transformations:
+            if t.name == name:
+                raise DeclarationError(
+                    f"Stream {self.name!r} already has a transform to {destination.name!r}"
+                    + (f" at version {version!r}" if version else "")
+                    + ": give the second one TransformConfig(version=...)"
+                )
+        t = Transform(name, self, destination, transformation, config, self._dlq_for(config.dead_letter_queue))
+        self.transformations.append(t)
+        registry.transforms.append(t)
+
+    def add_consumer(self, consumer: Callable[[Any], Any], config: Optional[ConsumerConfig] = None) -> None:
+        config = config or ConsumerConfig()
+        if not callable(consumer):
+            raise DeclarationError(f"Stream {self.name!r}: add_consumer's consumer must be callable")
+        version = _check_version("Consumer", self.name, config.version)
+        fn_name = getattr(consumer, "__name__", "")
+        label = fn_name if _NAME.match(fn_name or "") and fn_name != "<lambda>" else f"consumer_{len(self.consumers)}"
+        name = _stable_name(self.topic, label, version.replace(".", "_"))
+        if any(c.name == name for c in self.consumers):
+            raise DeclarationError(
+                f"Stream {self.name!r} already has a consumer named {label!r}: give the second one ConsumerConfig(version=...)"
+            )
+        c = Consumer(name, self, consumer, config, self._dlq_for(config.dead_letter_queue))
+        self.consumers.append(c)
+        registry.consumers.append(c)
+
+    def send(self, values: Any, timeout: float = 30.0) -> None:
+        """Write one record or a list of them, keyed by the model's Key fields; returns once the broker acknowledged
+        every one, raises otherwise."""
+        from .producer import send
+
+        send(self, values, timeout)
+
+
+class Transform:
+    def __init__(self, name: str, source: Stream, destination: Stream, fn: Callable, config: TransformConfig, dlq: Any):
+        self.name, self.source, self.destination, self.fn, self.config, self.dead_letter_queue = name, source, destination, fn, config, dlq
+        self.consumer = False
+
+
+class Consumer:
+    def __init__(self, name: str, source: Stream, fn: Callable, config: ConsumerConfig, dlq: Any):
+        self.name, self.source, self.destination, self.fn, self.config, self.dead_letter_queue = name, source, None, fn, config, dlq
+        self.consumer = True
+
+
+class OlapTable(_Typed, Generic[T]):
+    """A ClickHouse table."""
+
+    def __init__(self, name: str, config: Optional[OlapConfig] = None, **kwargs: Any):
+        self.name = _check_name("OlapTable", name)
+        self.config = config or OlapConfig(**kwargs)
+        self.model = self._require_model("OlapTable", name)
+        self.version = _check_version("OlapTable", name, self.config.version)
+        self.fields = model_fields(self.model)
+        known = {f["name"] for f in self.fields}
+        for f in self.config.order_by_fields:
+            if f not in known:
+                raise DeclarationError(f"OlapTable {name!r}: order_by_fields names {f!r}, which is not a field of {self.model.__name__}")
+        registry.add("table", self)
+
+
+class DeadLetterModel(BaseModel, Generic[T]):
+    """A record that failed, as the dead letter queue holds it. Reads the reference product's camelCase names too."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    original_record: Any = Field(validation_alias=AliasChoices("original_record", "originalRecord"))
+    error_message: str = Field(validation_alias=AliasChoices("error_message", "errorMessage"))
+    error_type: str = Field(validation_alias=AliasChoices("error_type", "errorType"))
+    failed_at: _dt.datetime = Field(validation_alias=AliasChoices("failed_at", "failedAt"))
+    source: Literal["api", "transform", "consumer", "table"]
+    # Provenance: where the record was read and which function failed on it ("" / -1 where it does not apply).
+    function: str = ""
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    original_record_truncated: Optional[bool] = None
+    original_bytes: Optional[int] = None
+
+    def as_typed(self) -> T:
+        """The original record, parsed as the model it was declared with."""
+        args = type(self).__pydantic_generic_metadata__.get("args") or ()
+        if not args:
+            raise TypeError("as_typed() needs a typed dead letter: DeadLetterModel[Model]")
+        return args[0].model_validate(self.original_record)
+
+
+class DeadLetterQueue(Stream, Generic[T]):
+    """A stream of `DeadLetterModel[T]` records; the contract's DeadLetterQueue resource."""
+
+    _kind: ClassVar[str] = "dead_letter_queue"
+
+    def __init__(self, name: str, config: Optional[StreamConfig] = None, **kwargs: Any):
+        self.record_model = type(self)._model
+        if not (isinstance(self.record_model, type) and issubclass(self.record_model, BaseModel)):
+            raise DeclarationError(f"DeadLetterQueue {name!r}: give its record model as DeadLetterQueue[Model](...)")
+        self.name = _check_name("DeadLetterQueue", name)
+        self.config = config or StreamConfig(**kwargs)
+        self.model = DeadLetterModel[self.record_model]
+        self.version = _check_version("DeadLetterQueue", name, self.config.version)
+        self.fields = []
+        self.transformations, self.consumers = [], []
+        registry.add(self._kind, self)
+
+
+class IngestApi(_Typed, Generic[T]):
+    """An HTTP endpoint, `POST /ingest/<name>[/<version>]`, writing into a stream."""
+
+    def __init__(self, name: str, config: Optional[IngestConfig] = None, **kwargs: Any):
+        self.name = _check_name("IngestApi", name)
+        self.config = config or IngestConfig(**kwargs)
+        self.model = self._require_model("IngestApi", name)
+        self.version = _check_version("IngestApi", name, self.config.version)
+        if not isinstance(self.config.destination, Stream):
+            raise DeclarationError(f"IngestApi {name!r}: IngestConfig(destination=...) must be a Stream")
+        self.destination = self.config.destination
+        self.dead_letter_queue = self.config.dead_letter_queue
+        registry.add("ingest_api", self)
+
+
+def _part(value: Union[bool, BaseModel], cls: type) -> Optional[BaseModel]:
+    """A pipeline part's config: None when off, the given config, or the default one."""
+    if value is False or value is None:
+        return None
+    return cls() if value is True else value
+
+
+class IngestPipeline(_Typed, Generic[T]):
+    """A table, a stream synced into it, an ingest API writing into the stream and a dead letter queue, as the
+    config asks."""
+
+    def __init__(self, name: str, config: Optional[IngestPipelineConfig] = None, **kwargs: Any):
+        self.name = _check_name("IngestPipeline", name)
+        config = config or IngestPipelineConfig(**kwargs)
+        self.config = config
+        model = self._require_model("IngestPipeline", name)
+        table_cfg = _part(config.table, OlapConfig)
+        stream_cfg = _part(config.stream, StreamConfig)
+        api_cfg = _part(config.ingest_api, IngestConfig)
+        dlq_cfg = _part(config.dead_letter_queue, StreamConfig)
+        if api_cfg is not None and stream_cfg is None:
+            raise DeclarationError(
+                f"IngestPipeline {name!r}: an ingest API writes into the pipeline's stream, so ingest_api=True needs "
+                "stream=True (or set ingest_api=False)"
+            )
+
+        def inherit(cfg: BaseModel) -> BaseModel:
+            updates = {}
+            if config.version is not None and getattr(cfg, "version", None) is None:
+                updates["version"] = config.version
+            if config.life_cycle is not None and "life_cycle" in type(cfg).model_fields and cfg.life_cycle is None:
+                updates["life_cycle"] = config.life_cycle
+            return cfg.model_copy(update=updates)
+
+        self.table = OlapTable[model](name, inherit(table_cfg)) if table_cfg is not None else None
+        self.dead_letter_queue = DeadLetterQueue[model](f"{name}DeadLetterQueue", inherit(dlq_cfg)) if dlq_cfg is not None else None
+        self.stream = None
+        if stream_cfg is not None:
+            stream_cfg = inherit(stream_cfg)
+            updates = {}
+            if self.table is not None and stream_cfg.destination is None:
+                updates["destination"] = self.table
+            if self.dead_letter_queue is not None and stream_cfg.default_dead_letter_queue is None:
+                updates["default_dead_letter_queue"] = self.dead_letter_queue
+            self.stream = Stream[model](name, stream_cfg.model_copy(update=updates))
+        self.ingest_api = None
+        if api_cfg is not None:
+            api_cfg = inherit(api_cfg).model_copy(
+                update={
+                    "destination": self.stream,
+                    "dead_letter_queue": api_cfg.dead_letter_queue or self.dead_letter_queue,
+                }
+            )
+            self.ingest_api = IngestApi[model](name, api_cfg)
+
+    def _get(self, part: str) -> Any:
+        value = getattr(self, part)
+        if value is None:
+            raise DeclarationError(f"IngestPipeline {self.name!r} has no {part.replace('_', ' ')}: its config turned it off")
+        return value
+
+    def get_table(self) -> OlapTable:
+        return self._get("table")
+
+    def get_stream(self) -> Stream:
+        return self._get("stream")
+
+    def get_dead_letter_queue(self) -> DeadLetterQueue:
+        return self._get("dead_letter_queue")
+
+    def get_ingest_api(self) -> IngestApi:
+        return self._get("ingest_api")
