@@ -77,13 +77,17 @@ millrace_rust() {
   echo "RUNNER=millrace-rust N=$N $result cpu_s_per_M=$cpu"
 }
 
-# Millrace through the Python sidecar: peer-bench's moose_app.py with one import changed, served by P processes.
+# Millrace through the Python sidecar: peer-bench's moose_app.py with its import changed and its streams declared
+# as seed.py made them (4 partitions, externally managed, as the Rust run declares them), served by P processes.
 millrace_py() {
   local procs=$1 tag src dst app started result sidecar children
   tag=$(date +%s%N); src=pb_src_$tag; dst=pb_dst_$tag
   "$py" "$PEER/seed.py" "$BROKER" "$src" "$dst" "$N"
   mkdir -p "$out/app"; app=$out/app/bench_$tag.py
-  sed -e "s/@SRC@/$src/; s/@DST@/$dst/; s/from moose_lib import/from millrace import/" "$PEER/moose_app.py" >"$app"
+  local cfg="StreamConfig(parallelism=4, life_cycle=LifeCycle.EXTERNALLY_MANAGED)"
+  sed -e "s/\"@SRC@\")/\"$src\", $cfg)/; s/\"@DST@\")/\"$dst\", $cfg)/" \
+    -e "s/from moose_lib import Key, Stream/from millrace import Key, LifeCycle, Stream, StreamConfig/" "$PEER/moose_app.py" >"$app"
+  grep -q 'from millrace import' "$app" || { echo "could not rewrite $PEER/moose_app.py"; exit 1; }
   "$sdkpy" -m millrace serve "$app" --port "$pyport" --processes "$procs" >"$out/py-sidecar.log" 2>&1 &
   sidecar=$!
   for i in $(seq 0 $((procs - 1))); do wait_port $((pyport + i)); done

@@ -85,7 +85,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         store.clone(),
         provisioner.kafka.clone(),
         Duration::from_millis(config.lease_ms),
-        config.topic_namespace.clone(),
+        scheduler::Names { topic_namespace: config.topic_namespace.clone(), clickhouse_database: config.clickhouse_database.clone() },
     );
     let scheduler = tokio::spawn(coordinator.clone().run(std::future::pending::<()>()));
     let api = api::Api { store, provisioner, coordinator: coordinator.clone(), started: Instant::now() };

@@ -65,6 +65,8 @@ fn add_default_dead_letter_queue(state: &mut State) {
     let needed = state.values().any(|r| match spec(r) {
         Spec::Transform(t) => !has_dlq(t.source.as_ref(), t.dead_letter_queue.as_ref()),
         Spec::Consumer(c) => !has_dlq(c.source.as_ref(), c.dead_letter_queue.as_ref()),
+        // A table sync sends the rows ClickHouse refuses to its stream's dead letter queue.
+        Spec::Stream(s) => s.destination.is_some() && s.dead_letter_queue.is_none(),
         _ => false,
     });
     let key = ResourceKey::new(ResourceKind::DeadLetterQueue, DEFAULT_DEAD_LETTER_QUEUE, "");
@@ -468,7 +470,7 @@ mod tests {
         let state = validate(plan).unwrap();
         let users = referrers(&state, &ResourceKey::new(ResourceKind::DeadLetterQueue, "d", ""));
         assert_eq!(users, vec![&ResourceKey::new(ResourceKind::Consumer, "recover", "")]);
-        let units = crate::scheduler::desired_units(&state, "", &Default::default());
+        let units = crate::scheduler::desired_units(&state, &Default::default(), &Default::default());
         let unit = &units["consumer/recover/0"];
         assert_eq!((unit.source_topic.as_str(), unit.dead_letter_topic.as_str()), ("d", DEFAULT_DEAD_LETTER_QUEUE));
         let own = Plan { dead_letter_queues: vec![dlq("d")], consumers: vec![consumer("d", Some("d"))], ..Default::default() };

@@ -3,7 +3,7 @@
 
 use crate::plan::DEFAULT_DEAD_LETTER_QUEUE;
 use crate::resource::{physical_name, spec, ResourceKey, State};
-use millrace_proto::v1::{resource::Spec, FunctionRef, ResourceKind, ResourceRef, UnitKind, WorkUnit};
+use millrace_proto::v1::{resource::Spec, FunctionRef, ResourceKind, ResourceRef, TableTarget, UnitKind, WorkUnit};
 use std::collections::{BTreeMap, HashMap};
 
 /// A unit's placement: the worker holding it (None = unassigned) and its epoch.
@@ -13,11 +13,24 @@ pub struct Placement {
     pub epoch: u64,
 }
 
+/// Where declared names land: topics get a namespace, tables live in one ClickHouse database.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub topic_namespace: String,
+    pub clickhouse_database: String,
+}
+
+/// Table syncs batch by these unless the table says otherwise.
+pub const SYNC_MAX_ROWS: u32 = 100_000;
+pub const SYNC_MAX_BYTES: u64 = 16 << 20;
+pub const SYNC_MAX_DELAY_MS: u32 = 1_000;
+
 /// Every unit the declared state asks for: one per partition of each transform's and consumer's source. A
 /// source's partition count is the topic's real one where the broker told us (`partitions`, by topic name), so
 /// that a topic with more partitions than declared (an externally managed one, say) is read whole; the declared
 /// parallelism otherwise.
-pub fn desired_units(state: &State, topic_namespace: &str, partitions: &HashMap<String, usize>) -> BTreeMap<String, WorkUnit> {
+pub fn desired_units(state: &State, names: &Names, partitions: &HashMap<String, usize>) -> BTreeMap<String, WorkUnit> {
+    let topic_namespace = names.topic_namespace.as_str();
     let stream = |r: &ResourceRef| match state.get(&ResourceKey::new(ResourceKind::Stream, &r.name, &r.version)).map(spec) {
         Some(Spec::Stream(s)) => Some(s.clone()),
         _ => None,
@@ -73,6 +86,39 @@ pub fn desired_units(state: &State, topic_namespace: &str, partitions: &HashMap<
                     function: Some(function.clone().unwrap_or_else(FunctionRef::default)),
                     dead_letter_topic: dead_letter_topic.clone(),
                     key_fields: key_fields.clone(),
+                    table: None,
+                },
+            );
+        }
+    }
+    for r in state.values() {
+        let Spec::Stream(s) = spec(r) else { continue };
+        let Some(dest) = &s.destination else { continue };
+        let Some(Spec::Table(t)) = state.get(&ResourceKey::new(ResourceKind::Table, &dest.name, &dest.version)).map(spec) else { continue };
+        let source_topic = physical_name(&Spec::Stream(s.clone()), topic_namespace);
+        let dead_letter_topic = [s.dead_letter_queue.as_ref(), Some(&default_dlq)].into_iter().flatten().find_map(dlq_topic).unwrap_or_default();
+        let table = TableTarget {
+            database: names.clickhouse_database.clone(),
+            table: physical_name(&Spec::Table(t.clone()), ""),
+            columns: t.fields.clone(),
+            max_rows: t.sync_max_rows.unwrap_or(SYNC_MAX_ROWS).max(1),
+            max_bytes: t.sync_max_bytes.unwrap_or(SYNC_MAX_BYTES).max(1),
+            max_delay_ms: t.sync_max_delay_ms.unwrap_or(SYNC_MAX_DELAY_MS),
+        };
+        let count = partitions.get(&source_topic).copied().unwrap_or(s.parallelism.unwrap_or(1) as usize);
+        for partition in 0..count as i32 {
+            let unit_id = format!("table_sync/{}/{partition}", s.name);
+            out.insert(
+                unit_id.clone(),
+                WorkUnit {
+                    unit_id,
+                    kind: UnitKind::UnitTableSync as i32,
+                    name: s.name.clone(),
+                    source_topic: source_topic.clone(),
+                    partition,
+                    dead_letter_topic: dead_letter_topic.clone(),
+                    table: Some(table.clone()),
+                    ..Default::default()
                 },
             );
         }
@@ -137,6 +183,10 @@ pub fn place(units: &[String], live: &[String], current: &HashMap<String, Placem
 mod tests {
     use super::*;
 
+    fn names() -> Names {
+        Names { topic_namespace: "ns_".into(), clickhouse_database: "db".into() }
+    }
+
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("u{i:02}")).collect()
     }
@@ -169,10 +219,10 @@ mod tests {
             ..Default::default()
         };
         let state = crate::plan::validate(plan).unwrap();
-        let declared = desired_units(&state, "ns_", &HashMap::new());
+        let declared = desired_units(&state, &names(), &HashMap::new());
         assert_eq!(declared.keys().collect::<Vec<_>>(), vec!["transform/t/0"]);
         assert_eq!(declared["transform/t/0"].dead_letter_topic, "ns_millrace_dead_letters");
-        let actual = desired_units(&state, "ns_", &HashMap::from([("ns_ext".to_string(), 3)]));
+        let actual = desired_units(&state, &names(), &HashMap::from([("ns_ext".to_string(), 3)]));
         assert_eq!(actual.keys().collect::<Vec<_>>(), vec!["transform/t/0", "transform/t/1", "transform/t/2"]);
     }
 

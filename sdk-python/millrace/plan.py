@@ -43,6 +43,7 @@ def build(registry: Optional[resources.Registry] = None) -> resources_pb2.Plan:
                 "life_cycle": _life_cycle(s.config),
                 "destination": _ref(s.config.destination),
                 "dead_letter_queue": _ref(s.config.default_dead_letter_queue),
+                "allow_extra_fields": s.config.allow_extra_fields,
             }
         )
     for t in reg.of("table"):
@@ -53,6 +54,9 @@ def build(registry: Optional[resources.Registry] = None) -> resources_pb2.Plan:
                 "fields": t.fields,
                 "order_by": list(t.config.order_by_fields),
                 "life_cycle": _life_cycle(t.config),
+                "sync_max_rows": t.config.sync_max_rows,
+                "sync_max_bytes": t.config.sync_max_bytes,
+                "sync_max_delay_ms": t.config.sync_max_delay_ms,
             }
         )
     for d in reg.of("dead_letter_queue"):

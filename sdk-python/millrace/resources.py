@@ -38,6 +38,8 @@ class StreamConfig(_Config):
     life_cycle: Optional[LifeCycle] = None
     default_dead_letter_queue: Optional[Any] = None
     metadata: Optional[dict] = None
+    # Millrace: the ingest API drops fields the model does not declare instead of refusing the record.
+    allow_extra_fields: bool = False
 
 
 class TransformConfig(_Config):
@@ -56,6 +58,11 @@ class OlapConfig(_Config):
     life_cycle: Optional[LifeCycle] = None
     version: Optional[str] = None
     metadata: Optional[dict] = None
+    # Millrace: a stream's sync inserts once a batch has this many rows, bytes, or waited this long (None: the
+    # defaults, 100000 rows, 16 MiB, 1000 ms).
+    sync_max_rows: Optional[int] = None
+    sync_max_bytes: Optional[int] = None
+    sync_max_delay_ms: Optional[int] = None
 
 
 class IngestConfig(_Config):

@@ -239,11 +239,16 @@ impl Worker {
 
     /// A worker with extra flags.
     pub fn start_with(name: &str, control_plane: &str, sidecar: &str, extra: &[&str]) -> Self {
+        Self::start_on(&kafka_brokers(), name, control_plane, sidecar, extra)
+    }
+
+    /// A worker with extra flags, on another broker.
+    pub fn start_on(brokers: &str, name: &str, control_plane: &str, sidecar: &str, extra: &[&str]) -> Self {
         let log_dir = std::env::temp_dir().join("millrace-test-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(worker_binary())
-            .args(["--control-plane", control_plane, "--kafka-brokers", &kafka_brokers(), "--sidecar", sidecar])
+            .args(["--control-plane", control_plane, "--kafka-brokers", brokers, "--sidecar", sidecar])
             .args(["--http-listen", "127.0.0.1:0", "--name", name, "--batch-linger-ms", "10", "--progress-interval-ms", "100"])
             .args(extra)
             // MILLRACE_TEST_WORKER_LOG=debug shows more when a test fails.

@@ -340,6 +340,8 @@ pub fn actions(r: &ApplyPlanResponse) -> Vec<(ResourceKind, String, ChangeAction
 
 // ---- data plane ------------------------------------------------------------------------------------------
 
+pub mod broker;
 pub mod dataplane;
+pub mod http;
 pub mod proxy;
 pub mod records;

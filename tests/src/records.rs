@@ -55,8 +55,13 @@ pub struct Read {
 /// Reads every partition of `topic` from the beginning until `done` holds for what was read, for at most
 /// `limit`. Panics with a count when it does not.
 pub fn read_until(topic: &str, partitions: i32, limit: Duration, done: impl Fn(&[Read]) -> bool) -> Vec<Read> {
+    read_until_at(&kafka_brokers(), topic, partitions, limit, done)
+}
+
+/// `read_until` on another broker.
+pub fn read_until_at(brokers: &str, topic: &str, partitions: i32, limit: Duration, done: impl Fn(&[Read]) -> bool) -> Vec<Read> {
     let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", "millrace-tests-reader")
         .set("enable.auto.commit", "false")
         .create()

@@ -15,9 +15,31 @@ pub struct Config {
     /// `function.runtime` picks one by name.
     #[arg(long = "sidecar", env = "MILLRACE_SIDECARS", value_delimiter = ',', default_value = "default=http://127.0.0.1:50061")]
     pub sidecars: Vec<String>,
-    /// HTTP listener for /metrics and /healthz.
+    /// HTTP listener for the ingest API (POST /ingest/<name>), /metrics and /healthz.
     #[arg(long, env = "MILLRACE_HTTP_LISTEN", default_value = "127.0.0.1:4000")]
     pub http_listen: String,
+    /// ClickHouse's HTTP interface, for table syncs.
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    pub clickhouse_url: String,
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_USER", default_value = "default")]
+    pub clickhouse_user: String,
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_PASSWORD", default_value = "", hide_env_values = true)]
+    pub clickhouse_password: String,
+    /// An insert ClickHouse has not confirmed in this long is retried.
+    #[arg(long, env = "MILLRACE_CLICKHOUSE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub clickhouse_timeout_ms: u64,
+    /// Largest ingest request body, in bytes (413 above it).
+    #[arg(long, env = "MILLRACE_INGEST_MAX_BODY_BYTES", default_value_t = 10 << 20)]
+    pub ingest_max_body_bytes: usize,
+    /// How long an ingest request waits for the broker to acknowledge its records before it is answered 503.
+    #[arg(long, env = "MILLRACE_INGEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub ingest_timeout_ms: u64,
+    /// When set, ingest requests must send `Authorization: Bearer <key>` (401 otherwise).
+    #[arg(long, env = "MILLRACE_INGEST_API_KEY", hide_env_values = true)]
+    pub ingest_api_key: Option<String>,
+    /// How often the worker reads the declared ingest APIs from the control plane (and at once on an unknown one).
+    #[arg(long, env = "MILLRACE_CATALOG_REFRESH_MS", default_value_t = 2_000)]
+    pub catalog_refresh_ms: u64,
     /// The name this worker registers under; defaults to the host name and process id.
     #[arg(long, env = "MILLRACE_WORKER_NAME")]
     pub name: Option<String>,

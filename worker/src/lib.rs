@@ -2,15 +2,20 @@
 //! or consumer through its sidecar, and serves /metrics.
 
 pub mod assignments;
+pub mod clickhouse;
 pub mod config;
+pub mod ingest;
 pub mod lease;
 pub mod metrics;
 pub mod output;
+pub mod rows;
+pub mod schema;
 pub mod sidecar;
 pub mod unit;
 
 use anyhow::Context;
 pub use config::Config;
+use millrace_proto::v1::control_plane_client::ControlPlaneClient;
 use millrace_proto::v1::worker_coordinator_client::WorkerCoordinatorClient;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +28,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {} (--http-listen)", config.http_listen))?;
     let http_address = listener.local_addr()?.to_string();
-    tokio::spawn(metrics::serve(listener, metrics.clone()));
     anyhow::ensure!(
         config.batch_max_bytes < sidecar::MAX_MESSAGE,
         "--batch-max-bytes must stay below the gRPC message limit of {} bytes",
@@ -33,6 +37,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let ctx = Arc::new(unit::WorkerCtx {
         kafka_brokers: config.kafka_brokers.clone(),
         sidecars: sidecar::Sidecars::new(&config.sidecars, Config::ms(config.sidecar_timeout_ms))?,
+        clickhouse: clickhouse::ClickHouse::new(
+            &config.clickhouse_url,
+            &config.clickhouse_user,
+            &config.clickhouse_password,
+            Config::ms(config.clickhouse_timeout_ms),
+        ),
         metrics,
         batch_size: config.batch_size.max(1),
         batch_max_bytes: config.batch_max_bytes.max(1),
@@ -52,7 +62,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true)
         .tcp_keepalive(Some(Duration::from_secs(10)));
-    let client = WorkerCoordinatorClient::new(endpoint.connect_lazy());
+    let channel = endpoint.connect_lazy();
+    let client = WorkerCoordinatorClient::new(channel.clone());
+    let catalog = ingest::catalog::Catalog::new(ControlPlaneClient::new(channel));
+    tokio::spawn(catalog.clone().follow(Config::ms(config.catalog_refresh_ms)));
+    let ingest_settings = ingest::Settings {
+        max_body_bytes: config.ingest_max_body_bytes,
+        timeout: Config::ms(config.ingest_timeout_ms),
+        api_key: config.ingest_api_key.clone().filter(|k| !k.is_empty()),
+        max_message_bytes: config.max_message_bytes,
+    };
+    let ingest = ingest::Ingest::new(catalog, &config.kafka_brokers, ingest_settings, ctx.metrics.clone())?;
+    tokio::spawn(metrics::serve(listener, ctx.metrics.clone(), ingest.routes()));
     tracing::info!(http = http_address, control_plane = config.control_plane, "worker starting");
     let settings = assignments::Settings {
         name: config.worker_name(),

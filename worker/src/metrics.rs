@@ -18,6 +18,13 @@ pub struct Metrics {
     pub records_lost_to_retention: IntCounterVec,
     pub unit_restarts: IntCounterVec,
     pub commits_refused: IntCounterVec,
+    pub ingest_requests: IntCounterVec,
+    pub ingest_records: IntCounterVec,
+    pub ingest_latency: HistogramVec,
+    pub table_rows_inserted: IntCounterVec,
+    pub table_rows_dead_lettered: IntCounterVec,
+    pub table_insert_retries: IntCounterVec,
+    pub table_insert_latency: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -37,6 +44,20 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(batch_latency.clone())).expect("unique metric");
+        let ingest_latency = HistogramVec::new(
+            HistogramOpts::new("millrace_ingest_latency_seconds", "Time to answer an ingest request (records acknowledged by the broker)")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["api"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(ingest_latency.clone())).expect("unique metric");
+        let table_insert_latency = HistogramVec::new(
+            HistogramOpts::new("millrace_table_insert_latency_seconds", "Time ClickHouse took to confirm one insert of a table sync")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["table"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(table_insert_latency.clone())).expect("unique metric");
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             r.register(Box::new(g.clone())).expect("unique metric");
@@ -72,6 +93,23 @@ impl Metrics {
                 "Records the broker deleted (retention) before the unit read them",
                 f,
             ),
+            ingest_requests: counter(&r, "millrace_ingest_requests_total", "Ingest requests answered, by API and HTTP status", &["api", "code"]),
+            ingest_records: counter(
+                &r,
+                "millrace_ingest_records_total",
+                "Ingested records: written (acknowledged by the broker) or invalid (refused)",
+                &["api", "outcome"],
+            ),
+            ingest_latency,
+            table_rows_inserted: counter(&r, "millrace_table_rows_inserted_total", "Rows ClickHouse confirmed, by table", &["table"]),
+            table_rows_dead_lettered: counter(
+                &r,
+                "millrace_table_rows_dead_lettered_total",
+                "Records of a synced stream sent to the dead letter queue (ClickHouse refused them, or they do not fit the table)",
+                &["table"],
+            ),
+            table_insert_retries: counter(&r, "millrace_table_insert_retries_total", "Inserts retried because ClickHouse did not take them", &["table"]),
+            table_insert_latency,
             batch_latency,
             consumer_lag,
             commit_lag,
@@ -101,10 +139,10 @@ impl Default for Metrics {
     }
 }
 
-/// Serves /metrics and /healthz until the listener fails.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::io::Result<()> {
+/// Serves /metrics and /healthz, beside `routes` (the ingest API), until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, routes: axum::Router) -> std::io::Result<()> {
     use axum::routing::get;
-    let app = axum::Router::new()
+    let app = routes
         .route("/metrics", get(move || {
             let m = metrics.clone();
             async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }

@@ -28,7 +28,7 @@ struct Inner {
     store: Store,
     kafka: Kafka,
     lease: Duration,
-    topic_namespace: String,
+    names: crate::scheduler::Names,
     wake: Notify,
     watchers: Mutex<HashMap<String, Watcher>>,
     /// Partition counts of the broker's topics, as last read; the scheduler trusts them over declarations.
@@ -48,13 +48,13 @@ fn lease_lost(worker_id: &str) -> Error {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, kafka: Kafka, lease: Duration, topic_namespace: String) -> Self {
+    pub fn new(store: Store, kafka: Kafka, lease: Duration, names: crate::scheduler::Names) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 kafka,
                 lease,
-                topic_namespace,
+                names,
                 wake: Notify::new(),
                 watchers: Mutex::new(HashMap::new()),
                 partitions: Mutex::new(HashMap::new()),

@@ -27,7 +27,7 @@ impl Coordinator {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEDULE_LOCK).execute(&mut *tx).await?;
         let state = Store::load_state(&mut *tx).await?;
         let partitions = self.inner.partitions.lock().expect("partitions lock").clone();
-        let units = desired_units(&state, &self.inner.topic_namespace, &partitions);
+        let units = desired_units(&state, &self.inner.names, &partitions);
         let live: Vec<String> =
             sqlx::query_scalar("SELECT worker_id FROM workers WHERE lease_expires_at > now() ORDER BY worker_id")
                 .fetch_all(&mut *tx)

@@ -7,6 +7,7 @@ pub(crate) mod pipeline;
 pub(crate) mod produce;
 pub(crate) mod recovery;
 pub(crate) mod source;
+pub(crate) mod sync;
 
 use crate::lease::Lease;
 use crate::metrics::Metrics;
@@ -20,13 +21,14 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What every unit of a worker shares.
 pub struct WorkerCtx {
     pub kafka_brokers: String,
     pub sidecars: Sidecars,
+    pub clickhouse: crate::clickhouse::ClickHouse,
     pub metrics: Metrics,
     pub batch_size: usize,
     pub batch_max_bytes: usize,
@@ -128,6 +130,12 @@ async fn check_function(ctx: &WorkerCtx, st: &UnitState) -> Result<(), Problem> 
         let message = "the unit has no dead letter topic: apply the plan again with a current control plane".into();
         return Err(Problem { reason: "no_dead_letter_topic", message });
     }
+    if u.kind == UnitKind::UnitTableSync as i32 {
+        return match &u.table {
+            Some(t) if !t.columns.is_empty() => Ok(()),
+            _ => Err(Problem { reason: "no_table", message: "the sync unit names no table: apply the plan again with a current control plane".into() }),
+        };
+    }
     let f = u.function.clone().unwrap_or_default();
     let described = ctx.sidecars.describe(&f.runtime).await.map_err(|e| Problem { reason: "sidecar_unreachable", message: e.to_string() })?;
     let consumer = u.kind == UnitKind::UnitConsumer as i32;
@@ -202,7 +210,8 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
         tracing::debug!(unit = u.unit_id, start, cap = plan.cap, in_flight = plan.in_flight, condemned = ?plan.condemned, "pipeline starting");
         let result = tokio::select! {
             _ = st.stop.cancelled() => break,
-            r = pipeline::run(&ctx, &st, &fence, start, plan) => r,
+            r = pipeline::run(&ctx, &st, &fence, start, plan), if u.kind != UnitKind::UnitTableSync as i32 => r,
+            r = sync::run(&ctx, &st, &fence, start), if u.kind == UnitKind::UnitTableSync as i32 => r,
         };
         recovery.progressed(st.safe_offset.load(Ordering::SeqCst));
         let e = match result {

@@ -43,6 +43,8 @@ pub enum UnitError {
     Produce(String),
     #[error("the pipeline ended without being asked to")]
     Ended,
+    #[error("stopped while the insert could not be made: {0}")]
+    Table(String),
 }
 
 /// A batch on its way: at the sidecar (or, condemned, going straight to the dead letter queue).

@@ -88,6 +88,23 @@ pub fn producer(brokers: &str, delivery_timeout: Duration, buffer_kb: usize, max
         .create_with_context(AckContext)
 }
 
+pub fn queue_full(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+}
+
+/// Hands one record (no headers) to the producer, counted in `acks`.
+pub fn hand_over(producer: &Producer, acks: &Arc<BatchAcks>, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), KafkaError> {
+    let mut rec = BaseRecord::with_opaque_to(topic, acks.clone()).payload(value);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
+    acks.pending.fetch_add(1, Ordering::AcqRel);
+    producer.send(rec).map_err(|(e, _)| {
+        acks.pending.fetch_sub(1, Ordering::AcqRel);
+        e
+    })
+}
+
 pub fn too_large(e: &KafkaError) -> bool {
     matches!(
         e,

@@ -1,0 +1,168 @@
+//! The ingest APIs the worker serves, learned from the control plane (`ListResources`) every few seconds and at
+//! once when a request names one it does not know yet, so an apply shows up without a restart.
+
+use crate::schema::Schema;
+use millrace_proto::v1::control_plane_client::ControlPlaneClient;
+use millrace_proto::v1::{resource::Spec, ListResourcesRequest, ResourceKind, ResourceRef};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest time between two refreshes a request for an unknown API may cause.
+const MISS_REFRESH: Duration = Duration::from_millis(250);
+
+/// One ingest API at one version.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub version: String,
+    pub stream: String,
+    pub topic: String,
+    pub dead_letter_topic: Option<String>,
+    pub schema: Schema,
+}
+
+pub struct Catalog {
+    client: ControlPlaneClient<Channel>,
+    apis: RwLock<Option<HashMap<String, Vec<Arc<Endpoint>>>>>,
+    last_refresh: Mutex<Option<Instant>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// What a lookup found.
+pub enum Found {
+    Api(Arc<Endpoint>),
+    Unknown { known: Vec<String> },
+    /// Nothing learned from the control plane yet.
+    NotLoaded,
+}
+
+impl Catalog {
+    pub fn new(client: ControlPlaneClient<Channel>) -> Arc<Self> {
+        Arc::new(Self { client, apis: RwLock::new(None), last_refresh: Mutex::new(None), refreshing: Default::default() })
+    }
+
+    /// Keeps the catalog fresh until the process ends.
+    pub async fn follow(self: Arc<Self>, every: Duration) {
+        loop {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "cannot read the ingest APIs from the control plane; serving the last ones known");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    pub async fn refresh(&self) -> Result<(), String> {
+        let _one = self.refreshing.lock().await;
+        *self.last_refresh.lock().expect("refresh lock") = Some(Instant::now());
+        let mut client = self.client.clone();
+        let req = ListResourcesRequest { kind: ResourceKind::Unspecified as i32 };
+        let resources = match tokio::time::timeout(CALL_TIMEOUT, client.list_resources(req)).await {
+            Err(_) => return Err(format!("no answer within {CALL_TIMEOUT:?}")),
+            Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Ok(Ok(r)) => r.into_inner().resources,
+        };
+        let key = |kind: ResourceKind, name: &str, version: &str| (kind as i32, name.to_string(), version.to_string());
+        let mut by_key = HashMap::new();
+        for r in &resources {
+            let (kind, name, version) = match r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
+                Some(Spec::Stream(s)) => (ResourceKind::Stream, &s.name, &s.version),
+                Some(Spec::DeadLetterQueue(d)) => (ResourceKind::DeadLetterQueue, &d.name, &d.version),
+                _ => continue,
+            };
+            by_key.insert(key(kind, name, version), r);
+        }
+        let mut apis: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
+        for r in &resources {
+            let Some(Spec::IngestApi(api)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) else { continue };
+            let dest = api.destination.clone().unwrap_or_default();
+            let Some(stream) = by_key.get(&key(ResourceKind::Stream, &dest.name, &dest.version)) else { continue };
+            let Some(Spec::Stream(s)) = stream.resource.as_ref().and_then(|r| r.spec.as_ref()) else { continue };
+            // The API's own dead letter queue, else its stream's.
+            let dlq = api.dead_letter_queue.as_ref().or(s.dead_letter_queue.as_ref());
+            let dead_letter_topic = dlq.and_then(|d: &ResourceRef| {
+                by_key.get(&key(ResourceKind::DeadLetterQueue, &d.name, &d.version)).map(|r| r.physical_name.clone())
+            });
+            apis.entry(api.name.clone()).or_default().push(Arc::new(Endpoint {
+                name: api.name.clone(),
+                version: api.version.clone(),
+                stream: s.name.clone(),
+                topic: stream.physical_name.clone(),
+                dead_letter_topic,
+                schema: Schema::new(&s.fields, s.allow_extra_fields),
+            }));
+        }
+        for versions in apis.values_mut() {
+            versions.sort_by(|a, b| version_order(&a.version, &b.version));
+        }
+        *self.apis.write().expect("catalog lock") = Some(apis);
+        Ok(())
+    }
+
+    fn find(&self, name: &str, version: Option<&str>) -> Found {
+        let apis = self.apis.read().expect("catalog lock");
+        let Some(apis) = apis.as_ref() else { return Found::NotLoaded };
+        let hit = apis.get(name).and_then(|vs| match version {
+            // The bare name is the newest version.
+            None => vs.last().cloned(),
+            Some(v) => vs.iter().find(|e| e.version == v).cloned(),
+        });
+        match hit {
+            Some(e) => Found::Api(e),
+            None => {
+                let mut known: Vec<String> = apis
+                    .values()
+                    .flatten()
+                    .map(|e| if e.version.is_empty() { e.name.clone() } else { format!("{}/{}", e.name, e.version) })
+                    .collect();
+                known.sort();
+                Found::Unknown { known }
+            }
+        }
+    }
+
+    /// The endpoint for `/ingest/<name>[/<version>]`; refreshes once on a miss (an apply may have just added it).
+    pub async fn lookup(&self, name: &str, version: Option<&str>) -> Found {
+        match self.find(name, version) {
+            Found::Api(e) => Found::Api(e),
+            _ => {
+                let recent = self.last_refresh.lock().expect("refresh lock").is_some_and(|t| t.elapsed() < MISS_REFRESH);
+                if !recent {
+                    let _ = self.refresh().await;
+                }
+                self.find(name, version)
+            }
+        }
+    }
+}
+
+/// Versions in order: dot-separated parts compared as numbers where both are numbers; unversioned first.
+pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &str| v.split(['.', '_']).map(|p| (p.parse::<u64>().ok(), p.to_string())).collect::<Vec<_>>();
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let o = match (x.0, y.0) {
+            (Some(m), Some(n)) => m.cmp(&n),
+            _ => x.1.cmp(&y.1),
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    a.is_empty().cmp(&b.is_empty()).reverse().then(pa.len().cmp(&pb.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_order;
+
+    #[test]
+    fn newest_version_is_last() {
+        let mut v = vec!["1.10", "", "1.9", "2", "1.9.1", "beta"];
+        v.sort_by(|a, b| version_order(a, b));
+        assert_eq!(v, ["", "1.9", "1.9.1", "1.10", "2", "beta"]);
+    }
+}

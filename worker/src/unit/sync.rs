@@ -1,0 +1,163 @@
+//! A table sync unit: one partition of a stream inserted into its ClickHouse table in batches bounded by rows,
+//! bytes and time. A batch's offset is committed only once ClickHouse confirmed its insert. ClickHouse not
+//! answering is retried (with backoff, never skipped); rows it refuses are found by splitting the batch and go to
+//! the dead letter queue with `source: "table"`, so one bad row never stalls the partition.
+
+use super::pipeline::UnitError;
+use super::produce::{origin, send, BatchAcks};
+use super::source::{consumer, first_record, next_record, BatchBuilder};
+use super::{Fence, UnitState, WorkerCtx, MAX_BACKOFF, MIN_BACKOFF};
+use crate::clickhouse::InsertError;
+use crate::output::{DeadLetter, OriginalRecord};
+use crate::rows::RowWriter;
+use millrace_proto::v1::TableTarget;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Room left in a broker message for the key, headers and record framing.
+const RECORD_OVERHEAD: usize = 512;
+
+fn quote(ident: &str) -> String {
+    format!("`{}`", ident.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// The INSERT statement for a table's columns (names were validated by the control plane, and are quoted).
+pub fn statement(t: &TableTarget, writer: &RowWriter) -> String {
+    let columns: Vec<String> = writer.column_names().map(quote).collect();
+    format!("INSERT INTO {}.{} ({}) FORMAT JSONEachRow", quote(&t.database), quote(&t.table), columns.join(", "))
+}
+
+pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64) -> Result<(), UnitError> {
+    let target = st.unit.table.clone().unwrap_or_default();
+    let writer = RowWriter::new(&target.columns);
+    let statement = statement(&target, &writer);
+    let label = [target.table.as_str()];
+    let consumer = consumer(ctx, st, start)?;
+    let mut messages = consumer.stream();
+    let mut carry = match first_record(ctx, st, &consumer, &mut messages, start).await? {
+        Some(r) => Some(r),
+        None => return Ok(()),
+    };
+    let delay = Duration::from_millis(target.max_delay_ms as u64);
+    loop {
+        let first = match carry.take() {
+            Some(r) => r,
+            None => match next_record(st, &mut messages, None).await? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+        };
+        let mut batch = BatchBuilder::default();
+        batch.push(&first);
+        drop(first);
+        let deadline = Instant::now() + delay;
+        while batch.len() < target.max_rows as usize && (batch.bytes as u64) < target.max_bytes {
+            match next_record(st, &mut messages, Some(deadline)).await? {
+                Some(r) => batch.push(&r),
+                None => break,
+            }
+        }
+        let (_, held) = batch.finish();
+        ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(held.len() as u64);
+        let records: Vec<_> = held.iter().collect();
+        let mut body = Vec::with_capacity(records.iter().map(|r| r.value.len() + 16).sum());
+        let mut spans = Vec::with_capacity(records.len());
+        let mut refused: Vec<(usize, String, &'static str)> = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let at = body.len();
+            match writer.write(r.value, &mut body) {
+                Ok(()) => spans.push((i, at..body.len())),
+                Err(e) => refused.push((i, e, "RowConversionError")),
+            }
+        }
+        for (i, e) in insert(ctx, st, fence, &statement, &body, &spans, &label).await? {
+            refused.push((i, e, "ClickHouseRejected"));
+        }
+        if !refused.is_empty() {
+            refused.sort_by_key(|(i, ..)| *i);
+            let acks = BatchAcks::new();
+            let origin = origin(st);
+            let failed_at = chrono::Utc::now().to_rfc3339();
+            let function = format!("table:{}", target.table);
+            for (i, e, kind) in &refused {
+                let r = &records[*i];
+                let letter = DeadLetter {
+                    original_record: OriginalRecord::of(r.value),
+                    error_message: e,
+                    error_type: kind,
+                    failed_at: failed_at.clone(),
+                    source: "table",
+                    function: &function,
+                    topic: &st.unit.source_topic,
+                    partition: st.unit.partition,
+                    offset: r.offset,
+                    original_record_truncated: None,
+                    original_bytes: None,
+                };
+                let bytes = letter.to_bytes(r.value, ctx.max_message_bytes.saturating_sub(RECORD_OVERHEAD));
+                let key = (!r.key.is_empty()).then_some(r.key);
+                send(st, fence, &acks, &origin, &st.unit.dead_letter_topic, key, &bytes, r.offset).await?;
+            }
+            acks.wait().await.map_err(|e| UnitError::Produce(e.to_string()))?;
+            ctx.metrics.table_rows_dead_lettered.with_label_values(&label).inc_by(refused.len() as u64);
+            ctx.metrics.dead_letters.with_label_values(&[&st.unit.name]).inc_by(refused.len() as u64);
+        }
+        // Everything up to here is in the table or the dead letter queue.
+        st.safe_offset.store(held.last_offset() + 1, Ordering::SeqCst);
+    }
+}
+
+/// Inserts the rows of `spans` (in order, contiguous in `body`); returns the rows ClickHouse refused, found by
+/// splitting the batch in halves. Waits out a ClickHouse that does not answer (or refuses for a reason no row
+/// caused), unless the unit must stop.
+async fn insert(
+    ctx: &WorkerCtx,
+    st: &UnitState,
+    fence: &Fence,
+    statement: &str,
+    body: &[u8],
+    spans: &[(usize, Range<usize>)],
+    label: &[&str; 1],
+) -> Result<Vec<(usize, String)>, UnitError> {
+    let mut refused = Vec::new();
+    let mut todo: Vec<Range<usize>> = Vec::new();
+    if !spans.is_empty() {
+        todo.push(0..spans.len());
+    }
+    let mut backoff = MIN_BACKOFF;
+    while let Some(part) = todo.pop() {
+        if !fence.lease.valid() || st.stop.is_cancelled() {
+            return Err(UnitError::Fenced);
+        }
+        let rows = &body[spans[part.start].1.start..spans[part.end - 1].1.end];
+        let started = Instant::now();
+        match ctx.clickhouse.insert(statement, rows).await {
+            Ok(()) => {
+                ctx.metrics.table_insert_latency.with_label_values(label).observe(started.elapsed().as_secs_f64());
+                ctx.metrics.table_rows_inserted.with_label_values(label).inc_by(part.len() as u64);
+                *st.error.lock().expect("error lock") = String::new();
+                backoff = MIN_BACKOFF;
+            }
+            Err(InsertError::Rows(message)) if part.len() == 1 => refused.push((spans[part.start].0, message)),
+            Err(InsertError::Rows(_)) => {
+                let mid = part.start + part.len() / 2;
+                todo.push(mid..part.end);
+                todo.push(part.start..mid);
+            }
+            Err(e) => {
+                tracing::warn!(unit = st.unit.unit_id, error = %e, retry_in = ?backoff, "insert failed; retrying");
+                *st.error.lock().expect("error lock") = e.to_string();
+                ctx.metrics.table_insert_retries.with_label_values(label).inc();
+                todo.push(part);
+                if !st.pause(backoff).await {
+                    return Err(UnitError::Table(e.to_string()));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    Ok(refused)
+}
