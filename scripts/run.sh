@@ -49,13 +49,16 @@ cat <<TXT
 
 Millrace is running (logs in $log):
   control plane   grpc://$CP     $MILLRACE_GRPCURL -plaintext $CP list
+  ingest API      http://$HTTP/ingest/<name>     (the example: http://$HTTP/ingest/raw_data)
   worker metrics  http://$HTTP/metrics
   sidecar         grpc://$SIDECAR ($served)
   Kafka           $MILLRACE_KAFKA_BROKERS     topics raw_data, intermediate_stream, final_stream, raw_data_dlq
   ClickHouse      $MILLRACE_CLICKHOUSE_URL    table millrace.final_table
 
 Try it, from another terminal:
-  $VENV_PY scripts/demo.py send raw_data 100          # records {id, value} into raw_data
+  curl -s -H 'Content-Type: application/json' -d '[{"id":"a","value":1}]' http://$HTTP/ingest/raw_data
+  curl -s $MILLRACE_CLICKHOUSE_URL -d 'SELECT * FROM millrace.final_table FORMAT JSONEachRow'
+  $VENV_PY scripts/demo.py send raw_data 100          # records {id, value} into raw_data, from code
   $VENV_PY scripts/demo.py peek final_stream -n 5     # doubled, then doubled and tripled
   $MILLRACE_GRPCURL -plaintext $CP millrace.v1.ControlPlane/ListWorkers
 Ctrl-C stops.

@@ -111,12 +111,13 @@ class Stack:
         assert self.sidecar.poll() is None, f"the sidecar exited; see {LOGS}/py-{self.name}-sidecar.log"
 
     def start_worker(self) -> None:
+        self.http_port = free_port()
         cmd = [
             str(BIN / "millrace-worker"),
             "--control-plane", f"http://{self.control_plane}",
             "--kafka-brokers", BROKERS,
             "--sidecar", f"default=http://127.0.0.1:{self.sidecar_port}",
-            "--http-listen", "127.0.0.1:0",
+            "--http-listen", f"127.0.0.1:{self.http_port}",
             "--name", f"py-{self.id}",
             "--batch-linger-ms", "10",
             "--progress-interval-ms", "100",
@@ -142,6 +143,38 @@ class Stack:
         self.cli("apply", str(app))
         self.start_sidecar(app, processes)
         self.start_worker()
+
+    def post(self, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+        """POSTs to the worker's HTTP listener (the ingest API); (status, JSON answer)."""
+        import urllib.error
+        import urllib.request
+
+        wait_until("the worker's HTTP listener", lambda: port_open(self.http_port))
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(req, timeout=WAIT) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def clickhouse(self, sql: str) -> list[dict]:
+        """Rows of a query on the test's ClickHouse database."""
+        import urllib.request
+
+        sql = sql.replace("{db}", f"py_{self.id}") + " FORMAT JSONEachRow"
+        with urllib.request.urlopen(CLICKHOUSE, data=sql.encode(), timeout=WAIT) as r:
+            return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+
+    def wait_rows(self, table: str, count: int) -> list[dict]:
+        rows: list[dict] = []
+
+        def enough() -> bool:
+            nonlocal rows
+            rows = self.clickhouse(f"SELECT * FROM {{db}}.`{table}`")
+            return len(rows) >= count
+
+        wait_until(f"{count} rows in table {table}", enough)
+        return rows
 
     def topic(self, name: str) -> str:
         return self.namespace + name

@@ -3,6 +3,7 @@ functions. Records go in with `send()`; every destination record is checked by i
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -27,15 +28,23 @@ def point_at(stack, monkeypatch):
     monkeypatch.setenv("MILLRACE_CONTROL_PLANE", stack.control_plane)
 
 
-def test_reference_ingestion_example_buffers_sent_records_in_its_stream(stack):
+def test_reference_ingestion_example_takes_posts_and_sends_into_its_stream_and_table(stack):
     app = APPS / "reference_ingestion.py"
-    stack.start_control_plane()
-    stack.cli("apply", str(app))
+    stack.run(app)
     raw = declared(app, "raw_data")
     raw.send([raw.model(id=f"r{i}", value=i) for i in range(500)])
     raw.send(raw.model(id="single", value=-1))
-    got = {r["id"]: r["value"] for r in stack.read("raw_data", 501)}
-    assert got == {**{f"r{i}": i for i in range(500)}, "single": -1}
+    status, answer = stack.post("/ingest/raw_data", json.dumps([{"id": f"h{i}", "value": i} for i in range(100)]).encode())
+    assert (status, answer) == (200, {"written": 100})
+    status, answer = stack.post("/ingest/raw_data", b'{"id": "bad", "value": "x"}')
+    assert status == 400 and answer["errors"][0]["field"] == "value", answer
+    want = {**{f"r{i}": i for i in range(500)}, "single": -1, **{f"h{i}": i for i in range(100)}}
+    got = {r["id"]: r["value"] for r in stack.read("raw_data", len(want))}
+    assert got == want
+    rows = stack.wait_rows("raw_data", len(want))
+    assert {r["id"]: int(r["value"]) for r in rows} == want, "the pipeline's table holds every record once"
+    dead = stack.read("raw_dataDeadLetterQueue", 1)
+    assert dead[0]["original_record"] == {"id": "bad", "value": "x"} and dead[0]["source"] == "api"
 
 
 def test_reference_transform_example_doubles_every_value(stack):
@@ -48,6 +57,8 @@ def test_reference_transform_example_doubles_every_value(stack):
     assert len(out) >= n
     assert {r["id"]: r["transformedValue"] for r in out} == {f"t{i}": 2 * i for i in range(n)}
     assert all(r["transformedAt"] for r in out)
+    rows = stack.wait_rows("transformed_data", n)
+    assert {r["id"]: int(r["transformedValue"]) for r in rows} == {f"t{i}": 2 * i for i in range(n)}
 
 
 def test_reference_chained_example_runs_both_transforms(stack):
@@ -62,6 +73,11 @@ def test_reference_chained_example_runs_both_transforms(stack):
     assert {r["id"]: (r["transformedValue"], r["anotherTransformedValue"]) for r in final} == {
         f"c{i}": (4 * i, 6 * i) for i in range(n)
     }
+    rows = stack.wait_rows("final_stream", n)
+    assert {r["id"]: (int(r["transformedValue"]), int(r["anotherTransformedValue"])) for r in rows} == {
+        f"c{i}": (4 * i, 6 * i) for i in range(n)
+    }, "the final stream lands in its table"
+    assert all(len(r["transformedAt"]) == 19 for r in rows), "date-times arrive as ClickHouse DateTime"
 
 
 def test_filter_fan_out_chain_consumers_and_dead_letters(stack, tmp_path):

@@ -90,10 +90,10 @@ async fn wait_count(env: &TestEnv, table: &str, want: u64, within: Duration) {
 fn record(i: usize) -> serde_json::Value {
     serde_json::json!({
         "id": format!("r{i:03}"), "small": -128 + (i % 256) as i64, "big": u64::MAX - i as u64, "ratio": i as f64 + 0.25,
-        "ok": i % 2 == 0, "at": format!("2026-11-25T10:{:02}:{:02}+01:00", i % 60, (i * 7) % 60), "day": "2026-11-25",
+        "ok": i.is_multiple_of(2), "at": format!("2026-11-25T10:{:02}:{:02}+01:00", i % 60, (i * 7) % 60), "day": "2026-11-25",
         "uid": format!("0f8fad5b-d9cb-469f-a165-{i:012}"), "amount": format!("{i}.0625"), "tags": ["a", format!("t{i}")],
-        "note": if i % 3 == 0 { serde_json::Value::Null } else { format!("n{i}").into() },
-        "maybe": if i % 2 == 0 { serde_json::Value::Null } else { (i as i64 * 1000).into() },
+        "note": if i.is_multiple_of(3) { serde_json::Value::Null } else { format!("n{i}").into() },
+        "maybe": if i.is_multiple_of(2) { serde_json::Value::Null } else { (i as i64 * 1000).into() },
     })
 }
 

@@ -75,7 +75,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
         let lease = Arc::new(Lease::new(sent, Duration::from_millis(r.lease_ms)));
         // Nothing may wait in the producer longer than 30% of the lease (see `Fence`).
         let delivery_timeout = settings.produce_timeout.min(lease.length() * 3 / 10);
-        let producer = produce::producer(&ctx.kafka_brokers, delivery_timeout, settings.producer_buffer_kb, ctx.max_message_bytes)
+        let producer = produce::producer(&ctx.kafka_brokers, delivery_timeout, settings.producer_buffer_kb, ctx.max_message_bytes, 5)
             .map_err(|e| anyhow::anyhow!("creating the Kafka producer: {e}"))?;
         let session = Arc::new(Session {
             worker_id: r.worker_id,

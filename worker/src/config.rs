@@ -34,6 +34,10 @@ pub struct Config {
     /// How long an ingest request waits for the broker to acknowledge its records before it is answered 503.
     #[arg(long, env = "MILLRACE_INGEST_TIMEOUT_MS", default_value_t = 5_000)]
     pub ingest_timeout_ms: u64,
+    /// How long the ingest producer waits to fill a batch to the broker (linger.ms). Every request waits for its
+    /// acknowledgement, so this adds to each request's time.
+    #[arg(long, env = "MILLRACE_INGEST_LINGER_MS", default_value_t = 1)]
+    pub ingest_linger_ms: u64,
     /// When set, ingest requests must send `Authorization: Bearer <key>` (401 otherwise).
     #[arg(long, env = "MILLRACE_INGEST_API_KEY", hide_env_values = true)]
     pub ingest_api_key: Option<String>,

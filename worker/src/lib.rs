@@ -71,6 +71,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         timeout: Config::ms(config.ingest_timeout_ms),
         api_key: config.ingest_api_key.clone().filter(|k| !k.is_empty()),
         max_message_bytes: config.max_message_bytes,
+        linger_ms: config.ingest_linger_ms,
     };
     let ingest = ingest::Ingest::new(catalog, &config.kafka_brokers, ingest_settings, ctx.metrics.clone())?;
     tokio::spawn(metrics::serve(listener, ctx.metrics.clone(), ingest.routes()));

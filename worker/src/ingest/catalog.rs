@@ -11,8 +11,6 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Shortest time between two refreshes a request for an unknown API may cause.
-const MISS_REFRESH: Duration = Duration::from_millis(250);
 
 /// One ingest API at one version.
 #[derive(Debug)]
@@ -56,7 +54,18 @@ impl Catalog {
     }
 
     pub async fn refresh(&self) -> Result<(), String> {
+        self.refresh_since(None).await
+    }
+
+    /// Reads the catalog, unless a read that started after `asked` is already done (requests that miss at the same
+    /// time share one read).
+    async fn refresh_since(&self, asked: Option<Instant>) -> Result<(), String> {
         let _one = self.refreshing.lock().await;
+        if let (Some(asked), Some(last)) = (asked, *self.last_refresh.lock().expect("refresh lock")) {
+            if last >= asked {
+                return Ok(());
+            }
+        }
         *self.last_refresh.lock().expect("refresh lock") = Some(Instant::now());
         let mut client = self.client.clone();
         let req = ListResourcesRequest { kind: ResourceKind::Unspecified as i32 };
@@ -124,15 +133,14 @@ impl Catalog {
         }
     }
 
-    /// The endpoint for `/ingest/<name>[/<version>]`; refreshes once on a miss (an apply may have just added it).
+    /// The endpoint for `/ingest/<name>[/<version>]`. On a miss the catalog is read again first (an apply may have
+    /// just added it), so an API is served as soon as its apply has returned.
     pub async fn lookup(&self, name: &str, version: Option<&str>) -> Found {
+        let asked = Instant::now();
         match self.find(name, version) {
             Found::Api(e) => Found::Api(e),
             _ => {
-                let recent = self.last_refresh.lock().expect("refresh lock").is_some_and(|t| t.elapsed() < MISS_REFRESH);
-                if !recent {
-                    let _ = self.refresh().await;
-                }
+                let _ = self.refresh_since(Some(asked)).await;
                 self.find(name, version)
             }
         }

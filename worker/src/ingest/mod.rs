@@ -27,6 +27,7 @@ pub struct Settings {
     pub timeout: Duration,
     pub api_key: Option<String>,
     pub max_message_bytes: usize,
+    pub linger_ms: u64,
 }
 
 pub struct Ingest {
@@ -85,7 +86,7 @@ impl IntoResponse for IngestError {
 
 impl Ingest {
     pub fn new(catalog: Arc<Catalog>, brokers: &str, settings: Settings, metrics: Metrics) -> anyhow::Result<Arc<Self>> {
-        let producer = produce::producer(brokers, settings.timeout, 256 << 10, settings.max_message_bytes)
+        let producer = produce::producer(brokers, settings.timeout, 256 << 10, settings.max_message_bytes, settings.linger_ms)
             .map_err(|e| anyhow::anyhow!("creating the ingest producer: {e}"))?;
         Ok(Arc::new(Self { catalog, producer, settings, metrics }))
     }

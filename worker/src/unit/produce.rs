@@ -72,13 +72,13 @@ impl ProducerContext for AckContext {
 }
 
 /// Producer settings for the units of one lease (see `Fence`).
-pub fn producer(brokers: &str, delivery_timeout: Duration, buffer_kb: usize, max_message_bytes: usize) -> Result<Producer, KafkaError> {
+pub fn producer(brokers: &str, delivery_timeout: Duration, buffer_kb: usize, max_message_bytes: usize, linger_ms: u64) -> Result<Producer, KafkaError> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("acks", "all")
         // Retries never reorder or duplicate records within a partition.
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("message.timeout.ms", delivery_timeout.as_millis().max(10).to_string())
         .set("queue.buffering.max.kbytes", buffer_kb.max(1024).to_string())
         .set("queue.buffering.max.messages", "1000000")

@@ -5,7 +5,7 @@
 
 use super::pipeline::UnitError;
 use super::produce::{origin, send, BatchAcks};
-use super::source::{consumer, first_record, next_record, BatchBuilder};
+use super::source::{consumer, first_record, next_record, BatchBuilder, Held, Messages, Record};
 use super::{Fence, UnitState, WorkerCtx, MAX_BACKOFF, MIN_BACKOFF};
 use crate::clickhouse::InsertError;
 use crate::output::{DeadLetter, OriginalRecord};
@@ -16,6 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// How long a partition must pause for a substantial batch to be inserted before its delay is up.
+const IDLE: Duration = Duration::from_millis(50);
 
 /// Room left in a broker message for the key, headers and record framing.
 const RECORD_OVERHEAD: usize = 512;
@@ -30,84 +33,136 @@ pub fn statement(t: &TableTarget, writer: &RowWriter) -> String {
     format!("INSERT INTO {}.{} ({}) FORMAT JSONEachRow", quote(&t.database), quote(&t.table), columns.join(", "))
 }
 
+/// A batch read and turned into rows, waiting for its insert.
+struct Prepared {
+    held: Held,
+    body: Vec<u8>,
+    spans: Vec<(usize, Range<usize>)>,
+    refused: Vec<(usize, String, &'static str)>,
+}
+
+/// What one unit inserts with.
+struct Table<'a> {
+    target: &'a TableTarget,
+    writer: RowWriter,
+    statement: String,
+}
+
 pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64) -> Result<(), UnitError> {
     let target = st.unit.table.clone().unwrap_or_default();
     let writer = RowWriter::new(&target.columns);
-    let statement = statement(&target, &writer);
-    let label = [target.table.as_str()];
+    let table = Table { statement: statement(&target, &writer), writer, target: &target };
     let consumer = consumer(ctx, st, start)?;
     let mut messages = consumer.stream();
     let mut carry = match first_record(ctx, st, &consumer, &mut messages, start).await? {
         Some(r) => Some(r),
         None => return Ok(()),
     };
-    let delay = Duration::from_millis(target.max_delay_ms as u64);
+    // One batch is inserted while the next is read: throughput is the slower of the two, not their sum.
+    let mut ready: Option<Prepared> = None;
     loop {
-        let first = match carry.take() {
-            Some(r) => r,
-            None => match next_record(st, &mut messages, None).await? {
-                Some(r) => r,
-                None => return Ok(()),
+        let (inserted, next) = tokio::join!(
+            async {
+                match ready.take() {
+                    Some(p) => finish(ctx, st, fence, &table, p).await,
+                    None => Ok(()),
+                }
             },
-        };
-        let mut batch = BatchBuilder::default();
-        batch.push(&first);
-        drop(first);
-        let deadline = Instant::now() + delay;
-        while batch.len() < target.max_rows as usize && (batch.bytes as u64) < target.max_bytes {
-            match next_record(st, &mut messages, Some(deadline)).await? {
-                Some(r) => batch.push(&r),
-                None => break,
-            }
+            read(ctx, st, &mut messages, &mut carry, &table)
+        );
+        inserted?;
+        match next? {
+            Some(p) => ready = Some(p),
+            None => return Ok(()),
         }
-        let (_, held) = batch.finish();
-        ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(held.len() as u64);
-        let records: Vec<_> = held.iter().collect();
-        let mut body = Vec::with_capacity(records.iter().map(|r| r.value.len() + 16).sum());
-        let mut spans = Vec::with_capacity(records.len());
-        let mut refused: Vec<(usize, String, &'static str)> = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let at = body.len();
-            match writer.write(r.value, &mut body) {
-                Ok(()) => spans.push((i, at..body.len())),
-                Err(e) => refused.push((i, e, "RowConversionError")),
-            }
-        }
-        for (i, e) in insert(ctx, st, fence, &statement, &body, &spans, &label).await? {
-            refused.push((i, e, "ClickHouseRejected"));
-        }
-        if !refused.is_empty() {
-            refused.sort_by_key(|(i, ..)| *i);
-            let acks = BatchAcks::new();
-            let origin = origin(st);
-            let failed_at = chrono::Utc::now().to_rfc3339();
-            let function = format!("table:{}", target.table);
-            for (i, e, kind) in &refused {
-                let r = &records[*i];
-                let letter = DeadLetter {
-                    original_record: OriginalRecord::of(r.value),
-                    error_message: e,
-                    error_type: kind,
-                    failed_at: failed_at.clone(),
-                    source: "table",
-                    function: &function,
-                    topic: &st.unit.source_topic,
-                    partition: st.unit.partition,
-                    offset: r.offset,
-                    original_record_truncated: None,
-                    original_bytes: None,
-                };
-                let bytes = letter.to_bytes(r.value, ctx.max_message_bytes.saturating_sub(RECORD_OVERHEAD));
-                let key = (!r.key.is_empty()).then_some(r.key);
-                send(st, fence, &acks, &origin, &st.unit.dead_letter_topic, key, &bytes, r.offset).await?;
-            }
-            acks.wait().await.map_err(|e| UnitError::Produce(e.to_string()))?;
-            ctx.metrics.table_rows_dead_lettered.with_label_values(&label).inc_by(refused.len() as u64);
-            ctx.metrics.dead_letters.with_label_values(&[&st.unit.name]).inc_by(refused.len() as u64);
-        }
-        // Everything up to here is in the table or the dead letter queue.
-        st.safe_offset.store(held.last_offset() + 1, Ordering::SeqCst);
     }
+}
+
+/// The next batch, bounded by rows, bytes and time; None once the unit is told to drain.
+async fn read<'a>(
+    ctx: &WorkerCtx,
+    st: &UnitState,
+    messages: &mut Messages<'a>,
+    carry: &mut Option<Record<'a>>,
+    table: &Table<'_>,
+) -> Result<Option<Prepared>, UnitError> {
+    let target = table.target;
+    let first = match carry.take() {
+        Some(r) => r,
+        None => match next_record(st, messages, None).await? {
+            Some(r) => r,
+            None => return Ok(None),
+        },
+    };
+    let mut batch = BatchBuilder::default();
+    batch.push(&first);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_millis(target.max_delay_ms as u64);
+    // A batch of a tenth of the rows or more goes as soon as the partition pauses (a backlog's tail need not wait
+    // out the delay); a trickle of records still waits, so that inserts stay few.
+    let substantial = (target.max_rows as usize / 10).max(1);
+    while batch.len() < target.max_rows as usize && (batch.bytes as u64) < target.max_bytes {
+        let until = if batch.len() >= substantial { deadline.min(Instant::now() + IDLE) } else { deadline };
+        match next_record(st, messages, Some(until)).await? {
+            Some(r) => batch.push(&r),
+            None => break,
+        }
+    }
+    let (_, held) = batch.finish();
+    ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(held.len() as u64);
+    let mut body = Vec::with_capacity(held.iter().map(|r| r.value.len() + 16).sum());
+    let mut spans = Vec::with_capacity(held.len());
+    let mut refused = Vec::new();
+    for (i, r) in held.iter().enumerate() {
+        let at = body.len();
+        match table.writer.write(r.value, &mut body) {
+            Ok(()) => spans.push((i, at..body.len())),
+            Err(e) => refused.push((i, e, "RowConversionError")),
+        }
+    }
+    Ok(Some(Prepared { held, body, spans, refused }))
+}
+
+/// Inserts a batch, dead-letters what ClickHouse refused (or could not be a row), and moves the safe offset past it.
+async fn finish(ctx: &WorkerCtx, st: &UnitState, fence: &Fence, table: &Table<'_>, p: Prepared) -> Result<(), UnitError> {
+    let label = [table.target.table.as_str()];
+    let Prepared { held, body, spans, mut refused } = p;
+    for (i, e) in insert(ctx, st, fence, &table.statement, &body, &spans, &label).await? {
+        refused.push((i, e, "ClickHouseRejected"));
+    }
+    if !refused.is_empty() {
+        refused.sort_by_key(|(i, ..)| *i);
+        let records: Vec<_> = held.iter().collect();
+        let acks = BatchAcks::new();
+        let origin = origin(st);
+        let failed_at = chrono::Utc::now().to_rfc3339();
+        let function = format!("table:{}", table.target.table);
+        for (i, e, kind) in &refused {
+            let r = &records[*i];
+            let letter = DeadLetter {
+                original_record: OriginalRecord::of(r.value),
+                error_message: e,
+                error_type: kind,
+                failed_at: failed_at.clone(),
+                source: "table",
+                function: &function,
+                topic: &st.unit.source_topic,
+                partition: st.unit.partition,
+                offset: r.offset,
+                original_record_truncated: None,
+                original_bytes: None,
+            };
+            let bytes = letter.to_bytes(r.value, ctx.max_message_bytes.saturating_sub(RECORD_OVERHEAD));
+            let key = (!r.key.is_empty()).then_some(r.key);
+            send(st, fence, &acks, &origin, &st.unit.dead_letter_topic, key, &bytes, r.offset).await?;
+        }
+        acks.wait().await.map_err(|e| UnitError::Produce(e.to_string()))?;
+        ctx.metrics.table_rows_dead_lettered.with_label_values(&label).inc_by(refused.len() as u64);
+        ctx.metrics.dead_letters.with_label_values(&[&st.unit.name]).inc_by(refused.len() as u64);
+    }
+    // Everything up to here is in the table or the dead letter queue.
+    st.safe_offset.store(held.last_offset() + 1, Ordering::SeqCst);
+    Ok(())
 }
 
 /// Inserts the rows of `spans` (in order, contiguous in `body`); returns the rows ClickHouse refused, found by
