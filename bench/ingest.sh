@@ -26,21 +26,12 @@ bash "$PEER/setup.sh" >"$out/peer-setup.log" 2>&1 || { cat "$out/peer-setup.log"
 command -v wrk >/dev/null || { apt-get update -qq >/dev/null; apt-get install -y -qq wrk >/dev/null; }
 py=$PEER_BENCH_ENV/py/bin/python
 check() { "$py" "$PEER/ingest_check.py" "$@"; }
-free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; return 1; }
 ticks() { [ -r "/proc/$1/stat" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 hz=$(getconf CLK_TCK)
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-bport=$(free_port); BROKER=127.0.0.1:$bport
-TANSU=${TANSU_BIN:-$MILLRACE_TANSU_BIN}
-"$TANSU" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" --storage-engine memory://tansu/ \
-  >"$out/tansu.log" 2>&1 & pids+=($!)
-broker_pid=$!
-wait_port "$bport"
+start_broker
 
 db=millrace_bench_ingest
 cport=$(free_port) hport=$(free_port)

@@ -25,18 +25,10 @@ cargo build --release --locked -p millrace-sdk --example reference
 bash "$PEER/setup.sh" >"$out/peer-setup.log" 2>&1 || { cat "$out/peer-setup.log"; exit 1; }
 py=$PEER_BENCH_ENV/py/bin/python
 sdkpy=$HOME/.millrace/sdk-venv/bin/python
-free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; return 1; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-bport=$(free_port); BROKER=127.0.0.1:$bport
-TANSU=${TANSU_BIN:-$HOME/.millrace/tools/tansu-0.6.0/bin/tansu}
-"$TANSU" broker --listener-url "tcp://$BROKER" --advertised-listener-url "tcp://$BROKER" --storage-engine memory://tansu/ \
-  >"$out/tansu.log" 2>&1 & pids+=($!)
-wait_port "$bport"
+start_broker
 
 cport=$(free_port) rport=$(free_port) hport=$(free_port)
 pyport=$(( ($(free_port) % 20000) + 30000 ))   # room for 4 consecutive ports

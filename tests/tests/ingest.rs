@@ -199,11 +199,17 @@ async fn every_bad_request_gets_its_code_and_writes_nothing() {
     }
     let a = post(&http, "/ingest/events", &[JSON], br#"{"id":"z","v2":5}"#).await;
     assert_eq!(a.status, 200, "{}", a.body);
+    // An API applied while the worker runs is served as soon as the apply returned, without a restart.
+    let mut more = plan.clone();
+    more.ingest_apis.push(IngestApi { name: "late".into(), destination: Some(rref("events_v2")), ..Default::default() });
+    apply(&mut cp.client().await, &more, false).await.expect("plan applied");
+    let a = post(&http, "/ingest/late", &[JSON], br#"{"id":"late","v2":7}"#).await;
+    assert_eq!(a.status, 200, "{}", a.body);
     // Nothing of the refused requests reached the streams.
     let v1 = read_quiet(env.topic("events"), 1, Duration::from_secs(2)).await;
     assert!(v1.is_empty(), "a refused request wrote {v1:?}");
-    let v2 = read_topic(env.topic("events_v2"), 1, |r| !r.is_empty()).await;
-    assert_eq!(v2.len(), 1);
+    let v2 = read_topic(env.topic("events_v2"), 1, |r| r.len() >= 2).await;
+    assert_eq!(v2.len(), 2);
 
     // With an API key, requests without it are refused.
     let keyed = format!("{}-k", env.id);

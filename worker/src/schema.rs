@@ -71,7 +71,7 @@ impl Schema {
         let mut errors = Vec::new();
         let mut keys: Vec<Option<String>> = vec![None; self.fields.len()];
         let mut de = serde_json::Deserializer::from_slice(record);
-        let seed = RecordSeed { schema: self, path: "", errors: &mut errors, keys: Some(&mut keys) };
+        let seed = RecordSeed { schema: self, loc: Loc::Root, errors: &mut errors, keys: Some(&mut keys) };
         if let Err(e) = seed.deserialize(&mut de).and_then(|()| de.end()) {
             errors.push(FieldError { field: String::new(), reason: format!("not valid JSON: {e}") });
         }
@@ -136,18 +136,29 @@ pub fn compile(t: &FieldType) -> Ty {
     }
 }
 
-fn join(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_string()
-    } else {
-        format!("{path}.{name}")
+/// Where a value lies in a record, rendered only when something is wrong there (this runs for every value).
+#[derive(Clone, Copy)]
+enum Loc<'a> {
+    Root,
+    Field(&'a Loc<'a>, &'a str),
+    Index(&'a Loc<'a>, usize),
+}
+
+impl Loc<'_> {
+    fn render(&self) -> String {
+        match self {
+            Loc::Root => String::new(),
+            Loc::Field(Loc::Root, name) => name.to_string(),
+            Loc::Field(parent, name) => format!("{}.{name}", parent.render()),
+            Loc::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
     }
 }
 
 /// A record (JSON object) of `schema`; records what is wrong in `errors` and carries on.
 struct RecordSeed<'s, 'e> {
     schema: &'s Schema,
-    path: &'s str,
+    loc: Loc<'s>,
     errors: &'e mut Vec<FieldError>,
     /// Top level only: where key fields' values go.
     keys: Option<&'e mut Vec<Option<String>>>,
@@ -172,32 +183,33 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
         while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let Some(&i) = schema.index.get(name.as_ref()) else {
                 if !schema.allow_extra {
-                    self.errors.push(FieldError { field: join(self.path, &name), reason: "not a field of the stream".into() });
+                    let field = Loc::Field(&self.loc, &name).render();
+                    self.errors.push(FieldError { field, reason: "not a field of the stream".into() });
                 }
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
             if std::mem::replace(&mut seen[i], true) {
-                self.errors.push(FieldError { field: join(self.path, &name), reason: "given twice".into() });
+                self.errors.push(FieldError { field: Loc::Field(&self.loc, &name).render(), reason: "given twice".into() });
             }
             let f = &schema.fields[i];
-            let path = join(self.path, &f.name);
+            let loc = Loc::Field(&self.loc, &f.name);
             match (&f.ty, self.keys.as_deref_mut()) {
                 // Key fields and top-level decimals are read as raw text: a key exactly as written, a decimal's digits
                 // exactly (a float would round them).
                 (ty, keys) if f.key || matches!(ty, Ty::Decimal { .. }) => {
                     let raw: &RawValue = map.next_value()?;
-                    check_raw(ty, raw, &path, self.errors);
+                    check_raw(ty, raw, loc, self.errors);
                     if let (true, Some(keys)) = (f.key, keys) {
                         keys[i] = Some(key_text(raw));
                     }
                 }
-                (ty, _) => map.next_value_seed(ValueSeed { ty, path: &path, errors: self.errors })?,
+                (ty, _) => map.next_value_seed(ValueSeed { ty, loc, errors: self.errors })?,
             }
         }
         for (f, seen) in schema.fields.iter().zip(seen) {
             if !seen && f.required {
-                self.errors.push(FieldError { field: join(self.path, &f.name), reason: "required, missing".into() });
+                self.errors.push(FieldError { field: Loc::Field(&self.loc, &f.name).render(), reason: "required, missing".into() });
             }
         }
         Ok(())
@@ -205,11 +217,11 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        self.errors.push(FieldError { field: self.path.into(), reason: "expected an object, got an array".into() });
+        self.errors.push(FieldError { field: self.loc.render(), reason: "expected an object, got an array".into() });
         Ok(())
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        self.errors.push(FieldError { field: self.path.into(), reason: "expected an object, got a string".into() });
+        self.errors.push(FieldError { field: self.loc.render(), reason: "expected an object, got a string".into() });
         Ok(())
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
@@ -231,7 +243,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
 
 impl RecordSeed<'_, '_> {
     fn not_object<E>(self, got: &str) -> Result<(), E> {
-        self.errors.push(FieldError { field: self.path.into(), reason: format!("expected an object, got {got}") });
+        self.errors.push(FieldError { field: self.loc.render(), reason: format!("expected an object, got {got}") });
         Ok(())
     }
 }
@@ -241,19 +253,19 @@ fn key_text(raw: &RawValue) -> String {
     serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string())
 }
 
-fn check_raw(ty: &Ty, raw: &RawValue, path: &str, errors: &mut Vec<FieldError>) {
+fn check_raw(ty: &Ty, raw: &RawValue, loc: Loc<'_>, errors: &mut Vec<FieldError>) {
     if let Ty::Decimal { precision, scale } = ty {
         let text = raw.get();
         let digits = serde_json::from_str::<&str>(text).unwrap_or(text);
         if text == "null" {
-            errors.push(FieldError { field: path.into(), reason: "required, got null".into() });
+            errors.push(FieldError { field: loc.render(), reason: "required, got null".into() });
         } else if let Err(reason) = check_decimal(digits, *precision, *scale) {
-            errors.push(FieldError { field: path.into(), reason });
+            errors.push(FieldError { field: loc.render(), reason });
         }
         return;
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    let _ = ValueSeed { ty, path, errors }.deserialize(&mut de);
+    let _ = ValueSeed { ty, loc, errors }.deserialize(&mut de);
 }
 
 /// A decimal as text: an optional sign, digits, an optional point and digits, within precision and scale.
@@ -290,7 +302,7 @@ pub fn check_uuid(s: &str) -> bool {
 /// One value of type `ty`.
 struct ValueSeed<'s, 'e> {
     ty: &'s Ty,
-    path: &'s str,
+    loc: Loc<'s>,
     errors: &'e mut Vec<FieldError>,
 }
 
@@ -309,12 +321,12 @@ impl ValueSeed<'_, '_> {
             Ty::Record(_) => "an object",
             Ty::Optional(_) => "a value or null",
         };
-        self.errors.push(FieldError { field: self.path.into(), reason: format!("expected {want}, got {got}") });
+        self.errors.push(FieldError { field: self.loc.render(), reason: format!("expected {want}, got {got}") });
         Ok(())
     }
 
     fn bad<E>(self, reason: String) -> Result<(), E> {
-        self.errors.push(FieldError { field: self.path.into(), reason });
+        self.errors.push(FieldError { field: self.loc.render(), reason });
         Ok(())
     }
 
@@ -335,7 +347,7 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         match self.ty {
-            Ty::Optional(inner) => d.deserialize_any(ValueSeed { ty: inner, path: self.path, errors: self.errors }.nullable()),
+            Ty::Optional(inner) => d.deserialize_any(ValueSeed { ty: inner, loc: self.loc, errors: self.errors }.nullable()),
             _ => d.deserialize_any(self),
         }
     }
@@ -426,10 +438,10 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             return self.wrong("an array");
         };
+        let parent = self.loc;
         let mut i = 0;
         loop {
-            let path = format!("{}[{i}]", self.path);
-            if seq.next_element_seed(ValueSeed { ty: elem, path: &path, errors: self.errors })?.is_none() {
+            if seq.next_element_seed(ValueSeed { ty: elem, loc: Loc::Index(&parent, i), errors: self.errors })?.is_none() {
                 return Ok(());
             }
             i += 1;
@@ -437,7 +449,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         match self.ty {
-            Ty::Record(schema) => RecordSeed { schema, path: self.path, errors: self.errors, keys: None }.visit_map(map),
+            Ty::Record(schema) => RecordSeed { schema, loc: self.loc, errors: self.errors, keys: None }.visit_map(map),
             _ => {
                 let mut map = map;
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -448,83 +460,5 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use millrace_proto::v1::{DecimalType, RecordType};
-
-    fn f(name: &str, kind: Kind) -> Field {
-        Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable: false, key: false }
-    }
-    fn s(t: ScalarType) -> Kind {
-        Kind::Scalar(t as i32)
-    }
-
-    fn schema() -> Schema {
-        let mut id = f("id", s(ScalarType::String));
-        id.key = true;
-        let mut note = f("note", s(ScalarType::String));
-        note.nullable = true;
-        let point = RecordType { fields: vec![f("x", s(ScalarType::Float64)), f("y", s(ScalarType::Int8))] };
-        Schema::new(
-            &[
-                id,
-                f("small", s(ScalarType::Int8)),
-                f("big", s(ScalarType::Uint64)),
-                f("at", s(ScalarType::Datetime)),
-                f("day", s(ScalarType::Date)),
-                f("uid", s(ScalarType::Uuid)),
-                f("amount", Kind::Decimal(DecimalType { precision: 6, scale: 2 })),
-                f("tags", Kind::Array(Box::new(FieldType { kind: Some(s(ScalarType::String)) }))),
-                f("point", Kind::Record(point)),
-                note,
-            ],
-            false,
-        )
-    }
-
-    const GOOD: &str = r#"{"id":"a-1","small":-128,"big":18446744073709551615,"at":"2026-11-25T10:00:00Z","day":"2026-11-25",
-        "uid":"0f8fad5b-d9cb-469f-a165-70867728950e","amount":"1234.50","tags":["x"],"point":{"x":1.5,"y":3}}"#;
-
-    #[test]
-    fn a_good_record_passes_and_gives_its_key() {
-        assert_eq!(schema().check(GOOD.as_bytes()), Ok(Some(b"a-1".to_vec())));
-        let with_null = GOOD.replace(r#""tags""#, r#""note":null,"tags""#);
-        assert!(schema().check(with_null.as_bytes()).is_ok());
-    }
-
-    #[test]
-    fn every_error_of_a_record_is_listed_with_its_field() {
-        let bad = r#"{"id":"a","small":300,"big":-1,"at":"yesterday","day":"2026-13-01","uid":"nope","amount":12345.5,
-            "tags":["x",1],"point":{"x":"1","y":1},"extra":1}"#;
-        let errors = schema().check(bad.as_bytes()).unwrap_err();
-        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["small", "big", "at", "day", "uid", "amount", "tags[1]", "point.x", "extra"]);
-        assert!(errors[0].reason.contains("300 is out of range (-128 to 127)"), "{errors:?}");
-        assert!(errors[5].reason.contains("does not fit Decimal(6, 2)"), "{errors:?}");
-    }
-
-    #[test]
-    fn missing_fields_wrong_shapes_and_bad_json_are_refused() {
-        let errs = schema().check(br#"{"id":"a"}"#).unwrap_err();
-        assert!(errs.iter().any(|e| e.field == "small" && e.reason == "required, missing"));
-        assert!(!errs.iter().any(|e| e.field == "note"), "optional fields may be absent");
-        assert_eq!(schema().check(b"[1,2]").unwrap_err()[0].reason, "expected an object, got an array");
-        assert!(schema().check(b"{\"id\":").unwrap_err()[0].reason.starts_with("not valid JSON"));
-        let mut allow = schema();
-        allow.allow_extra = true;
-        let extra = GOOD.replace("\"tags\"", "\"other\":[1],\"tags\"");
-        assert!(allow.check(extra.as_bytes()).is_ok());
-        let stripped = allow.strip_extra(extra.as_bytes()).unwrap();
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&stripped).unwrap(), serde_json::from_str::<serde_json::Value>(GOOD).unwrap());
-        assert_eq!(allow.strip_extra(GOOD.as_bytes()), None);
-    }
-
-    #[test]
-    fn decimals_are_checked_on_their_digits() {
-        assert!(check_decimal("-1234.5", 6, 2).is_ok());
-        assert!(check_decimal("0001234.500", 6, 2).is_ok());
-        assert!(check_decimal("12345.1", 6, 2).is_err());
-        assert!(check_decimal("1.234", 6, 2).is_err());
-        assert!(check_decimal("1e3", 6, 2).is_err());
-    }
-}
+#[path = "schema_tests.rs"]
+mod tests;
