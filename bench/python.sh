@@ -82,6 +82,7 @@ millrace_py() {
   grep -q 'from millrace import' "$app" || { echo "could not rewrite $PEER/moose_app.py"; exit 1; }
   "$sdkpy" -m millrace serve "$app" --port "$pyport" --processes "$procs" >"$out/py-sidecar.log" 2>&1 &
   sidecar=$!
+  pids+=("$sidecar")   # stopped on exit even when a step fails
   for i in $(seq 0 $((procs - 1))); do wait_port $((pyport + i)); done
   children=$(pgrep -P "$sidecar" | tr '\n' ' ')
   started=$(date +%s.%N)

@@ -2,7 +2,7 @@
 # The local stack Millrace runs on: PostgreSQL, a Kafka-protocol broker (Tansu) and ClickHouse, all on localhost.
 #
 #   scripts/stack.sh start    install what is missing, start what is not running, wait until each answers
-#   scripts/stack.sh stop     stop what this script started (a PostgreSQL it found running is left alone)
+#   scripts/stack.sh stop [tansu|clickhouse]   stop what this script started (a PostgreSQL it found running is left alone)
 #   scripts/stack.sh status   one line per component
 #   scripts/stack.sh env      the connection settings, as shell exports
 #
@@ -201,7 +201,7 @@ case "${1:-}" in
     install_tools
     start_tansu
     status ;;
-  stop) stop_pidfile tansu; stop_pidfile clickhouse ;;
+  stop) shift; for s in ${@:-tansu clickhouse}; do stop_pidfile "$s"; done ;;
   restart-broker) stop_pidfile tansu; start_tansu ;;
   status) status ;;
   env) print_env ;;

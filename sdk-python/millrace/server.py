@@ -159,6 +159,15 @@ def run_child(registry: resources.Registry, host: str, advertise: str, port: int
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        # A supervisor killed outright cannot stop its processes: they stop themselves.
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=orphaned, daemon=True).start()
     server = serve_one(registry, host, port + index, endpoints_for(advertise, port, processes))
     stop.wait()
     server.stop(grace=2).wait()

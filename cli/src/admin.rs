@@ -1,0 +1,229 @@
+//! Admin commands over the control plane's gRPC API: `ls`, `status`, and `plan`/`apply` of a Python app (the
+//! Python SDK builds the plan).
+
+use anyhow::Context;
+use millrace_proto::v1::control_plane_client::ControlPlaneClient;
+use millrace_proto::v1::resource::Spec;
+use millrace_proto::v1::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+pub struct Ctx {
+    pub control_plane: String,
+    pub brokers: String,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub async fn client(&self) -> anyhow::Result<ControlPlaneClient<Channel>> {
+        let ep = tonic::transport::Endpoint::from_shared(self.control_plane.clone())
+            .with_context(|| format!("--control-plane {:?} is not a URL", self.control_plane))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30));
+        let channel = ep.connect().await.with_context(|| {
+            format!("the control plane at {} cannot be reached: start it (millrace dev), or set --control-plane", self.control_plane)
+        })?;
+        Ok(ControlPlaneClient::new(channel))
+    }
+
+    pub async fn resources(&self) -> anyhow::Result<Vec<StoredResource>> {
+        let req = ListResourcesRequest { kind: ResourceKind::Unspecified as i32 };
+        Ok(self.client().await?.list_resources(req).await.map_err(refused)?.into_inner().resources)
+    }
+}
+
+pub fn refused(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("the control plane answered {:?}: {}", s.code(), s.message())
+}
+
+/// The checkout this binary was built from (for its scripts and SDK).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("cli/ is in the checkout").to_path_buf()
+}
+
+pub fn sdk_python() -> PathBuf {
+    let venv = std::env::var("MILLRACE_SDK_VENV").map(PathBuf::from).unwrap_or_else(|_| home().join("sdk-venv"));
+    venv.join("bin/python")
+}
+
+pub fn home() -> PathBuf {
+    std::env::var("MILLRACE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".millrace"))
+}
+
+/// `python -m millrace plan|apply app.py`, with this command's control plane (and `--json`).
+pub fn python_plan(ctx: &Ctx, what: &str, app: &str) -> anyhow::Result<()> {
+    let py = sdk_python();
+    anyhow::ensure!(py.exists(), "the Python SDK is not installed: run `bash scripts/sdk.sh` (or `millrace dev` once)");
+    let target = ctx.control_plane.trim_start_matches("http://").to_string();
+    let mut cmd = std::process::Command::new(py);
+    cmd.args(["-m", "millrace", what, app, "--control-plane", &target]);
+    if ctx.json {
+        cmd.arg("--json");
+    }
+    let ok = cmd.status().context("running the Python SDK")?.success();
+    anyhow::ensure!(ok, "{what} failed (the reason is above)");
+    Ok(())
+}
+
+fn kind_name(k: i32) -> String {
+    ResourceKind::try_from(k).map(|k| k.as_str_name().to_ascii_lowercase()).unwrap_or_default()
+}
+
+fn shown(r: Option<&ResourceRef>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) if r.version.is_empty() => r.name.clone(),
+        Some(r) => format!("{}@{}", r.name, r.version),
+    }
+}
+
+/// One line of `ls`: kind, name, and what matters about it.
+fn describe(r: &StoredResource) -> (String, String, String) {
+    let Some(spec) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) else { return Default::default() };
+    let named = |n: &str, v: &str| if v.is_empty() { n.to_string() } else { format!("{n}@{v}") };
+    match spec {
+        Spec::Stream(s) => (
+            "stream".into(),
+            named(&s.name, &s.version),
+            format!(
+                "topic {}, {} partitions, retention {}s{}{}",
+                r.physical_name,
+                s.parallelism.unwrap_or(1),
+                s.retention_seconds.unwrap_or(604_800),
+                s.destination.as_ref().map(|d| format!(", synced into table {}", shown(Some(d)))).unwrap_or_default(),
+                s.dead_letter_queue.as_ref().map(|d| format!(", dead letters to {}", shown(Some(d)))).unwrap_or_default()
+            ),
+        ),
+        Spec::Table(t) => {
+            let cols: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
+            ("table".into(), named(&t.name, &t.version), format!("{} ({})", r.physical_name, cols.join(", ")))
+        }
+        Spec::Transform(t) => (
+            "transform".into(),
+            t.name.clone(),
+            format!(
+                "{} -> {} by {}",
+                shown(t.source.as_ref()),
+                shown(t.destination.as_ref()),
+                t.function.as_ref().map(|f| format!("{}:{}", f.runtime, f.name)).unwrap_or_default()
+            ),
+        ),
+        Spec::Consumer(c) => (
+            "consumer".into(),
+            c.name.clone(),
+            format!("{} by {}", shown(c.source.as_ref()), c.function.as_ref().map(|f| format!("{}:{}", f.runtime, f.name)).unwrap_or_default()),
+        ),
+        Spec::IngestApi(i) => {
+            let path = if i.version.is_empty() { format!("/ingest/{}", i.name) } else { format!("/ingest/{}/{}", i.name, i.version) };
+            ("ingest_api".into(), named(&i.name, &i.version), format!("POST {path} -> {}", shown(i.destination.as_ref())))
+        }
+        Spec::DeadLetterQueue(d) => {
+            ("dead_letter_queue".into(), named(&d.name, &d.version), format!("topic {}, {} partitions", r.physical_name, d.parallelism.unwrap_or(1)))
+        }
+    }
+}
+
+pub async fn ls(ctx: &Ctx) -> anyhow::Result<()> {
+    let resources = ctx.resources().await?;
+    if ctx.json {
+        let out: Vec<serde_json::Value> = resources
+            .iter()
+            .map(|r| {
+                let (kind, name, detail) = describe(r);
+                serde_json::json!({ "kind": kind, "name": name, "physical_name": r.physical_name, "detail": detail })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    if resources.is_empty() {
+        println!("nothing is declared: apply an app (millrace apply app.py)");
+    }
+    for r in &resources {
+        let (kind, name, detail) = describe(r);
+        println!("{kind:<18} {name:<28} {detail}");
+    }
+    Ok(())
+}
+
+/// Committed offsets of every unit, by unit id.
+async fn offsets(c: &mut ControlPlaneClient<Channel>) -> anyhow::Result<(Vec<WorkerInfo>, HashMap<String, i64>)> {
+    let workers = c.list_workers(ListWorkersRequest {}).await.map_err(refused)?.into_inner().workers;
+    let offsets = workers.iter().flat_map(|w| &w.assignments).map(|a| (a.unit_id.clone(), a.committed_offset)).collect();
+    Ok((workers, offsets))
+}
+
+pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut c = ctx.client().await?;
+    let health = c.get_status(GetStatusRequest {}).await.map_err(refused)?.into_inner();
+    // Rates: committed offsets two seconds apart.
+    let (before, workers) = crate::progress::step("measuring rates (2 s)", async {
+        let (_, before) = offsets(&mut c).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (workers, _) = offsets(&mut c).await?;
+        Ok((before, workers))
+    })
+    .await?;
+    let rate = |a: &UnitAssignmentInfo| -> f64 {
+        match before.get(&a.unit_id) {
+            Some(&b) if b >= 0 && a.committed_offset >= b => (a.committed_offset - b) as f64 / 2.0,
+            _ => 0.0,
+        }
+    };
+    if ctx.json {
+        let ws: Vec<serde_json::Value> = workers
+            .iter()
+            .map(|w| {
+                let units: Vec<serde_json::Value> = w
+                    .assignments
+                    .iter()
+                    .map(|a| serde_json::json!({"unit": a.unit_id, "epoch": a.epoch, "committed_offset": a.committed_offset,
+                        "lag": a.lag, "records_per_s": rate(a), "error": a.error}))
+                    .collect();
+                serde_json::json!({"name": w.name, "worker_id": w.worker_id, "generation": w.generation, "live": w.live,
+                    "http_address": w.http_address, "lease_expires_at": w.lease_expires_at.as_ref().map(|t| t.seconds), "units": units})
+            })
+            .collect();
+        let deps: Vec<serde_json::Value> =
+            health.dependencies.iter().map(|d| serde_json::json!({"name": d.name, "reachable": d.reachable, "detail": d.detail})).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"version": health.version, "uptime_seconds": health.uptime_seconds,
+            "dependencies": deps, "live_workers": health.live_workers, "workers": ws}))?);
+        return Ok(());
+    }
+    println!("control plane {} up {}s", health.version, health.uptime_seconds);
+    for d in &health.dependencies {
+        println!("  {:<12} {}{}", d.name, if d.reachable { "reachable" } else { "UNREACHABLE" }, if d.detail.is_empty() { String::new() } else { format!(": {}", d.detail) });
+    }
+    println!("{} live worker(s)", health.live_workers);
+    for w in &workers {
+        let lease = w.lease_expires_at.as_ref().map(|t| t.seconds - chrono::Utc::now().timestamp()).unwrap_or(0);
+        println!("worker {} (generation {}, {}, lease {}s, http {})", w.name, w.generation, if w.live { "live" } else { "gone" }, lease, w.http_address);
+        for a in &w.assignments {
+            let err = if a.error.is_empty() { String::new() } else { format!("  ERROR: {}", a.error) };
+            println!(
+                "  {:<48} epoch {:<3} committed {:<10} lag {:<8} {:>9.0}/s{err}",
+                a.unit_id,
+                a.epoch,
+                a.committed_offset,
+                if a.lag < 0 { "?".to_string() } else { a.lag.to_string() },
+                rate(a)
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn kind_of(spec: &Spec) -> String {
+    kind_name(match spec {
+        Spec::Stream(_) => ResourceKind::Stream as i32,
+        Spec::Table(_) => ResourceKind::Table as i32,
+        Spec::Transform(_) => ResourceKind::Transform as i32,
+        Spec::Consumer(_) => ResourceKind::Consumer as i32,
+        Spec::IngestApi(_) => ResourceKind::IngestApi as i32,
+        Spec::DeadLetterQueue(_) => ResourceKind::DeadLetterQueue as i32,
+    })
+}

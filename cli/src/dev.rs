@@ -1,0 +1,307 @@
+//! `millrace dev [app.py]`: everything on this machine, in one command. It installs and starts the stack
+//! (scripts/stack.sh), the Python SDK (scripts/sdk.sh), builds and starts the control plane and a worker, applies
+//! the app and serves its functions with the Python sidecar; then it watches the app's files and applies each change.
+//! Ctrl-C (or SIGTERM) stops what it started, last started first.
+
+use crate::admin::{home, repo, sdk_python, Ctx};
+use crate::progress::{step, Step};
+use anyhow::Context;
+use millrace_proto::v1::resource::Spec;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::process::{Child, Command};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The Python app; without one, the reference page's chained example runs.
+    app: Option<PathBuf>,
+    /// The worker's HTTP listener: the ingest API and /metrics.
+    #[arg(long, env = "MILLRACE_HTTP_LISTEN", default_value = "127.0.0.1:4000")]
+    http_listen: String,
+    /// The first port of the Python sidecar (one port per process).
+    #[arg(long, env = "MILLRACE_SIDECAR_PORT", default_value_t = 50061)]
+    sidecar_port: u16,
+    /// Postgres database of the control plane.
+    #[arg(long, default_value = "millrace")]
+    database: String,
+    /// ClickHouse database of the tables.
+    #[arg(long, default_value = "millrace")]
+    clickhouse_database: String,
+    /// Prefix of every topic name.
+    #[arg(long, default_value = "")]
+    topic_namespace: String,
+    /// Use the control plane and worker binaries in this directory instead of building them (env MILLRACE_BIN_DIR).
+    #[arg(long, env = "MILLRACE_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+/// A process `dev` started (in a process group of its own, with whatever it starts), stopped with SIGTERM (then
+/// SIGKILL) when `dev` ends.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+        println!("  stopped {}", self.name);
+    }
+}
+
+fn log_file(name: &str) -> anyhow::Result<std::fs::File> {
+    let dir = home().join("dev");
+    std::fs::create_dir_all(&dir)?;
+    Ok(std::fs::File::create(dir.join(format!("{name}.log")))?)
+}
+
+fn spawn(name: &'static str, program: &Path, args: &[String], env: &[(&str, String)]) -> anyhow::Result<Proc> {
+    let log = log_file(name)?;
+    let child = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", program.display()))?;
+    Ok(Proc { name, child })
+}
+
+async fn port_open(addr: &str) -> bool {
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+async fn wait_port(p: &mut Proc, addr: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !port_open(addr).await {
+        if let Some(status) = p.child.try_wait()? {
+            anyhow::bail!("{} exited ({status}): see {}", p.name, home().join("dev").join(format!("{}.log", p.name)).display());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{} did not listen on {addr} within 60 s", p.name);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Runs a script of the checkout with its output in a log; the log's tail on failure.
+async fn script(name: &str, args: &[&str]) -> anyhow::Result<()> {
+    let log = home().join("dev").join(format!("{name}.log"));
+    let out = Command::new("bash").args(args).current_dir(repo()).stdout(log_file(name)?).stderr(log_file(&format!("{name}.err"))?).status().await?;
+    if !out.success() {
+        let err = std::fs::read_to_string(home().join("dev").join(format!("{name}.err.log"))).unwrap_or_default();
+        let tail: Vec<&str> = err.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        anyhow::bail!("`bash {}` failed: {}\n(see {})", args.join(" "), tail.join("\n"), log.display());
+    }
+    Ok(())
+}
+
+/// `python -m millrace plan|apply app`: its output, or its one-line error.
+async fn python(ctx: &Ctx, what: &str, app: &Path) -> Result<String, String> {
+    let target = ctx.control_plane.trim_start_matches("http://").to_string();
+    let out = Command::new(sdk_python())
+        .args(["-m", "millrace", what, &app.display().to_string(), "--control-plane", &target])
+        .current_dir(app.parent().unwrap_or(Path::new(".")))
+        .output()
+        .await
+        .map_err(|e| format!("running the Python SDK: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
+    }
+}
+
+/// Modification times of the app's directory's Python files.
+fn snapshot(app: &Path) -> BTreeMap<PathBuf, SystemTime> {
+    let dir = app.parent().unwrap_or(Path::new("."));
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "py"))
+                .filter_map(|p| Some((p.clone(), std::fs::metadata(&p).ok()?.modified().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct Running {
+    procs: Vec<Proc>,
+    sidecar: Option<Proc>,
+    stop_stack: Vec<&'static str>,
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    let app = match &args.app {
+        Some(a) => std::fs::canonicalize(a).with_context(|| format!("{}: no such file", a.display()))?,
+        None => {
+            let path = home().join("dev").join("app.py");
+            std::fs::create_dir_all(path.parent().expect("a directory"))?;
+            std::fs::write(&path, include_str!("default_app.py"))?;
+            println!("no app given: running the reference page's chained example ({})", path.display());
+            path
+        }
+    };
+    let mut running = Running { procs: Vec::new(), sidecar: None, stop_stack: Vec::new() };
+    let result = tokio::select! {
+        r = start_and_watch(ctx, &args, &app, &mut running) => r,
+        _ = shutdown_signal() => Ok(()),
+    };
+    println!("stopping what millrace dev started");
+    if let Some(s) = running.sidecar.take() {
+        s.stop().await;
+    }
+    while let Some(p) = running.procs.pop() {
+        p.stop().await;
+    }
+    for s in &running.stop_stack {
+        let _ = script(&format!("stop-{s}"), &["scripts/stack.sh", "stop", s]).await;
+        println!("  stopped {s}");
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn start_and_watch(ctx: &Ctx, args: &Args, app: &Path, running: &mut Running) -> anyhow::Result<()> {
+    let cp_listen = ctx.control_plane.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let (broker_up, clickhouse_up) = (port_open("127.0.0.1:9092").await, port_open("127.0.0.1:8123").await);
+    step("local stack: Postgres, Tansu, ClickHouse (the first run installs them: Tansu builds for minutes)", script("stack", &["scripts/stack.sh", "start"])).await?;
+    if !broker_up {
+        running.stop_stack.push("tansu");
+    }
+    if !clickhouse_up {
+        running.stop_stack.push("clickhouse");
+    }
+    step("Python SDK (~/.millrace/sdk-venv)", script("sdk", &["scripts/sdk.sh"])).await?;
+    let bin = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => {
+            let build = async {
+                let ok = Command::new("cargo")
+                    .args(["build", "--release", "--locked", "-p", "millrace-control-plane", "-p", "millrace-worker"])
+                    .current_dir(repo())
+                    .stdout(log_file("build")?)
+                    .stderr(log_file("build.err")?)
+                    .status()
+                    .await?
+                    .success();
+                anyhow::ensure!(ok, "building failed: see {}", home().join("dev/build.err.log").display());
+                Ok(())
+            };
+            step("building the control plane and the worker (release)", build).await?;
+            repo().join("target/release")
+        }
+    };
+    let pg = std::env::var("MILLRACE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let cp_args: Vec<String> = [
+        "--listen", &cp_listen, "--database-url", &format!("{pg}/{}", args.database), "--kafka-brokers", &ctx.brokers,
+        "--clickhouse-database", &args.clickhouse_database, "--topic-namespace", &args.topic_namespace,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect(); // fmt: one flag and value a pair
+    let mut cp = spawn("control-plane", &bin.join("millrace-control-plane"), &cp_args, &[])?;
+    step(&format!("control plane on {cp_listen}"), wait_port(&mut cp, &cp_listen)).await?;
+    running.procs.push(cp);
+    let sidecar_url = format!("default=http://127.0.0.1:{}", args.sidecar_port);
+    let worker_args: Vec<String> =
+        ["--control-plane", &ctx.control_plane, "--kafka-brokers", &ctx.brokers, "--sidecar", &sidecar_url, "--http-listen", &args.http_listen]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let mut worker = spawn("worker", &bin.join("millrace-worker"), &worker_args, &[])?;
+    step(&format!("worker on {}", args.http_listen), wait_port(&mut worker, &args.http_listen)).await?;
+    running.procs.push(worker);
+
+    let s = Step::start(&format!("applying {}", app.display()));
+    match python(ctx, "apply", app).await {
+        Ok(out) => {
+            s.done("");
+            println!("{out}");
+        }
+        Err(e) => {
+            s.fail();
+            println!("{e}\nfix the app: millrace dev applies it when it changes");
+        }
+    }
+    running.sidecar = Some(start_sidecar(app, args.sidecar_port).await?);
+    endpoints(ctx, args).await;
+    println!("\nwatching {} for changes; Ctrl-C stops everything", app.parent().unwrap_or(Path::new(".")).display());
+    let mut seen = snapshot(app);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = snapshot(app);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        println!("\n{} changed", app.display());
+        match python(ctx, "plan", app).await {
+            Err(e) => {
+                println!("{e}\nthe last good version keeps running; fix the app and save it again");
+                continue;
+            }
+            Ok(diff) => println!("{diff}"),
+        }
+        match python(ctx, "apply", app).await {
+            Err(e) => println!("{e}\nthe last good version keeps running"),
+            Ok(_) => {
+                if let Some(old) = running.sidecar.take() {
+                    old.stop().await;
+                }
+                running.sidecar = Some(start_sidecar(app, args.sidecar_port).await?);
+                println!("applied; the sidecar serves the new version");
+            }
+        }
+    }
+}
+
+async fn start_sidecar(app: &Path, port: u16) -> anyhow::Result<Proc> {
+    let args: Vec<String> = ["-m", "millrace", "serve", &app.display().to_string(), "--port", &port.to_string()].iter().map(|s| s.to_string()).collect();
+    let mut p = spawn("sidecar", &sdk_python(), &args, &[])?;
+    let addr = format!("127.0.0.1:{port}");
+    step(&format!("Python sidecar on {addr}"), wait_port(&mut p, &addr)).await?;
+    Ok(p)
+}
+
+/// Where things are, with a curl line per ingest API.
+async fn endpoints(ctx: &Ctx, args: &Args) {
+    println!("\nMillrace is running:");
+    println!("  control plane   {}   (millrace ls, millrace status)", ctx.control_plane);
+    println!("  metrics         http://{}/metrics", args.http_listen);
+    println!("  ClickHouse      http://127.0.0.1:8123   database {}", args.clickhouse_database);
+    let Ok(resources) = ctx.resources().await else { return };
+    for r in &resources {
+        if let Some(Spec::IngestApi(api)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
+            let path = if api.version.is_empty() { api.name.clone() } else { format!("{}/{}", api.name, api.version) };
+            println!("  ingest          http://{}/ingest/{path}", args.http_listen);
+            println!("    curl -s -H 'Content-Type: application/json' -d '{{...}}' http://{}/ingest/{path}", args.http_listen);
+        }
+    }
+    for r in &resources {
+        if let Some(Spec::Table(t)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
+            println!(
+                "  table           curl -s 127.0.0.1:8123 -d 'SELECT * FROM {}.{} FORMAT JSONEachRow'",
+                args.clickhouse_database, r.physical_name
+            );
+            let _ = t;
+        }
+    }
+}

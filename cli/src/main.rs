@@ -1,0 +1,71 @@
+//! `millrace`: `dev` runs everything on this machine; the admin commands show and change what runs, over the gRPC
+//! contract, the broker and the Python SDK.
+
+mod admin;
+mod dev;
+mod progress;
+mod topics;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "millrace", version, about = "Typed streaming pipelines: run them locally, see and change what runs")]
+struct Cli {
+    /// The control plane's gRPC endpoint.
+    #[arg(long, global = true, env = "MILLRACE_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
+    control_plane: String,
+    /// Kafka bootstrap servers (for peek and dead letters).
+    #[arg(long, global = true, env = "MILLRACE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing, start the stack, the control plane, a worker and the app's Python sidecar; apply the
+    /// app and re-apply it when its files change. Ctrl-C stops everything it started.
+    Dev(dev::Args),
+    /// The changes applying a Python app would make.
+    Plan { app: String },
+    /// Apply a Python app.
+    Apply { app: String },
+    /// Declared streams, tables, transforms, consumers, ingest APIs and dead letter queues.
+    Ls,
+    /// The last records of a stream (or dead letter queue).
+    Peek {
+        stream: String,
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        n: usize,
+        /// Keep printing new records.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Workers, leases, units with their committed offsets, lag and rates.
+    Status,
+    /// Dead letters of a queue, with where they came from; `dlq replay` sends them back to their source streams.
+    Dlq(topics::DlqArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let ctx = admin::Ctx { control_plane: cli.control_plane.clone(), brokers: cli.kafka_brokers.clone(), json: cli.json };
+    let result = match cli.command {
+        Command::Dev(args) => dev::run(&ctx, args).await,
+        Command::Plan { app } => admin::python_plan(&ctx, "plan", &app),
+        Command::Apply { app } => admin::python_plan(&ctx, "apply", &app),
+        Command::Ls => admin::ls(&ctx).await,
+        Command::Peek { stream, n, follow } => topics::peek(&ctx, &stream, n, follow).await,
+        Command::Status => admin::status(&ctx).await,
+        Command::Dlq(args) => topics::dlq(&ctx, args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("millrace: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,225 @@
+//! The `millrace` command against the real stack: the quickstart as a user types it (`millrace dev`, POST, the
+//! table, `peek`, an edit that adds a transform, a broken edit, Ctrl-C), and each admin command in text and JSON.
+
+use millrace_proto::v1::*;
+use millrace_tests::dataplane::*;
+use millrace_tests::http::{post, JSON};
+use millrace_tests::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where the tests' binaries are (the control plane and worker `millrace dev` starts, too).
+fn bin_dir() -> String {
+    std::env::var("MILLRACE_BIN_DIR").unwrap_or_else(|_| format!("{}/../target/debug", env!("CARGO_MANIFEST_DIR")))
+}
+
+fn millrace() -> String {
+    format!("{}/millrace", bin_dir())
+}
+
+/// `millrace <args>` with a control plane; (success, stdout, stderr).
+fn run(cp: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(millrace()).arg("--control-plane").arg(cp).args(args).output().expect("run millrace");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn rows(env: &TestEnv, table: &str) -> Vec<serde_json::Value> {
+    let addr = clickhouse_url().trim_start_matches("http://").to_string();
+    let sql = format!("SELECT * FROM `{}`.`{table}` FORMAT JSONEachRow", env.clickhouse_database);
+    let a = post(&addr, "/", &[], sql.as_bytes()).await;
+    a.body.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `millrace dev`, interrupted (Ctrl-C) when the test ends, even by a failure.
+struct Interrupt(std::process::Child);
+
+impl Interrupt {
+    fn interrupt(&self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGINT);
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.interrupt();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+        }
+    }
+}
+
+const TRANSFORM: &str = r#"
+class Audit(BaseModel):
+    id: Key[str]
+    total: int
+
+audit = Stream[Audit]("audit")
+final_data.get_stream().add_transform(destination=audit, transformation=lambda r: Audit(id=r.id, total=r.transformedValue + r.anotherTransformedValue))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_quickstart_runs_applies_edits_survives_a_broken_app_and_stops_cleanly() {
+    let env = TestEnv::new();
+    let dir = std::env::temp_dir().join(format!("millrace-dev-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("app.py");
+    let original = std::fs::read_to_string(format!("{}/../cli/src/default_app.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    std::fs::write(&app, &original).unwrap();
+    let (cp_port, http_port, sidecar_port) = (free_port(), free_port(), free_port());
+    let cp = format!("http://127.0.0.1:{cp_port}");
+    let http = format!("127.0.0.1:{http_port}");
+    let dev = Command::new(millrace())
+        .args(["--control-plane", &cp, "dev", app.to_str().unwrap(), "--http-listen", &http, "--sidecar-port", &sidecar_port.to_string()])
+        .args(["--database", &format!("millrace_t_{}", env.id), "--clickhouse-database", &env.clickhouse_database])
+        .args(["--topic-namespace", &env.topic_namespace])
+        .env("MILLRACE_SIDECAR_PROCESSES", "1")
+        .env("MILLRACE_BIN_DIR", bin_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start millrace dev");
+    let mut dev = Interrupt(dev);
+    let output = Arc::new(Mutex::new(String::new()));
+    let reader = BufReader::new(dev.0.stdout.take().unwrap());
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            println!("dev> {line}");
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let seen = |s: &str| output.lock().unwrap().contains(s);
+    wait_for("millrace dev to be up", Duration::from_secs(300), || seen("watching")).await;
+    assert!(seen(&format!("http://{http}/ingest/raw_data")), "the ingest URL is printed");
+
+    // POST records, see them in the table and in peek.
+    let body = br#"[{"id":"q1","value":1},{"id":"q2","value":2},{"id":"q3","value":3}]"#;
+    let a = post(&http, "/ingest/raw_data", &[JSON], body).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let deadline = Instant::now() + WAIT;
+    while rows(&env, "final_stream").await.len() < 3 {
+        assert!(Instant::now() < deadline, "rows did not reach the table");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out, err) = run(&cp, &["peek", "final_stream", "-n", "3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"id\":\"q3\"") && out.contains("\"anotherTransformedValue\":18"), "{out}");
+
+    // An edit that adds a transform is planned, applied and served.
+    std::fs::write(&app, format!("{original}{TRANSFORM}")).unwrap();
+    wait_for("the edit to be applied", WAIT, || seen("+ transform final_stream__audit: CREATE") && seen("applied; the sidecar serves")).await;
+    let a = post(&http, "/ingest/raw_data", &[JSON], br#"{"id":"q4","value":4}"#).await;
+    assert_eq!(a.status, 200);
+    // A new transform reads its source from the beginning: every record so far, and the new one.
+    let audit = read_topic(env.topic("audit"), 1, |r| r.iter().any(|r| r.value["id"] == "q4")).await;
+    let totals: std::collections::BTreeMap<String, i64> =
+        audit.iter().map(|r| (r.value["id"].as_str().unwrap().to_string(), r.value["total"].as_i64().unwrap())).collect();
+    assert_eq!(totals, [("q1", 10), ("q2", 20), ("q3", 30), ("q4", 40)].map(|(k, v)| (k.to_string(), v)).into());
+
+    // A broken app shows its error and the last good version keeps running; fixing it applies again.
+    std::fs::write(&app, format!("{original}{TRANSFORM}\ndef broken(:\n")).unwrap();
+    wait_for("the error", WAIT, || seen("syntax error") && seen("the last good version keeps running")).await;
+    assert_eq!(post(&http, "/ingest/raw_data", &[JSON], br#"{"id":"q5","value":5}"#).await.status, 200);
+    let applies = output.lock().unwrap().matches("applied; the sidecar serves").count();
+    std::fs::write(&app, format!("{original}{TRANSFORM}\n# fixed\n")).unwrap();
+    wait_for("the fixed app to be applied", WAIT, || output.lock().unwrap().matches("applied; the sidecar serves").count() > applies).await;
+    let audit = read_topic(env.topic("audit"), 1, |r| r.iter().any(|r| r.value["id"] == "q5")).await;
+    assert!(audit.iter().any(|r| r.value["id"] == "q5"));
+
+    // Ctrl-C stops everything it started.
+    dev.interrupt();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dev.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "millrace dev did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for port in [cp_port, http_port, sidecar_port] {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} is still served after Ctrl-C");
+    }
+    assert!(seen("stopped control-plane") && seen("stopped worker") && seen("stopped sidecar"));
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_back() {
+    let env = TestEnv::new();
+    let mut events = stream("events", raw_fields(), 2);
+    events.destination = Some(rref("events"));
+    events.dead_letter_queue = Some(rref("events_dlq"));
+    let plan = Plan {
+        streams: vec![events],
+        tables: vec![Table { sync_max_delay_ms: Some(100), ..table("events", raw_fields()) }],
+        ingest_apis: vec![IngestApi { name: "events".into(), destination: Some(rref("events")), ..Default::default() }],
+        dead_letter_queues: vec![DeadLetterQueue { name: "events_dlq".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let cp = control_plane_with(&env, &plan).await;
+    let _w = Worker::start(&format!("{}-w", env.id), &cp.addr, "default=http://127.0.0.1:1");
+    let _ = wait_for_placement(&cp, 1, 2).await;
+
+    let (ok, out, _) = run(&cp.addr, &["ls"]);
+    assert!(ok && out.contains("stream") && out.contains("POST /ingest/events -> events") && out.contains("dead_letter_queue"), "{out}");
+    let (ok, out, _) = run(&cp.addr, &["ls", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && listed.as_array().unwrap().iter().any(|r| r["kind"] == "table" && r["name"] == "events"), "{out}");
+
+    produce(&producer(), &env.topic("events"), &raws(0..5)).await;
+    let (ok, out, err) = run(&cp.addr, &["peek", "events", "-n", "2", "--json"]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines.iter().all(|l| l["value"]["id"].as_str().unwrap().starts_with("id-")));
+    let (ok, _, err) = run(&cp.addr, &["peek", "nope"]);
+    assert!(!ok && err.contains("no stream or dead letter queue named `nope`"), "{err}");
+
+    let (ok, out, _) = run(&cp.addr, &["status"]);
+    assert!(ok && out.contains("1 live worker") && out.contains("table_sync/events/0"), "{out}");
+    let (ok, out, _) = run(&cp.addr, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && status["workers"][0]["units"].as_array().unwrap().len() == 2, "{out}");
+
+    // Two dead letters, as a failed function leaves them; replay sends the chosen one back and it reaches the table.
+    let letter = |id: &str, error_type: &str| {
+        serde_json::json!({"original_record": {"id": id, "value": 7}, "error_message": "boom", "error_type": error_type,
+            "failed_at": "2026-11-25T10:00:00Z", "source": "transform", "function": "f", "topic": env.topic("events"),
+            "partition": 0, "offset": 3})
+    };
+    produce_values(&producer(), &env.topic("events_dlq"), &[letter("back-1", "ValueError"), letter("stay", "KeyError")]).await;
+    let (ok, out, _) = run(&cp.addr, &["dlq", "events_dlq"]);
+    assert!(ok && out.contains("(ValueError)") && out.contains("back-1") && out.contains("(KeyError)"), "{out}");
+    let (ok, out, _) = run(&cp.addr, &["dlq", "events_dlq", "--json", "--filter", "error_type=KeyError"]);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && shown.as_array().unwrap().len() == 1 && shown[0]["original_record"]["id"] == "stay", "{out}");
+    let (ok, out, err) = run(&cp.addr, &["dlq", "replay", "events_dlq", "--filter", "error_type=ValueError"]);
+    assert!(ok && out.contains("replayed 1 of 1 dead letters"), "{out}{err}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ids: Vec<String> = rows(&env, "events").await.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+        if ids.contains(&"back-1".to_string()) {
+            assert!(!ids.contains(&"stay".to_string()), "only the chosen dead letter was replayed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replayed record did not reach the table: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.cleanup().await;
+}
