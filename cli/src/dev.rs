@@ -291,17 +291,50 @@ async fn endpoints(ctx: &Ctx, args: &Args) {
     for r in &resources {
         if let Some(Spec::IngestApi(api)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
             let path = if api.version.is_empty() { api.name.clone() } else { format!("{}/{}", api.name, api.version) };
+            let dest = api.destination.clone().unwrap_or_default();
+            let fields = resources.iter().find_map(|r| match r.resource.as_ref()?.spec.as_ref()? {
+                Spec::Stream(s) if s.name == dest.name && s.version == dest.version => Some(s.fields.clone()),
+                _ => None,
+            });
+            let example = serde_json::Value::Object(fields.unwrap_or_default().iter().map(|f| (f.name.clone(), sample(f))).collect());
             println!("  ingest          http://{}/ingest/{path}", args.http_listen);
-            println!("    curl -s -H 'Content-Type: application/json' -d '{{...}}' http://{}/ingest/{path}", args.http_listen);
+            println!("    curl -s -H 'Content-Type: application/json' -d '{example}' http://{}/ingest/{path}", args.http_listen);
         }
     }
     for r in &resources {
         if let Some(Spec::Table(t)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
             println!(
-                "  table           curl -s 127.0.0.1:8123 -d 'SELECT * FROM {}.{} FORMAT JSONEachRow'",
-                args.clickhouse_database, r.physical_name
+                "  table {:<9} curl -s 127.0.0.1:8123 -d 'SELECT * FROM {}.{} FORMAT JSONEachRow'",
+                t.name, args.clickhouse_database, r.physical_name
             );
-            let _ = t;
         }
+    }
+}
+
+/// A value of a field's type, for the example curl line.
+fn sample(f: &millrace_proto::v1::Field) -> serde_json::Value {
+    if f.nullable {
+        return serde_json::Value::Null;
+    }
+    f.r#type.as_ref().map(sample_type).unwrap_or(serde_json::Value::Null)
+}
+
+fn sample_type(t: &millrace_proto::v1::FieldType) -> serde_json::Value {
+    use millrace_proto::v1::field_type::Kind;
+    use millrace_proto::v1::ScalarType as S;
+    match &t.kind {
+        Some(Kind::Scalar(s)) => match S::try_from(*s).unwrap_or(S::String) {
+            S::String | S::Unspecified => "example-1".into(),
+            S::Float32 | S::Float64 => 1.5.into(),
+            S::Bool => true.into(),
+            S::Datetime => chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string().into(),
+            S::Date => chrono::Utc::now().format("%Y-%m-%d").to_string().into(),
+            S::Uuid => "00000000-0000-0000-0000-000000000001".into(),
+            _ => 1.into(),
+        },
+        Some(Kind::Decimal(_)) => "1".into(),
+        Some(Kind::Array(inner)) => serde_json::Value::Array(vec![sample_type(inner)]),
+        Some(Kind::Record(r)) => serde_json::Value::Object(r.fields.iter().map(|f| (f.name.clone(), sample(f))).collect()),
+        Some(Kind::Optional(_)) | None => serde_json::Value::Null,
     }
 }

@@ -117,7 +117,8 @@ fn print_record(ctx: &Ctx, partition: i32, offset: i64, v: &serde_json::Value) {
 pub async fn peek(ctx: &Ctx, name: &str, n: usize, follow: bool) -> anyhow::Result<()> {
     let (topic, _) = find(ctx, name).await?;
     let brokers = ctx.brokers.clone();
-    let (c, records) = tokio::task::spawn_blocking(move || read(&brokers, &topic, Some(n))).await??;
+    let what = format!("reading {topic}");
+    let (c, records) = crate::progress::quiet_step(&what, async move { tokio::task::spawn_blocking(move || read(&brokers, &topic, Some(n))).await? }).await?;
     for (_, p, o, v) in records.iter().skip(records.len().saturating_sub(n)) {
         print_record(ctx, *p, *o, v);
     }
@@ -160,7 +161,8 @@ pub async fn dlq(ctx: &Ctx, args: DlqArgs) -> anyhow::Result<()> {
     let (topic, _) = find(ctx, &queue).await?;
     let brokers = ctx.brokers.clone();
     let back = if replay || !filters.is_empty() { None } else { Some(args.n) };
-    let (_, records) = tokio::task::spawn_blocking(move || read(&brokers, &topic, back)).await??;
+    let what = format!("reading {topic}");
+    let (_, records) = crate::progress::quiet_step(&what, async move { tokio::task::spawn_blocking(move || read(&brokers, &topic, back)).await? }).await?;
     let letters: Vec<&serde_json::Value> = records.iter().map(|(.., v)| v).filter(|v| chosen(&filters, v)).collect();
     if replay {
         return replay_letters(ctx, &letters).await;
