@@ -209,6 +209,9 @@ async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_bac
     let (ok, out, _) = run(&cp.addr, &["dlq", "events_dlq", "--json", "--filter", "error_type=KeyError"]);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok && shown.as_array().unwrap().len() == 1 && shown[0]["original_record"]["id"] == "stay", "{out}");
+    let (ok, out, err) = run(&cp.addr, &["dlq", "replay", "events_dlq", "--json", "--filter", "error_type=NoSuchError"]);
+    let none: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(ok && none["replayed"] == 0 && none["chosen"] == 0, "{out}");
     let (ok, out, err) = run(&cp.addr, &["dlq", "replay", "events_dlq", "--filter", "error_type=ValueError"]);
     assert!(ok && out.contains("replayed 1 of 1 dead letters"), "{out}{err}");
     let deadline = Instant::now() + WAIT;
@@ -231,8 +234,9 @@ async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_bac
     let (ok, out, err) = run(&cp.addr, &["plan", app, "--json"]);
     let planned: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
     assert!(ok && planned["dryRun"] == true, "{out}");
-    let (ok, out, err) = run(&cp.addr, &["apply", app]);
-    assert!(ok && out.contains("applied (apply"), "{out}{err}");
+    let (ok, out, err) = run(&cp.addr, &["apply", app, "--json"]);
+    let applied: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+    assert!(ok && applied["applyId"].as_str().is_some_and(|id| id != "0"), "{out}");
     let (ok, out, _) = run(&cp.addr, &["plan", app]);
     assert!(ok && out.starts_with("nothing to do"), "{out}");
     env.cleanup().await;
