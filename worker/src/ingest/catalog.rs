@@ -160,7 +160,8 @@ pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
             return o;
         }
     }
-    a.is_empty().cmp(&b.is_empty()).reverse().then(pa.len().cmp(&pb.len()))
+    // Equal so far: the longer version is the newer ("1.9.1" after "1.9").
+    pa.len().cmp(&pb.len())
 }
 
 #[cfg(test)]
