@@ -147,7 +147,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         None => {
             let path = home().join("dev").join("app.py");
             std::fs::create_dir_all(path.parent().expect("a directory"))?;
-            std::fs::write(&path, include_str!("default_app.py"))?;
+            std::fs::write(&path, include_str!("../../examples/reference_chained.py"))?;
             println!("no app given: running the reference page's chained example ({})", path.display());
             path
         }

@@ -15,6 +15,8 @@ from conftest import wait_until
 from millrace import loader
 
 APPS = Path(__file__).parent / "apps"
+# The chained example is also what `millrace dev` runs without an app.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def declared(app: Path, name: str):
@@ -62,7 +64,7 @@ def test_reference_transform_example_doubles_every_value(stack):
 
 
 def test_reference_chained_example_runs_both_transforms(stack):
-    app = APPS / "reference_chained.py"
+    app = EXAMPLES / "reference_chained.py"
     stack.run(app)
     raw = declared(app, "raw_data")
     n = 2000

@@ -81,7 +81,7 @@ async fn the_quickstart_runs_applies_edits_survives_a_broken_app_and_stops_clean
     let dir = std::env::temp_dir().join(format!("millrace-dev-{}", env.id));
     std::fs::create_dir_all(&dir).unwrap();
     let app = dir.join("app.py");
-    let original = std::fs::read_to_string(format!("{}/../cli/src/default_app.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let original = std::fs::read_to_string(format!("{}/../examples/reference_chained.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
     std::fs::write(&app, &original).unwrap();
     let (cp_port, http_port, sidecar_port) = (free_port(), free_port(), free_port());
     let cp = format!("http://127.0.0.1:{cp_port}");

@@ -1,6 +1,6 @@
 # The reference page's "Chaining Transformations" example (ChainedTransformations.py), with
 # `from moose_lib` -> `from millrace`; its typos fixed: the missing imports (BaseModel, datetime) and the undefined
-# `Date` (a datetime).
+# `Date` (a datetime). `millrace dev` runs it when given no app; the Python SDK's tests run it too.
 from datetime import datetime
 
 from millrace import IngestPipeline, Key, Stream, IngestPipelineConfig
