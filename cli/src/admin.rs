@@ -69,10 +69,6 @@ pub fn python_plan(ctx: &Ctx, what: &str, app: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kind_name(k: i32) -> String {
-    ResourceKind::try_from(k).map(|k| k.as_str_name().to_ascii_lowercase()).unwrap_or_default()
-}
-
 fn shown(r: Option<&ResourceRef>) -> String {
     match r {
         None => "-".into(),
@@ -215,15 +211,4 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn kind_of(spec: &Spec) -> String {
-    kind_name(match spec {
-        Spec::Stream(_) => ResourceKind::Stream as i32,
-        Spec::Table(_) => ResourceKind::Table as i32,
-        Spec::Transform(_) => ResourceKind::Transform as i32,
-        Spec::Consumer(_) => ResourceKind::Consumer as i32,
-        Spec::IngestApi(_) => ResourceKind::IngestApi as i32,
-        Spec::DeadLetterQueue(_) => ResourceKind::DeadLetterQueue as i32,
-    })
 }

@@ -216,7 +216,7 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, app: &Path, running: &mut Runni
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect(); // fmt: one flag and value a pair
+    .collect();
     let mut cp = spawn("control-plane", &bin.join("millrace-control-plane"), &cp_args, &[])?;
     step(&format!("control plane on {cp_listen}"), wait_port(&mut cp, &cp_listen)).await?;
     running.procs.push(cp);

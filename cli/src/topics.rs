@@ -1,7 +1,7 @@
 //! Commands that read topics: `peek`, `dlq` and `dlq replay`. Topic names come from the control plane (the
 //! resource's physical name), so namespaces and versions are taken care of.
 
-use crate::admin::{kind_of, Ctx};
+use crate::admin::Ctx;
 use millrace_proto::v1::resource::Spec;
 use millrace_proto::v1::StoredResource;
 use rdkafka::config::ClientConfig;
@@ -47,11 +47,10 @@ async fn find(ctx: &Ctx, name: &str) -> anyhow::Result<(String, Vec<String>)> {
             Ok((r.physical_name.clone(), keys))
         }
         None => {
-            let known: Vec<String> = resources
+            let known: Vec<&str> = resources
                 .iter()
-                .filter_map(|r| r.resource.as_ref()?.spec.as_ref().map(|s| (kind_of(s), r)))
-                .filter(|(k, _)| k == "stream" || k == "dead_letter_queue")
-                .map(|(_, r)| r.physical_name.clone())
+                .filter(|r| matches!(r.resource.as_ref().and_then(|r| r.spec.as_ref()), Some(Spec::Stream(_) | Spec::DeadLetterQueue(_))))
+                .map(|r| r.physical_name.as_str())
                 .collect();
             anyhow::bail!("no stream or dead letter queue named `{name}` (declared: {}): see `millrace ls`", known.join(", "))
         }

@@ -4,7 +4,6 @@ Describe, and the worker spreads batches over them."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -21,7 +20,6 @@ from .runner import Runner
 from .v1 import function_runtime_pb2 as fr
 from .v1 import function_runtime_pb2_grpc as fr_grpc
 
-log = logging.getLogger("millrace.sidecar")
 
 MAX_MESSAGE = 64 << 20
 RUNTIME = "millrace-python/0.1.0"
@@ -135,7 +133,6 @@ class Supervisor:
                 # Back off a little when a process dies again at once (a crash at start-up).
                 if time.monotonic() - restarts[i] < 1.0:
                     time.sleep(0.5)
-                log.warning("sidecar process %d exited with %s; restarting it", i, code)
                 print(f"millrace sidecar: process {i} exited ({code}); restarting it", file=sys.stderr, flush=True)
                 restarts[i] = time.monotonic()
                 self.children[i] = self._start(i)

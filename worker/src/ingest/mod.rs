@@ -65,21 +65,16 @@ pub struct RecordError {
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let message = self.to_string();
-        let (status, body) = match self {
-            IngestError::Unauthorized => (StatusCode::UNAUTHORIZED, serde_json::json!({ "error": message })),
-            IngestError::NotFound(..) => (StatusCode::NOT_FOUND, serde_json::json!({ "error": message })),
-            IngestError::TooLarge(..) => (StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": message })),
-            IngestError::UnsupportedType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, serde_json::json!({ "error": message })),
-            IngestError::BadBody(_) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": message })),
-            IngestError::Invalid { invalid, errors, .. } => {
-                (StatusCode::BAD_REQUEST, serde_json::json!({ "error": message, "invalid": invalid, "errors": errors }))
-            }
-            IngestError::Unavailable(_) => {
-                let body = serde_json::json!({ "error": message });
-                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], axum::Json(body)).into_response();
-            }
+        let body = match self {
+            IngestError::Invalid { invalid, errors, .. } => serde_json::json!({ "error": message, "invalid": invalid, "errors": errors }),
+            _ => serde_json::json!({ "error": message }),
         };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // The request may be sent again: nothing of it was answered as written.
+            return (status, [(header::RETRY_AFTER, "1")], axum::Json(body)).into_response();
+        }
         (status, axum::Json(body)).into_response()
     }
 }
@@ -230,7 +225,7 @@ impl Ingest {
 
     async fn send(&self, acks: &Arc<BatchAcks>, topic: &str, key: Option<&[u8]>, value: &[u8], deadline: Instant) -> Result<(), IngestError> {
         loop {
-            match produce::hand_over(&self.producer, acks, topic, key, value) {
+            match produce::hand_over(&self.producer, acks, None, topic, key, value) {
                 Ok(()) => return Ok(()),
                 Err(e) if produce::queue_full(&e) && Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(2)).await,
                 Err(e) => return Err(IngestError::Unavailable(format!("the broker does not take records for `{topic}`: {e}"))),

@@ -92,9 +92,20 @@ pub fn queue_full(e: &KafkaError) -> bool {
     matches!(e, KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
 }
 
-/// Hands one record (no headers) to the producer, counted in `acks`.
-pub fn hand_over(producer: &Producer, acks: &Arc<BatchAcks>, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<(), KafkaError> {
+/// Hands one record to the producer, counted in `acks`; with `origin`, it carries the provenance header (which
+/// unit, at which epoch, produced it: one header, as each costs an allocation).
+pub fn hand_over(
+    producer: &Producer,
+    acks: &Arc<BatchAcks>,
+    origin: Option<&str>,
+    topic: &str,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Result<(), KafkaError> {
     let mut rec = BaseRecord::with_opaque_to(topic, acks.clone()).payload(value);
+    if let Some(origin) = origin {
+        rec = rec.headers(OwnedHeaders::new_with_capacity(1).insert(Header { key: ORIGIN_HEADER, value: Some(origin) }));
+    }
     if let Some(k) = key {
         rec = rec.key(k);
     }
@@ -126,31 +137,19 @@ pub async fn send(
     offset: i64,
 ) -> Result<(), UnitError> {
     loop {
-        // Provenance: which unit, at which epoch, produced the record (one header: each costs an allocation).
-        let headers = OwnedHeaders::new_with_capacity(1).insert(Header { key: ORIGIN_HEADER, value: Some(origin) });
-        let mut rec = BaseRecord::with_opaque_to(topic, acks.clone()).payload(value).headers(headers);
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
-        acks.pending.fetch_add(1, Ordering::AcqRel);
-        match fence.producer.send(rec) {
+        match hand_over(&fence.producer, acks, Some(origin), topic, key, value) {
             Ok(()) => return Ok(()),
-            Err((e, _)) => {
-                acks.pending.fetch_sub(1, Ordering::AcqRel);
-                match e {
-                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
-                        if !fence.may_produce() || st.stop.is_cancelled() {
-                            return Err(UnitError::Fenced);
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    e if too_large(&e) => {
-                        let detail = format!("the producer refused a record of {} bytes: {e}", value.len());
-                        return Err(UnitError::Batch(BatchFailure { first: offset, len: 1, exact: Some(offset), kind: Poison::OutputTooLarge, detail }));
-                    }
-                    e => return Err(UnitError::Produce(e.to_string())),
+            Err(e) if queue_full(&e) => {
+                if !fence.may_produce() || st.stop.is_cancelled() {
+                    return Err(UnitError::Fenced);
                 }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            Err(e) if too_large(&e) => {
+                let detail = format!("the producer refused a record of {} bytes: {e}", value.len());
+                return Err(UnitError::Batch(BatchFailure { first: offset, len: 1, exact: Some(offset), kind: Poison::OutputTooLarge, detail }));
+            }
+            Err(e) => return Err(UnitError::Produce(e.to_string())),
         }
     }
 }
