@@ -248,6 +248,33 @@ async fn a_row_clickhouse_refuses_goes_to_the_dead_letter_queue_and_the_rest_to_
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlogs_tail_goes_at_once_while_a_trickle_waits_for_its_batch() {
+    let env = TestEnv::new();
+    let mut plan = pipeline(raw_fields(), 1);
+    // A tenth of a batch is 100 rows; the delay is far longer than the test waits for the burst.
+    plan.tables[0].sync_max_rows = Some(1000);
+    plan.tables[0].sync_max_delay_ms = Some(8000);
+    let cp = control_plane_with(&env, &plan).await;
+    let name = format!("{}-w", env.id);
+    let _w = Worker::start(&name, &cp.addr, "default=http://127.0.0.1:1");
+    let http = http_of(&cp, &name).await;
+    // Two full batches and a tail of 50 rows: the tail goes when the partition pauses, not after 8 s.
+    let (ok, _) = load(&http, 0, 2050, 2050, 1).await;
+    assert_eq!(ok.len(), 2050);
+    wait_count(&env, "events", 2050, Duration::from_secs(5)).await;
+    // One record on its own is a trickle: it waits for more (or the delay), so inserts stay few.
+    let (ok, _) = load(&http, 2050, 2051, 1, 1).await;
+    assert_eq!(ok.len(), 1);
+    let quiet = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet {
+        assert_eq!(count(&env, "events", false).await, 2050, "a lone record was inserted before its batch's delay");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_count(&env, "events", 2051, Duration::from_secs(15)).await;
+    env.cleanup().await;
+}
+
 /// POSTs records `from..to` in requests of `per` records, `conns` at a time; returns the ids answered 200 and
 /// the statuses seen.
 async fn load(http: &str, from: usize, to: usize, per: usize, conns: usize) -> (Vec<usize>, Vec<u16>) {

@@ -18,6 +18,10 @@ pub struct Config {
     /// HTTP listener for the ingest API (POST /ingest/<name>), /metrics and /healthz.
     #[arg(long, env = "MILLRACE_HTTP_LISTEN", default_value = "127.0.0.1:4000")]
     pub http_listen: String,
+    /// Threads serving the HTTP listener, apart from the units' threads. One keeps each ingest request on one core,
+    /// which is cheapest on small machines; raise it when ingest needs more than a core.
+    #[arg(long, env = "MILLRACE_HTTP_THREADS", default_value_t = 1)]
+    pub http_threads: usize,
     /// ClickHouse's HTTP interface, for table syncs.
     #[arg(long, env = "MILLRACE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
     pub clickhouse_url: String,

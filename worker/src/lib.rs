@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// Runs the worker until `shutdown` is cancelled and its units have finished, committed and been handed over.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new();
+    // Bound by tokio (SO_REUSEADDR: a restarted worker gets its port back at once), then served on its own runtime.
     let listener = tokio::net::TcpListener::bind(&config.http_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--http-listen)", config.http_listen))?;
@@ -74,7 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         linger_ms: config.ingest_linger_ms,
     };
     let ingest = ingest::Ingest::new(catalog, &config.kafka_brokers, ingest_settings, ctx.metrics.clone())?;
-    tokio::spawn(metrics::serve(listener, ctx.metrics.clone(), ingest.routes()));
+    metrics::serve(listener.into_std()?, config.http_threads, ctx.metrics.clone(), ingest.routes()).context("starting the HTTP listener")?;
     tracing::info!(http = http_address, control_plane = config.control_plane, "worker starting");
     let settings = assignments::Settings {
         name: config.worker_name(),

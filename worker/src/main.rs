@@ -2,6 +2,11 @@ use clap::Parser;
 use millrace_worker::{run, Config};
 use tokio_util::sync::CancellationToken;
 
+// Every record is allocated on one thread and freed on another (librdkafka's delivery thread): mimalloc, which also
+// replaces librdkafka's malloc (the `override` feature), handles that pattern at a fraction of glibc's cost.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

@@ -5,6 +5,7 @@ use millrace_proto::v1::field_type::Kind;
 use millrace_proto::v1::{Field, FieldType, ScalarType};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -66,10 +67,10 @@ impl Schema {
     }
 
     /// Checks one record. Ok: the record's key (key fields joined by `|`, strings by their content, as workers key
-    /// outputs), or None without key fields. Err: everything wrong with it.
-    pub fn check(&self, record: &[u8]) -> Result<Option<Vec<u8>>, Vec<FieldError>> {
+    /// outputs; borrowed from the record where it can be), or None without key fields. Err: everything wrong with it.
+    pub fn check<'r>(&self, record: &'r [u8]) -> Result<Option<Cow<'r, [u8]>>, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let mut keys: Vec<Option<String>> = vec![None; self.fields.len()];
+        let mut keys = Keys::default();
         let mut de = serde_json::Deserializer::from_slice(record);
         let seed = RecordSeed { schema: self, loc: Loc::Root, errors: &mut errors, keys: Some(&mut keys) };
         if let Err(e) = seed.deserialize(&mut de).and_then(|()| de.end()) {
@@ -78,11 +79,109 @@ impl Schema {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let mut parts = self.fields.iter().zip(keys).filter(|(f, _)| f.key).map(|(_, k)| k.unwrap_or_default()).peekable();
-        if parts.peek().is_none() {
-            return Ok(None);
+        Ok(keys.joined(self))
+    }
+
+    /// A field's position: a scan for the few fields most streams have (cheaper than hashing the name).
+    fn position(&self, name: &str) -> Option<usize> {
+        if self.fields.len() <= 16 {
+            self.fields.iter().position(|f| f.name == name)
+        } else {
+            self.index.get(name).copied()
         }
-        Ok(Some(parts.collect::<Vec<_>>().join("|").into_bytes()))
+    }
+}
+
+/// The key fields' values of one record, by field position (most streams have one: kept without allocating).
+#[derive(Default)]
+struct Keys<'r> {
+    first: Option<(usize, Cow<'r, str>)>,
+    rest: Vec<(usize, Cow<'r, str>)>,
+}
+
+impl<'r> Keys<'r> {
+    fn set(&mut self, i: usize, text: Cow<'r, str>) {
+        match self.first {
+            None => self.first = Some((i, text)),
+            Some(_) => self.rest.push((i, text)),
+        }
+    }
+
+    /// Every key field in declaration order, a missing one as empty, joined by `|`.
+    fn joined(self, schema: &Schema) -> Option<Cow<'r, [u8]>> {
+        let key_count = schema.fields.iter().filter(|f| f.key).count();
+        match (key_count, self.first) {
+            (0, _) => None,
+            (1, Some((_, text))) => Some(match text {
+                Cow::Borrowed(t) => Cow::Borrowed(t.as_bytes()),
+                Cow::Owned(t) => Cow::Owned(t.into_bytes()),
+            }),
+            (_, first) => {
+                let mut found: Vec<(usize, Cow<'r, str>)> = first.into_iter().chain(self.rest).collect();
+                found.sort_by_key(|(i, _)| *i);
+                let parts: Vec<&str> = schema
+                    .fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.key)
+                    .map(|(i, _)| found.iter().find(|(j, _)| *j == i).map_or("", |(_, t)| t.as_ref()))
+                    .collect();
+                Some(Cow::Owned(parts.join("|").into_bytes()))
+            }
+        }
+    }
+}
+
+/// A field name, borrowed from the record unless it has escapes.
+struct Name<'r>(Cow<'r, str>);
+
+impl<'de> de::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Which fields a record gave: bits for up to 64 fields, else a vector.
+enum Seen {
+    Bits(u64),
+    Many(Vec<bool>),
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        if n <= 64 {
+            Seen::Bits(0)
+        } else {
+            Seen::Many(vec![false; n])
+        }
+    }
+
+    /// Marks field `i`; true when it was already marked.
+    fn mark(&mut self, i: usize) -> bool {
+        match self {
+            Seen::Bits(b) => std::mem::replace(b, *b | 1 << i) & (1 << i) != 0,
+            Seen::Many(v) => std::mem::replace(&mut v[i], true),
+        }
+    }
+
+    fn has(&self, i: usize) -> bool {
+        match self {
+            Seen::Bits(b) => b & (1 << i) != 0,
+            Seen::Many(v) => v[i],
+        }
     }
 }
 
@@ -156,22 +255,22 @@ impl Loc<'_> {
 }
 
 /// A record (JSON object) of `schema`; records what is wrong in `errors` and carries on.
-struct RecordSeed<'s, 'e> {
+struct RecordSeed<'s, 'e, 'r> {
     schema: &'s Schema,
     loc: Loc<'s>,
     errors: &'e mut Vec<FieldError>,
     /// Top level only: where key fields' values go.
-    keys: Option<&'e mut Vec<Option<String>>>,
+    keys: Option<&'e mut Keys<'r>>,
 }
 
-impl<'de> DeserializeSeed<'de> for RecordSeed<'_, '_> {
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_, '_, 'de> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
+impl<'de> Visitor<'de> for RecordSeed<'_, '_, 'de> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -179,9 +278,9 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         let schema = self.schema;
-        let mut seen = vec![false; schema.fields.len()];
-        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let Some(&i) = schema.index.get(name.as_ref()) else {
+        let mut seen = Seen::new(schema.fields.len());
+        while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+            let Some(i) = schema.position(&name) else {
                 if !schema.allow_extra {
                     let field = Loc::Field(&self.loc, &name).render();
                     self.errors.push(FieldError { field, reason: "not a field of the stream".into() });
@@ -189,7 +288,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             };
-            if std::mem::replace(&mut seen[i], true) {
+            if seen.mark(i) {
                 self.errors.push(FieldError { field: Loc::Field(&self.loc, &name).render(), reason: "given twice".into() });
             }
             let f = &schema.fields[i];
@@ -198,17 +297,17 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
                 // Key fields and top-level decimals are read as raw text: a key exactly as written, a decimal's digits
                 // exactly (a float would round them).
                 (ty, keys) if f.key || matches!(ty, Ty::Decimal { .. }) => {
-                    let raw: &RawValue = map.next_value()?;
+                    let raw: &'de RawValue = map.next_value()?;
                     check_raw(ty, raw, loc, self.errors);
                     if let (true, Some(keys)) = (f.key, keys) {
-                        keys[i] = Some(key_text(raw));
+                        keys.set(i, key_text(raw));
                     }
                 }
                 (ty, _) => map.next_value_seed(ValueSeed { ty, loc, errors: self.errors })?,
             }
         }
-        for (f, seen) in schema.fields.iter().zip(seen) {
-            if !seen && f.required {
+        for (i, f) in schema.fields.iter().enumerate() {
+            if !seen.has(i) && f.required {
                 self.errors.push(FieldError { field: Loc::Field(&self.loc, &f.name).render(), reason: "required, missing".into() });
             }
         }
@@ -241,16 +340,23 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_> {
     }
 }
 
-impl RecordSeed<'_, '_> {
+impl RecordSeed<'_, '_, '_> {
     fn not_object<E>(self, got: &str) -> Result<(), E> {
         self.errors.push(FieldError { field: self.loc.render(), reason: format!("expected an object, got {got}") });
         Ok(())
     }
 }
 
-/// A key's text: a string's content, anything else as written.
-fn key_text(raw: &RawValue) -> String {
-    serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_string())
+/// A key's text: a string's content (borrowed unless it has escapes), anything else as written.
+fn key_text(raw: &RawValue) -> Cow<'_, str> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Cow::Borrowed(text);
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => serde_json::from_str::<String>(text).map_or(Cow::Borrowed(text), Cow::Owned),
+    }
 }
 
 fn check_raw(ty: &Ty, raw: &RawValue, loc: Loc<'_>, errors: &mut Vec<FieldError>) {

@@ -38,7 +38,7 @@ const GOOD: &str = r#"{"id":"a-1","small":-128,"big":18446744073709551615,"at":"
 
 #[test]
 fn a_good_record_passes_and_gives_its_key() {
-    assert_eq!(schema().check(GOOD.as_bytes()), Ok(Some(b"a-1".to_vec())));
+    assert_eq!(schema().check(GOOD.as_bytes()), Ok(Some(Cow::Borrowed(&b"a-1"[..]))));
     let with_null = GOOD.replace(r#""tags""#, r#""note":null,"tags""#);
     assert!(schema().check(with_null.as_bytes()).is_ok());
 }
@@ -68,6 +68,36 @@ fn missing_fields_wrong_shapes_and_bad_json_are_refused() {
     let stripped = allow.strip_extra(extra.as_bytes()).unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&stripped).unwrap(), serde_json::from_str::<serde_json::Value>(GOOD).unwrap());
     assert_eq!(allow.strip_extra(GOOD.as_bytes()), None);
+}
+
+#[test]
+fn keys_are_the_key_fields_text_in_declaration_order() {
+    let key = |name: &str, kind: Kind| Field { key: true, ..f(name, kind) };
+    let one = Schema::new(&[f("v", s(ScalarType::Int64)), key("id", s(ScalarType::String))], false);
+    let k = one.check(br#"{"v":1,"id":"a\"b"}"#).unwrap().unwrap();
+    assert_eq!(&*k, b"a\"b", "escapes are resolved");
+    let both = Schema::new(&[key("region", s(ScalarType::String)), f("v", s(ScalarType::Int64)), key("n", s(ScalarType::Int32))], false);
+    assert_eq!(&*both.check(br#"{"n":7,"v":1,"region":"eu"}"#).unwrap().unwrap(), b"eu|7");
+    let none = Schema::new(&[f("v", s(ScalarType::Int64))], false);
+    assert_eq!(none.check(br#"{"v":1}"#), Ok(None));
+}
+
+#[test]
+fn wide_records_are_checked_like_narrow_ones() {
+    // Over 16 fields the names are looked up by hash, over 64 the given ones are tracked in a vector.
+    for width in [10, 40, 100] {
+        let fields: Vec<Field> = (0..width).map(|i| f(&format!("f{i}"), s(ScalarType::Int32))).collect();
+        let wide = Schema::new(&fields, false);
+        let record = |skip: usize| {
+            let body: Vec<String> = (0..width).filter(|i| *i != skip).map(|i| format!("\"f{i}\":{i}")).collect();
+            format!("{{{}}}", body.join(","))
+        };
+        assert!(wide.check(record(usize::MAX).as_bytes()).is_ok(), "width {width}");
+        let errs = wide.check(record(width - 1).as_bytes()).unwrap_err();
+        assert_eq!(errs, vec![FieldError { field: format!("f{}", width - 1), reason: "required, missing".into() }]);
+        let twice = record(usize::MAX).replace("}", ",\"f0\":1}");
+        assert_eq!(wide.check(twice.as_bytes()).unwrap_err()[0].reason, "given twice", "width {width}");
+    }
 }
 
 #[test]

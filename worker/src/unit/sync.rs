@@ -41,6 +41,11 @@ struct Prepared {
     refused: Vec<(usize, String, &'static str)>,
 }
 
+/// A tenth of a batch's rows: a batch this large goes as soon as the partition pauses.
+fn substantial(target: &TableTarget) -> usize {
+    (target.max_rows as usize / 10).max(1)
+}
+
 /// What one unit inserts with.
 struct Table<'a> {
     target: &'a TableTarget,
@@ -60,6 +65,9 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
     };
     // One batch is inserted while the next is read: throughput is the slower of the two, not their sum.
     let mut ready: Option<Prepared> = None;
+    // Whether the last batch was substantial: the partition has a backlog (or a flood), and the batch that ends it
+    // goes at the first pause, however small (its rows need not wait out the delay behind a burst).
+    let mut backlog = false;
     loop {
         let (inserted, next) = tokio::join!(
             async {
@@ -68,11 +76,14 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
                     None => Ok(()),
                 }
             },
-            read(ctx, st, &mut messages, &mut carry, &table)
+            read(ctx, st, &mut messages, &mut carry, &table, backlog)
         );
         inserted?;
         match next? {
-            Some(p) => ready = Some(p),
+            Some(p) => {
+                backlog = p.held.len() >= substantial(&target);
+                ready = Some(p);
+            }
             None => return Ok(()),
         }
     }
@@ -85,6 +96,7 @@ async fn read<'a>(
     messages: &mut Messages<'a>,
     carry: &mut Option<Record<'a>>,
     table: &Table<'_>,
+    backlog: bool,
 ) -> Result<Option<Prepared>, UnitError> {
     let target = table.target;
     let first = match carry.take() {
@@ -98,11 +110,12 @@ async fn read<'a>(
     batch.push(&first);
     drop(first);
     let deadline = Instant::now() + Duration::from_millis(target.max_delay_ms as u64);
-    // A batch of a tenth of the rows or more goes as soon as the partition pauses (a backlog's tail need not wait
-    // out the delay); a trickle of records still waits, so that inserts stay few.
-    let substantial = (target.max_rows as usize / 10).max(1);
+    // A batch of a tenth of the rows or more goes as soon as the partition pauses, and so does the one after a
+    // batch that went early, however small (a backlog's tail need not wait out the delay); a trickle of records
+    // still waits, so that inserts stay few.
+    let eager_from = if backlog { 1 } else { substantial(target) };
     while batch.len() < target.max_rows as usize && (batch.bytes as u64) < target.max_bytes {
-        let until = if batch.len() >= substantial { deadline.min(Instant::now() + IDLE) } else { deadline };
+        let until = if batch.len() >= eager_from { deadline.min(Instant::now() + IDLE) } else { deadline };
         match next_record(st, messages, Some(until)).await? {
             Some(r) => batch.push(&r),
             None => break,
@@ -126,7 +139,7 @@ async fn read<'a>(
 /// Inserts a batch, dead-letters what ClickHouse refused (or could not be a row), and moves the safe offset past it.
 async fn finish(ctx: &WorkerCtx, st: &UnitState, fence: &Fence, table: &Table<'_>, p: Prepared) -> Result<(), UnitError> {
     let label = [table.target.table.as_str()];
-    let Prepared { held, body, spans, mut refused } = p;
+    let Prepared { held, body, spans, mut refused, .. } = p;
     for (i, e) in insert(ctx, st, fence, &table.statement, &body, &spans, &label).await? {
         refused.push((i, e, "ClickHouseRejected"));
     }
