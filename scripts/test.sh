@@ -5,11 +5,12 @@ cd "$(dirname "$0")/.."
 bash scripts/stack.sh start
 eval "$(bash scripts/stack.sh env)"
 export RUST_BACKTRACE=1
+# The Python SDK first: the CLI tests plan Python apps with it, and `millrace dev` would install it mid-test.
+bash scripts/sdk.sh
 echo "== build (the data-plane tests start real worker processes)"
 cargo build --workspace --bins --locked
 echo "== cargo test (unit and integration, against the real stack)"
 cargo test --workspace --locked
 echo "== Python SDK: pytest (declarations; apps run by the real control plane, worker and Python sidecar)"
-bash scripts/sdk.sh
 # From outside sdk-python/, so that the installed package (with its generated stubs) is the one imported.
 (cd /tmp && "${MILLRACE_SDK_VENV:-$HOME/.millrace/sdk-venv}/bin/pytest" -q -p no:cacheprovider "$OLDPWD/sdk-python/tests")
