@@ -14,6 +14,9 @@ use millrace_proto::v1::*;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 
+/// How long workers get to stop the units of a deleted topic before the topic goes (they stop them at once).
+const UNITS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_millis(1000);
+
 pub struct Api {
     pub store: Store,
     pub provisioner: Provisioner,
@@ -83,6 +86,7 @@ impl Api {
         let changed = planned.iter().filter(|p| p.action != ChangeAction::Unchanged).count();
         tracing::info!(apply_id, client, changed, "plan applied");
         self.coordinator.plan_applied().await;
+        self.drop_topics_after_their_units(&planned).await?;
         Ok(ApplyPlanResponse { changes, dry_run, apply_id })
     }
 
@@ -139,7 +143,32 @@ impl Api {
         tx.commit().await?;
         tracing::info!(%key, client, "resource deleted");
         self.coordinator.plan_applied().await;
+        self.drop_topics_after_their_units(&planned).await?;
         Ok(planned[0].to_proto())
+    }
+
+    /// Deletes the topics of an applied diff once the units reading them had time to stop: they were revoked when
+    /// the apply rescheduled, and their workers close their consumers at once. A consumer whose topic vanishes
+    /// under it fills its logs with errors on any broker, and on Tansu 0.6 crashes librdkafka (a fetch answer for
+    /// the deleted topic names it by neither name nor id). The plan is recorded by then: a topic that cannot be
+    /// deleted is reported, not rolled back.
+    async fn drop_topics_after_their_units(&self, planned: &[Planned]) -> Result<(), Error> {
+        if self.provisioner.topic_drops(planned).is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(UNITS_STOP_WITHIN).await;
+        // Under the apply lock again: a plan applied meanwhile may have declared the resource anew.
+        let mut tx = self.store.begin_apply().await?;
+        let stored = Store::load_state(&mut *tx).await?;
+        let drops: Vec<&Planned> =
+            self.provisioner.topic_drops(planned).into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
+        let dropped = self.provisioner.drop_topics(&drops).await;
+        tx.rollback().await?;
+        dropped.map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "the plan was applied, but a topic it removes could not be deleted ({e}); it is no longer used: delete it by hand"
+            ))
+        })
     }
 }
 

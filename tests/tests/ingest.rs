@@ -275,6 +275,30 @@ async fn a_backlogs_tail_goes_at_once_while_a_trickle_waits_for_its_batch() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_synced_stream_stops_its_units_before_its_topic_goes() {
+    let env = TestEnv::new();
+    let cp = control_plane_with(&env, &pipeline(raw_fields(), 4)).await;
+    let name = format!("{}-w", env.id);
+    let mut w = Worker::start(&name, &cp.addr, "default=http://127.0.0.1:1");
+    let http = http_of(&cp, &name).await;
+    let (ok, _) = load(&http, 0, 100, 100, 1).await;
+    assert_eq!(ok.len(), 100);
+    wait_count(&env, "events", 100, WAIT).await;
+    let _ = wait_for_placement(&cp, 1, 4).await;
+    // Everything removed: the sync units stop first, then the topics go (a consumer whose topic vanished under it
+    // used to take the worker down on Tansu).
+    apply(&mut cp.client().await, &Plan::default(), false).await.expect("apply");
+    assert!(env.topics().is_empty(), "topics left: {:?}", env.topics());
+    let _ = wait_for_placement(&cp, 1, 0).await;
+    let watch = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch {
+        assert!(w.child.try_wait().unwrap().is_none(), "the worker died after its units' topic was deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.cleanup().await;
+}
+
 /// POSTs records `from..to` in requests of `per` records, `conns` at a time; returns the ids answered 200 and
 /// the statuses seen.
 async fn load(http: &str, from: usize, to: usize, per: usize, conns: usize) -> (Vec<usize>, Vec<u16>) {

@@ -45,8 +45,9 @@ fn is_topic(s: &Spec) -> bool {
 }
 
 impl Provisioner {
-    /// Applies the physical side of a diff: first every create and update, then the deletes. Both
-    /// dependencies are pinged first, so an outage fails the apply before anything is touched.
+    /// Applies the physical side of a diff: first every create and update, then the deletes of tables. Topics
+    /// are deleted later, by `drop_topics`, once the units reading them were revoked. Both dependencies are
+    /// pinged first, so an outage fails the apply before anything is touched.
     pub async fn execute(&self, planned: &[Planned]) -> Result<(), Error> {
         let touches: Vec<(Touch, &Planned)> = planned.iter().map(|p| (touch(p), p)).collect();
         let uses = |f: fn(&Spec) -> bool| {
@@ -65,6 +66,23 @@ impl Provisioner {
         }
         for (t, _) in &touches {
             if let Touch::Drop(s) = t {
+                if !is_topic(s) {
+                    self.drop(s).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The changes of a diff that delete a topic.
+    pub fn topic_drops<'a>(&self, planned: &'a [Planned]) -> Vec<&'a Planned> {
+        planned.iter().filter(|p| matches!(touch(p), Touch::Drop(s) if is_topic(s))).collect()
+    }
+
+    /// Deletes the topics of these changes (from `topic_drops`); the first failure names the topic.
+    pub async fn drop_topics(&self, drops: &[&Planned]) -> Result<(), Error> {
+        for p in drops {
+            if let Touch::Drop(s) = touch(p) {
                 self.drop(s).await?;
             }
         }
