@@ -153,18 +153,19 @@ impl Api {
     /// the deleted topic names it by neither name nor id). The plan is recorded by then: a topic that cannot be
     /// deleted is reported, not rolled back.
     async fn drop_topics_after_their_units(&self, planned: &[Planned]) -> Result<(), Error> {
-        if self.provisioner.topic_drops(planned).is_empty() {
+        let drops = self.provisioner.topic_drops(planned);
+        if drops.is_empty() {
             return Ok(());
         }
         tokio::time::sleep(UNITS_STOP_WITHIN).await;
-        // Under the apply lock again: a plan applied meanwhile may have declared the resource anew.
-        let mut tx = self.store.begin_apply().await?;
-        let stored = Store::load_state(&mut *tx).await?;
-        let drops: Vec<&Planned> =
-            self.provisioner.topic_drops(planned).into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
-        let dropped = self.provisioner.drop_topics(&drops).await;
-        tx.rollback().await?;
-        dropped.map_err(|e| {
+        let dropped = async {
+            // Under the apply lock again: a plan applied meanwhile may have declared the resource anew.
+            let mut tx = self.store.begin_apply().await?;
+            let stored = Store::load_state(&mut *tx).await?;
+            let gone: Vec<&Planned> = drops.into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
+            self.provisioner.drop_topics(&gone).await
+        };
+        dropped.await.map_err(|e| {
             Error::FailedPrecondition(format!(
                 "the plan was applied, but a topic it removes could not be deleted ({e}); it is no longer used: delete it by hand"
             ))

@@ -142,7 +142,7 @@ impl Default for Metrics {
 /// Serves /metrics and /healthz, beside `routes` (the ingest API), on a runtime of its own with `threads` threads
 /// (one: a current-thread runtime), until the process ends. Apart from the units' runtime, a request's parsing, its
 /// hand-over to the producer and its wake-up on acknowledgement stay on one core: on two cores that alone made ingest
-/// about 25% cheaper per record than sharing a work-stealing runtime (BENCHMARKS.md).
+/// 15-20% cheaper per record than sharing a work-stealing runtime (BENCHMARKS.md).
 pub fn serve(listener: std::net::TcpListener, threads: usize, metrics: Metrics, routes: axum::Router) -> std::io::Result<()> {
     use axum::routing::get;
     let app = routes

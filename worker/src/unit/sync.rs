@@ -110,9 +110,9 @@ async fn read<'a>(
     batch.push(&first);
     drop(first);
     let deadline = Instant::now() + Duration::from_millis(target.max_delay_ms as u64);
-    // A batch of a tenth of the rows or more goes as soon as the partition pauses, and so does the one after a
-    // batch that went early, however small (a backlog's tail need not wait out the delay); a trickle of records
-    // still waits, so that inserts stay few.
+    // A batch of a tenth of the rows or more goes as soon as the partition pauses, and so does the one after such a
+    // batch, however small (a backlog's tail need not wait out the delay); a trickle of records still waits, so
+    // that inserts stay few.
     let eager_from = if backlog { 1 } else { substantial(target) };
     while batch.len() < target.max_rows as usize && (batch.bytes as u64) < target.max_bytes {
         let until = if batch.len() >= eager_from { deadline.min(Instant::now() + IDLE) } else { deadline };
@@ -139,7 +139,7 @@ async fn read<'a>(
 /// Inserts a batch, dead-letters what ClickHouse refused (or could not be a row), and moves the safe offset past it.
 async fn finish(ctx: &WorkerCtx, st: &UnitState, fence: &Fence, table: &Table<'_>, p: Prepared) -> Result<(), UnitError> {
     let label = [table.target.table.as_str()];
-    let Prepared { held, body, spans, mut refused, .. } = p;
+    let Prepared { held, body, spans, mut refused } = p;
     for (i, e) in insert(ctx, st, fence, &table.statement, &body, &spans, &label).await? {
         refused.push((i, e, "ClickHouseRejected"));
     }
