@@ -16,6 +16,8 @@ pub const DEFAULT_RUNTIME: &str = "default";
 pub const DEFAULT_DEAD_LETTER_QUEUE: &str = "millrace_dead_letters";
 /// Kafka's limit on topic names, less room for a namespace prefix.
 const MAX_PHYSICAL_NAME: usize = 200;
+/// The largest insert batch a table may ask for: a sync unit holds one batch (and reads the next) in memory.
+pub const MAX_SYNC_BYTES: u64 = 256 << 20;
 
 /// Why a plan is refused: which resource, which of its fields, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,9 @@ fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
         }
         Spec::Table(t) => {
             check_fields(&t.fields)?;
+            if t.sync_max_bytes.is_some_and(|b| b > MAX_SYNC_BYTES) {
+                return Err(fail(&key, "sync_max_bytes", format!("at most {MAX_SYNC_BYTES} bytes (256 MiB) per insert: batches are held in memory")));
+            }
             t.life_cycle = check_lc(t.life_cycle)?;
             for f in &t.fields {
                 ch_column_type(f).map_err(|e| fail(&key, &format!("fields.{}", e.field), e.reason))?;
@@ -207,6 +212,7 @@ pub fn check_state(state: &State) -> Result<(), PlanError> {
             return Err(fail(key, "name", format!("its {what} name `{name}` is also {other}'s")));
         }
     }
+    check_function_names(state)?;
     let resolve = |from: &ResourceKey, field: &str, kind: ResourceKind, r: &ResourceRef| {
         let target = ResourceKey::new(kind, &r.name, &r.version);
         if state.contains_key(&target) {
@@ -249,6 +255,36 @@ pub fn check_state(state: &State) -> Result<(), PlanError> {
         }
     }
     check_cycles(state)
+}
+
+/// Transforms and consumers are one name space (their units, metrics and dead letters are named by them), and a
+/// function serves one kind: a sidecar function used as both a transform and a consumer would run as one of
+/// them only, and the other's units would stall.
+fn check_function_names(state: &State) -> Result<(), PlanError> {
+    let mut names: HashMap<&str, &ResourceKey> = HashMap::new();
+    let mut functions: HashMap<(&str, &str), (&ResourceKey, bool)> = HashMap::new();
+    for (key, r) in state {
+        let (function, consumer) = match spec(r) {
+            Spec::Transform(t) => (t.function.as_ref(), false),
+            Spec::Consumer(c) => (c.function.as_ref(), true),
+            _ => continue,
+        };
+        if let Some(other) = names.insert(key.name.as_str(), key) {
+            return Err(fail(key, "name", format!("{other} has the same name: transforms and consumers need distinct names")));
+        }
+        let Some(f) = function else { continue };
+        match functions.insert((f.runtime.as_str(), f.name.as_str()), (key, consumer)) {
+            Some((other, was_consumer)) if was_consumer != consumer => {
+                return Err(fail(
+                    key,
+                    "function",
+                    format!("function `{}` is also {other}'s function, of the other kind: give each its own function", f.name),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// A transform's or consumer's source: a stream, or a dead letter queue (whose records it recovers). Failures of
@@ -479,6 +515,34 @@ mod tests {
         assert!(validate(default).unwrap_err().to_string().contains("give it another dead_letter_queue"));
         let missing = Plan { consumers: vec![consumer("nope", None)], ..Default::default() };
         assert!(validate(missing).unwrap_err().to_string().contains("not declared"));
+    }
+
+    #[test]
+    fn a_consumer_named_like_a_transform_or_sharing_its_function_is_refused() {
+        let consumer = |name: &str, function: &str| millrace_proto::v1::Consumer {
+            name: name.into(),
+            source: Some(ResourceRef { name: "a".into(), version: String::new() }),
+            function: Some(FunctionRef { name: function.into(), runtime: String::new() }),
+            dead_letter_queue: None,
+        };
+        let base = Plan { streams: vec![stream("a", ""), stream("b", "")], transforms: vec![transform("a__b", "a", "b")], ..Default::default() };
+        let same_name = Plan { consumers: vec![consumer("a__b", "g")], ..base.clone() };
+        assert!(validate(same_name).unwrap_err().reason.contains("distinct names"));
+        let same_function = Plan { consumers: vec![consumer("audit", "f")], ..base.clone() };
+        assert!(validate(same_function).unwrap_err().reason.contains("of the other kind"));
+        // Transforms may share a function; a consumer with its own is fine.
+        let shared = Plan { streams: vec![stream("a", ""), stream("b", ""), stream("c", "")], transforms: vec![transform("ab", "a", "b"), transform("ac", "a", "c")], consumers: vec![consumer("audit", "g")], ..Default::default() };
+        assert!(validate(shared).is_ok());
+    }
+
+    #[test]
+    fn an_unbounded_sync_batch_is_refused() {
+        let ty = FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) };
+        let id = Field { name: "id".into(), r#type: Some(ty), nullable: false, key: true };
+        let t = |bytes: u64| millrace_proto::v1::Table { name: "t".into(), fields: vec![id.clone()], sync_max_bytes: Some(bytes), ..Default::default() };
+        assert!(validate(Plan { tables: vec![t(MAX_SYNC_BYTES)], ..Default::default() }).is_ok());
+        let e = validate(Plan { tables: vec![t(u64::MAX)], ..Default::default() }).unwrap_err();
+        assert_eq!(e.field, "sync_max_bytes", "{e}");
     }
 
     #[test]

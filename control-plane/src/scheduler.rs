@@ -106,14 +106,16 @@ pub fn desired_units(state: &State, names: &Names, partitions: &HashMap<String, 
             max_delay_ms: t.sync_max_delay_ms.unwrap_or(SYNC_MAX_DELAY_MS),
         };
         let count = partitions.get(&source_topic).copied().unwrap_or(s.parallelism.unwrap_or(1) as usize);
+        // Named by the stream's physical name: versions side by side are distinct streams with distinct units.
+        let name = physical_name(&Spec::Stream(s.clone()), "");
         for partition in 0..count as i32 {
-            let unit_id = format!("table_sync/{}/{partition}", s.name);
+            let unit_id = format!("table_sync/{name}/{partition}");
             out.insert(
                 unit_id.clone(),
                 WorkUnit {
                     unit_id,
                     kind: UnitKind::UnitTableSync as i32,
-                    name: s.name.clone(),
+                    name: name.clone(),
                     source_topic: source_topic.clone(),
                     partition,
                     dead_letter_topic: dead_letter_topic.clone(),

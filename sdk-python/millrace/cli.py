@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="server processes (env MILLRACE_SIDECAR_PROCESSES; default: the cores this process may use)")  # fmt: skip
     s.add_argument("--advertise", default=os.environ.get("MILLRACE_SIDECAR_ADVERTISE"),
                    help="host workers reach the processes at (env MILLRACE_SIDECAR_ADVERTISE; default: --host, or 127.0.0.1 for 0.0.0.0)")  # fmt: skip
+    s.add_argument("--call-timeout-ms", type=int, default=int(os.environ.get("MILLRACE_CALL_TIMEOUT_MS", "0")) or server.DEFAULT_CALL_TIMEOUT_MS,
+                   help="longest one call of a function may take before its record fails with FunctionTimeout and its process is "
+                        "replaced; keep it below the worker's --sidecar-timeout-ms (env MILLRACE_CALL_TIMEOUT_MS; default %(default)s)")  # fmt: skip
     s.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -49,13 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.processes < 1:
             print("millrace: --processes must be at least 1", file=sys.stderr)
             return 2
+        if args.call_timeout_ms < 1:
+            print("millrace: --call-timeout-ms must be at least 1", file=sys.stderr)
+            return 2
+        # The server processes (and their runners) read it from the environment they inherit.
+        os.environ["MILLRACE_CALL_TIMEOUT_MS"] = str(args.call_timeout_ms)
         advertise = args.advertise or ("127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host)
         if args.child is not None:
-            try:
-                return server.run_child(registry, args.host, advertise, args.port, args.processes, args.child)
-            except OSError as e:
-                print(f"millrace: {e}", file=sys.stderr)
-                return 3
+            return server.run_child(registry, args.host, advertise, args.port, args.processes, args.child)
         if not registry.functions():
             print(f"millrace: {args.app} declares no transform or consumer: there is nothing to serve", file=sys.stderr)
         return server.Supervisor(args.app, args.host, advertise, args.port, args.processes).run()

@@ -4,8 +4,12 @@ the registry into the contract's `Plan`."""
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
+import functools
 import hashlib
+import inspect
+import linecache
 import re
 from enum import Enum
 from typing import Any, Callable, ClassVar, Generic, Literal, Optional, TypeVar, Union
@@ -123,6 +127,16 @@ class Registry:
     def of(self, kind: str) -> list:
         return [r for (k, _, _), r in self.resources.items() if k == kind]
 
+    def add_function(self, f: Union["Transform", "Consumer"]) -> None:
+        """Function names are unique in an app: a worker finds each function, and its offsets, by name."""
+        for other in [*self.transforms, *self.consumers]:
+            if other.name == f.name:
+                raise DeclarationError(
+                    f"{f.describe()} would be named {f.name!r}, as {other.describe()} is: function names must be unique; "
+                    "give one of them a version (TransformConfig/ConsumerConfig(version=...)) or rename a stream"
+                )
+        (self.consumers if f.consumer else self.transforms).append(f)
+
     def functions(self) -> dict[str, Union["Transform", "Consumer"]]:
         return {f.name: f for f in [*self.transforms, *self.consumers]}
 
@@ -208,24 +222,25 @@ class Stream(_Typed, Generic[T]):
                     + ": give the second one TransformConfig(version=...)"
                 )
         t = Transform(name, self, destination, transformation, config, self._dlq_for(config.dead_letter_queue))
+        registry.add_function(t)
         self.transformations.append(t)
-        registry.transforms.append(t)
 
     def add_consumer(self, consumer: Callable[[Any], Any], config: Optional[ConsumerConfig] = None) -> None:
         config = config or ConsumerConfig()
         if not callable(consumer):
             raise DeclarationError(f"Stream {self.name!r}: add_consumer's consumer must be callable")
         version = _check_version("Consumer", self.name, config.version)
-        fn_name = getattr(consumer, "__name__", "")
-        label = fn_name if _NAME.match(fn_name or "") and fn_name != "<lambda>" else f"consumer_{len(self.consumers)}"
-        name = _stable_name(self.topic, label, version.replace(".", "_"))
+        label = _consumer_label(consumer)
+        # `consumer` keeps consumers' names apart from transforms' (`<source>__<destination>`).
+        name = _stable_name(self.topic, "consumer", label, version.replace(".", "_"))
         if any(c.name == name for c in self.consumers):
+            what = "an identical lambda" if label.startswith("lambda_") else f"a consumer named {label!r}"
             raise DeclarationError(
-                f"Stream {self.name!r} already has a consumer named {label!r}: give the second one ConsumerConfig(version=...)"
+                f"Stream {self.name!r} already has {what}: give the second one ConsumerConfig(version=...) or another name"
             )
         c = Consumer(name, self, consumer, config, self._dlq_for(config.dead_letter_queue))
+        registry.add_function(c)
         self.consumers.append(c)
-        registry.consumers.append(c)
 
     def send(self, values: Any, timeout: float = 30.0) -> None:
         """Write one record or a list of them, keyed by the model's Key fields; returns once the broker acknowledged
@@ -240,11 +255,60 @@ class Transform:
         self.name, self.source, self.destination, self.fn, self.config, self.dead_letter_queue = name, source, destination, fn, config, dlq
         self.consumer = False
 
+    def describe(self) -> str:
+        return f"the transform from {self.source.name!r} to {self.destination.name!r}"
+
 
 class Consumer:
     def __init__(self, name: str, source: Stream, fn: Callable, config: ConsumerConfig, dlq: Any):
         self.name, self.source, self.destination, self.fn, self.config, self.dead_letter_queue = name, source, None, fn, config, dlq
         self.consumer = True
+
+    def describe(self) -> str:
+        return f"a consumer of {self.source.name!r}"
+
+
+def _consumer_label(fn: Callable) -> str:
+    """A consumer's own part of its name: its function's name, or for a lambda `lambda_<hash of its code>`, so that
+    adding, removing or reordering other consumers never renames it (editing the lambda does)."""
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    name = getattr(target, "__name__", None) or type(target).__name__
+    if name != "<lambda>" and _NAME.match(name):
+        return name
+    return f"lambda_{_code_digest(target)}"
+
+
+def _code_digest(fn: Callable) -> str:
+    """A short digest of a lambda's syntax tree (blind to spacing, comments and where it sits), or of its bytecode
+    when its source cannot be read."""
+    code = getattr(fn, "__code__", None)
+    node = _lambda_node(fn, code) if code is not None else None
+    if node is not None:
+        text = ast.dump(node, include_attributes=False)
+    elif code is not None:
+        text = repr((code.co_code, code.co_consts, code.co_names))
+    else:
+        text = repr(fn)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _lambda_node(fn: Callable, code: Any) -> Optional[ast.Lambda]:
+    try:
+        file = inspect.getsourcefile(fn)
+        source = "".join(linecache.getlines(file)) if file else ""
+        tree = ast.parse(source) if source else None
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return None
+    if tree is None:
+        return None
+    here = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda) and n.lineno == code.co_firstlineno]
+    if len(here) > 1 and hasattr(code, "co_positions"):
+        # Several lambdas on the line: the one whose span holds this code's own columns.
+        cols = [c for (line, _, c, _) in code.co_positions() if c is not None and line == code.co_firstlineno]
+        if cols:
+            inside = [n for n in here if n.col_offset <= min(cols) and (n.end_lineno > n.lineno or (n.end_col_offset or 0) >= max(cols))]
+            here = sorted(inside, key=lambda n: n.end_col_offset - n.col_offset)[:1] or here
+    return here[0] if here else None
 
 
 class OlapTable(_Typed, Generic[T]):

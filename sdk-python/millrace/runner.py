@@ -1,21 +1,45 @@
 """Runs one transform or consumer over a whole batch: inputs validated in one pydantic call, the function called per
-record, outputs serialised by pydantic's Rust core. A record that fails validation or whose function raises becomes
-that record's error; the rest of the batch goes on."""
+record, outputs serialised by pydantic's Rust core under the contract's (aliased) names and checked against the
+contract's types in one more call. A record that fails validation, whose function raises (any exception, SystemExit
+too) or does not return within the call bound, or whose output its columns cannot hold, becomes that record's error;
+the rest of the batch goes on."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
+import time
+from concurrent import futures
 from typing import Any, Callable, Optional, Union
 
 from pydantic import BaseModel, Json, TypeAdapter, ValidationError
 
+from .types import model_fields, wire_model
+
 # A record's outcome: the JSON outputs (empty for a filtered record or a consumer), or (error type, message).
 Outcome = Union[list, tuple]
 
-# Async consumers of one batch awaited at once, at most.
+# Async consumers of one batch awaited at once, at most (one key's records count once: they run one by one).
 ASYNC_CONCURRENCY = 256
+
+# How long one call may take: a little less than the worker's sidecar timeout (30 s by default), so that the
+# worker hears which record hung rather than timing out the whole batch.
+DEFAULT_CALL_TIMEOUT_MS = 25_000
+
+
+def call_timeout_s() -> float:
+    return int(os.environ.get("MILLRACE_CALL_TIMEOUT_MS", DEFAULT_CALL_TIMEOUT_MS)) / 1000
+
+
+class Stuck(Exception):
+    """An async batch made no progress for longer than the call bound (its event loop is blocked): which record is
+    to blame cannot be told, so nothing is answered and the process restarts."""
+
+
+class Abandoned(Exception):
+    """The caller stopped waiting for the batch (the worker closed the stream)."""
 
 
 class _Loop:
@@ -35,18 +59,66 @@ class _Loop:
             return cls._loop
 
 
+_pool_lock = threading.Lock()
+_pool: Optional[futures.ThreadPoolExecutor] = None
+
+
+def _calls() -> futures.ThreadPoolExecutor:
+    """The threads user code runs on: the gRPC thread of a stream only waits, so it can answer for a call that
+    hangs. One batch at a time per stream; a thread stuck in a call is left behind (and the process restarts)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = futures.ThreadPoolExecutor(int(os.environ.get("MILLRACE_SIDECAR_THREADS", "1024")), thread_name_prefix="millrace-call")
+        return _pool
+
+
 def _error(e: BaseException) -> tuple:
     return (type(e).__name__, str(e) or repr(e))
 
 
+async def _awaited(a: Any) -> Any:
+    return await a
+
+
+class _Job:
+    """A sync batch's progress, shared by the thread running it and the one watching it: the index of the record in
+    hand. Each record's answer is claimed once, by the running thread when its call returns or by the watcher when
+    the call outlives its bound (`dict.setdefault` is atomic): no lock per record, and a record the watcher answered
+    is neither overwritten nor followed by another call on that thread."""
+
+    __slots__ = ("records", "errors", "out", "i", "answered")
+
+    def __init__(self, records: list, errors: dict, out: list, start: int):
+        self.records, self.errors, self.out, self.i, self.answered = records, errors, out, start, {}
+
+
+_RUNNER, _WATCHER = object(), object()
+
+
 class Runner:
-    def __init__(self, name: str, fn: Callable, in_model: type, out_model: Optional[type], consumer: bool):
+    def __init__(
+        self,
+        name: str,
+        fn: Callable,
+        in_model: type,
+        out_model: Optional[type],
+        consumer: bool,
+        call_timeout: Optional[float] = None,
+        on_stuck: Optional[Callable[[], None]] = None,
+    ):
         self.name, self.fn, self.consumer = name, fn, consumer
         self.in_model, self.out_model = in_model, out_model
+        self.call_timeout = call_timeout if call_timeout is not None else call_timeout_s()
+        self.on_stuck = on_stuck
         # Json[Model] parses and validates each record apart (a malformed record cannot bleed into its neighbours),
         # all in one call into pydantic's core.
         self.inputs = TypeAdapter(list[Json[in_model]])
         self.out_adapter = TypeAdapter(out_model) if out_model is not None else None
+        # What the contract says the outputs' JSON holds (widths, finite numbers, no null where not nullable):
+        # checked once per batch, since a model's instances can be changed after validation.
+        wire = wire_model(out_model) if out_model is not None else None
+        self.wire = TypeAdapter(list[Json[wire]]) if wire is not None else None
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
     def validate(self, values: list[bytes]) -> tuple[list[Any], dict[int, tuple]]:
@@ -83,61 +155,218 @@ class Runner:
                 errors[i] = ("ValidationError", f"{self.in_model.__name__}: {e}")
         return parsed, errors
 
-    def run(self, values: list[bytes]) -> list[Outcome]:
+    def run(self, values: list[bytes], keys: Optional[list[bytes]] = None, alive: Optional[Callable[[], bool]] = None) -> list[Outcome]:
+        """One outcome per value. `keys` (the records' Kafka keys) keep an async function's calls for one key in
+        order; `alive` says whether anyone still waits for the answer."""
         records, errors = self.validate(values)
         if self.is_async:
-            return self._run_async(records, errors)
-        out: list[Outcome] = [None] * len(records)  # type: ignore[list-item]
-        fn, serialise, consumer = self.fn, self._serialise, self.consumer
-        for i, r in enumerate(records):
-            if i in errors:
-                out[i] = errors[i]
-                continue
-            try:
-                result = fn(r)
-                out[i] = [] if consumer else serialise(result)
-            except Exception as e:  # the user's function failed on this record: it goes to the dead letter queue
-                out[i] = _error(e)
+            out = self._run_async(records, errors, keys, alive)
+        else:
+            out = self._run_sync(records, errors, alive)
+        if self.wire is not None:
+            self._check(out)
         return out
 
-    def _run_async(self, records: list[Any], errors: dict[int, tuple]) -> list[Outcome]:
-        async def all_of() -> list:
-            gate = asyncio.Semaphore(ASYNC_CONCURRENCY)
+    # Sync functions: called one after another on a thread of the pool, watched from the caller's thread.
 
-            async def one(r: Any) -> Any:
-                async with gate:
-                    return await self.fn(r)
+    def _run_sync(self, records: list, errors: dict, alive: Optional[Callable[[], bool]]) -> list[Outcome]:
+        out: list[Outcome] = [None] * len(records)  # type: ignore[list-item]
+        start = 0
+        while start < len(records):
+            job = _Job(records, errors, out, start)
+            stuck = self._watch(_calls().submit(self._call_all, job), job, alive)
+            if stuck is None:
+                break
+            out[stuck] = (
+                "FunctionTimeout",
+                f"{self.name} did not return within {self.call_timeout:g} s on this record "
+                "(set MILLRACE_CALL_TIMEOUT_MS to allow longer); the sidecar process restarts to free the stuck call",
+            )
+            if self.on_stuck is not None:
+                self.on_stuck()
+            start = stuck + 1  # the rest of the batch runs on another thread
+        return out
 
-            todo = [one(r) for i, r in enumerate(records) if i not in errors]
-            return await asyncio.gather(*todo, return_exceptions=True)
-
-        results = iter(asyncio.run_coroutine_threadsafe(all_of(), _Loop.get()).result())
-        out: list[Outcome] = []
-        for i in range(len(records)):
+    def _call_all(self, job: _Job) -> None:
+        fn, finish, out, errors, records, claim = self.fn, self._finish, job.out, job.errors, job.records, job.answered.setdefault
+        # The common cases inline (an instance of the destination's model; a consumer's None): a call less per record.
+        out_model, consumer = self.out_model, self.consumer
+        to_json = out_model.__pydantic_serializer__.to_json if out_model is not None else None
+        for i in range(job.i, len(records)):
+            job.i = i
             if i in errors:
-                out.append(errors[i])
-                continue
-            r = next(results)
-            if isinstance(r, BaseException):
-                out.append(_error(r))
+                outcome = errors[i]
             else:
                 try:
-                    out.append([] if self.consumer else self._serialise(r))
-                except Exception as e:
-                    out.append(_error(e))
-        return out
+                    result = fn(records[i])
+                    if type(result) is out_model:
+                        outcome = [to_json(result, by_alias=True)]
+                    elif consumer and result is None:
+                        outcome = []
+                    else:
+                        outcome = finish(result)
+                except BaseException as e:  # SystemExit too: the record's error, not the process's
+                    outcome = _error(e)
+            if claim(i, _RUNNER) is not _RUNNER:
+                return  # the watcher answered for it: stop
+            out[i] = outcome
+
+    def _watch(self, fut: futures.Future, job: _Job, alive: Optional[Callable[[], bool]]) -> Optional[int]:
+        """None once the job is done; the index of the record whose call outlived the bound otherwise (within one
+        tick: the watcher notes when it first saw each record in hand, so the running thread reads no clock)."""
+        tick = min(0.5, self.call_timeout / 5)
+        seen, since = job.i, time.monotonic()
+        while True:
+            try:
+                fut.result(timeout=tick)
+                return None
+            except futures.TimeoutError:
+                pass
+            i, now = job.i, time.monotonic()
+            if i != seen:
+                seen, since = i, now
+            elif now - since > self.call_timeout and job.answered.setdefault(i, _WATCHER) is _WATCHER:
+                return i
+            if alive is not None and not alive() and job.answered.setdefault(job.i, _WATCHER) is _WATCHER:
+                raise Abandoned()
+
+    def _finish(self, result: Any) -> list:
+        if self.consumer:
+            if result is not None and inspect.isawaitable(result):
+                self._await(result)
+            return []
+        return self._serialise(result)
+
+    def _await(self, awaitable: Any) -> Any:
+        """A plain function gave back a coroutine: await it, and treat the function as async from now on."""
+        self.is_async = True
+        return asyncio.run_coroutine_threadsafe(_awaited(awaitable), _Loop.get()).result()
+
+    # Async functions: one coroutine per key on the process's event loop, a key's records awaited in order.
+
+    def _run_async(self, records: list, errors: dict, keys: Optional[list[bytes]], alive: Optional[Callable[[], bool]]) -> list[Outcome]:
+        n = len(records)
+        out: list[Outcome] = [None] * n  # type: ignore[list-item]
+        lanes: dict[Any, list[int]] = {}
+        for i in range(n):
+            if i in errors:
+                out[i] = errors[i]
+            else:
+                # Keyless records have no order to keep: each is a lane of its own.
+                k = keys[i] if keys is not None and keys[i] else i
+                lanes.setdefault(k, []).append(i)
+        bound, fn, progress = self.call_timeout, self.fn, [time.monotonic()]
+        finish = self._finish_async
+
+        async def one(i: int) -> None:
+            try:
+                result = fn(records[i])
+                if inspect.isawaitable(result):
+                    result = await _bounded(result, bound)
+                out[i] = finish(result)
+            except _CallTimeout:
+                out[i] = ("FunctionTimeout", f"{self.name} did not return within {bound:g} s on this record (set MILLRACE_CALL_TIMEOUT_MS to allow longer)")
+            except BaseException as e:  # noqa: B036 - SystemExit and CancelledError too: the record's error
+                out[i] = _error(e)
+            progress[0] = time.monotonic()
+
+        async def all_of() -> None:
+            gate = asyncio.Semaphore(ASYNC_CONCURRENCY)
+
+            async def lane(idx: list[int]) -> None:
+                async with gate:
+                    for i in idx:
+                        await one(i)
+
+            await asyncio.gather(*(lane(idx) for idx in lanes.values()))
+
+        fut = asyncio.run_coroutine_threadsafe(all_of(), _Loop.get())
+        tick = min(0.5, bound / 5)
+        while True:
+            try:
+                fut.result(timeout=tick)
+                return out
+            except futures.TimeoutError:
+                pass
+            if time.monotonic() - progress[0] > bound + 2.0:
+                fut.cancel()
+                if self.on_stuck is not None:
+                    self.on_stuck()
+                raise Stuck(f"{self.name}: no record of the batch finished within {bound:g} s: the event loop is blocked")
+            if alive is not None and not alive():
+                fut.cancel()
+                raise Abandoned()
+
+    def _finish_async(self, result: Any) -> list:
+        return [] if self.consumer else self._serialise(result)
 
     def _serialise(self, result: Any) -> list[bytes]:
-        """A transform's return value as JSON records: None filters, a list fans out."""
+        """A transform's return value as JSON records under the contract's names: None filters, a list fans out."""
+        out_model = self.out_model
+        if type(result) is out_model:
+            return [result.__pydantic_serializer__.to_json(result, by_alias=True)]
         if result is None:
             return []
+        if not isinstance(result, (list, tuple)) and inspect.isawaitable(result):
+            return self._serialise(self._await(result))
         items = result if isinstance(result, (list, tuple)) else (result,)
-        out_model, out = self.out_model, []
+        out = []
         for item in items:
             if item is None:
                 continue
             if type(item) is not out_model:
-                # Another model or a dict: it must still fit the destination stream.
-                item = self.out_adapter.validate_python(item.model_dump() if isinstance(item, BaseModel) else item)
-            out.append(item.__pydantic_serializer__.to_json(item))
+                # Another model or a dict: it must still fit the destination stream (by alias or by field name).
+                data = item.model_dump(by_alias=True) if isinstance(item, BaseModel) else item
+                item = self.out_adapter.validate_python(data, by_alias=True, by_name=True)
+            out.append(item.__pydantic_serializer__.to_json(item, by_alias=True))
         return out
+
+    def _check(self, out: list[Outcome]) -> None:
+        """Refuses, as its record's error, every output whose JSON the destination's columns cannot hold."""
+        flat: list[bytes] = []
+        owner: list[int] = []
+        for i, o in enumerate(out):
+            if type(o) is list and o:
+                flat.extend(o)
+                owner.extend([i] * len(o))
+        if not flat:
+            return
+        try:
+            self.wire.validate_python(flat)
+            return
+        except ValidationError as e:
+            problems: dict[int, list[str]] = {}
+            for err in e.errors(include_url=False):
+                loc = err.get("loc") or ()
+                if not loc or not isinstance(loc[0], int):
+                    continue
+                where = ".".join(str(p) for p in loc[1:] if not str(p).endswith("]"))
+                msg = err["msg"]
+                if err.get("input") is None and err["type"] in ("float_type", "float_parsing"):
+                    msg = "NaN or infinity (JSON has no such number; it would arrive as null)"
+                problems.setdefault(owner[loc[0]], []).append(f"{where}: {msg}")
+        for i, msgs in problems.items():
+            out[i] = ("ValidationError", f"an output does not fit {self.out_model.__name__}: " + "; ".join(msgs))
+
+
+class _CallTimeout(Exception):
+    pass
+
+
+_timeout_cm = getattr(asyncio, "timeout", None)
+
+
+async def _bounded(awaitable: Any, bound: float) -> Any:
+    if _timeout_cm is not None:  # Python 3.11+: no extra task per call
+        cm = _timeout_cm(bound)
+        try:
+            async with cm:
+                return await awaitable
+        except TimeoutError:
+            if cm.expired():
+                raise _CallTimeout() from None
+            raise  # the function's own TimeoutError
+    try:
+        return await asyncio.wait_for(awaitable, bound)
+    except asyncio.TimeoutError:
+        raise _CallTimeout() from None

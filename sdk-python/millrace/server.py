@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 import grpc
 
 from . import resources
-from .runner import Runner
+from .runner import DEFAULT_CALL_TIMEOUT_MS, Abandoned, Runner, Stuck  # noqa: F401 - the CLI's default
 from .v1 import function_runtime_pb2 as fr
 from .v1 import function_runtime_pb2_grpc as fr_grpc
 
@@ -25,11 +25,32 @@ MAX_MESSAGE = 64 << 20
 RUNTIME = "millrace-python/0.1.0"
 
 
-def runners(registry: resources.Registry) -> dict[str, Runner]:
+# Exit codes of a server process, for its supervisor.
+APP_CANNOT_LOAD = 3
+CANNOT_LISTEN = 4
+RECYCLED = 5
+
+
+class Health:
+    """One process's state: the Process streams open, and whether it is being replaced because a call of user code
+    never returned (a thread stuck in user code cannot be stopped; only the process's end frees it)."""
+
+    def __init__(self) -> None:
+        self.recycling = threading.Event()
+        self._lock = threading.Lock()
+        self.streams = 0
+
+    def opened(self, delta: int) -> None:
+        with self._lock:
+            self.streams += delta
+
+
+def runners(registry: resources.Registry, health: Optional[Health] = None) -> dict[str, Runner]:
     out = {}
+    on_stuck = health.recycling.set if health is not None else None
     for name, f in registry.functions().items():
         out_model = None if f.consumer else f.destination.model
-        out[name] = Runner(name, f.fn, f.source.model, out_model, f.consumer)
+        out[name] = Runner(name, f.fn, f.source.model, out_model, f.consumer, on_stuck=on_stuck)
     return out
 
 
@@ -45,9 +66,14 @@ def encode(batch_id: int, outcomes: list) -> fr.ProcessResponse:
     return fr.ProcessResponse(result=result)
 
 
+def expired(batch_id: int) -> fr.ProcessResponse:
+    return fr.ProcessResponse(result=fr.BatchResult(batch_id=batch_id, expired=True))
+
+
 class FunctionRuntime(fr_grpc.FunctionRuntimeServicer):
-    def __init__(self, functions: dict[str, Runner], endpoints: list[str]):
+    def __init__(self, functions: dict[str, Runner], endpoints: list[str], health: Optional[Health] = None):
         self.functions, self.endpoints = functions, endpoints
+        self.health = health or Health()
 
     def Describe(self, request, context):
         infos = [fr.FunctionInfo(name=n, consumer=r.consumer) for n, r in sorted(self.functions.items())]
@@ -61,13 +87,34 @@ class FunctionRuntime(fr_grpc.FunctionRuntimeServicer):
         if runner is None:
             hosted = ", ".join(sorted(self.functions)) or "none"
             context.abort(grpc.StatusCode.NOT_FOUND, f"function {first.open.function!r} is not hosted here (hosted: {hosted}); apply and serve the same app")
+        health = self.health
+        if health.recycling.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "this sidecar process is restarting (a call did not return): use another")
         # The worker waits for the stream's headers before it sends batches; without this they would come only
         # with the first result.
         context.send_initial_metadata(())
-        for req in request_iterator:
-            batch = req.batch
-            values = [r.value for r in batch.records]
-            yield encode(batch.batch_id, runner.run(values))
+        health.opened(1)
+        try:
+            # One batch after another: a stream carries one partition, whose records must run in offset order.
+            for req in request_iterator:
+                batch = req.batch
+                deadline = batch.deadline_unix_ms
+                # Not started: past its deadline (the worker no longer waits for it, or its lease may be gone), or
+                # while this process winds down (the worker runs it again elsewhere; nothing is condemned).
+                if (deadline and time.time() * 1000 > deadline) or health.recycling.is_set():
+                    yield expired(batch.batch_id)
+                    continue
+                records = batch.records
+                try:
+                    keys = [r.key for r in records] if runner.is_async else None  # only async calls overlap
+                    outcomes = runner.run([r.value for r in records], keys, context.is_active)
+                except Abandoned:
+                    return
+                except Stuck as e:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, f"{e}; the sidecar process restarts")
+                yield encode(batch.batch_id, outcomes)
+        finally:
+            health.opened(-1)
 
 
 # Each open Process stream holds a thread for as long as its unit runs (one per unit and process), so this bounds
@@ -75,7 +122,15 @@ class FunctionRuntime(fr_grpc.FunctionRuntimeServicer):
 THREADS = int(os.environ.get("MILLRACE_SIDECAR_THREADS", "1024"))
 
 
-def serve_one(registry: resources.Registry, host: str, port: int, endpoints: list[str], threads: int = THREADS) -> grpc.Server:
+def serve_one(
+    registry: resources.Registry,
+    host: str,
+    port: int,
+    endpoints: list[str],
+    threads: int = THREADS,
+    health: Optional[Health] = None,
+    runners_: Optional[dict[str, Runner]] = None,
+) -> grpc.Server:
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -88,7 +143,9 @@ def serve_one(registry: resources.Registry, host: str, port: int, endpoints: lis
         ("grpc.http2.max_ping_strikes", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="millrace"), options=options)
-    fr_grpc.add_FunctionRuntimeServicer_to_server(FunctionRuntime(runners(registry), endpoints), server)
+    health = health or Health()
+    functions = runners_ if runners_ is not None else runners(registry, health)
+    fr_grpc.add_FunctionRuntimeServicer_to_server(FunctionRuntime(functions, endpoints, health), server)
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot listen on {host}:{port}: is another sidecar running there? Pick another --port")
     server.start()
@@ -100,7 +157,12 @@ def endpoints_for(advertise: str, port: int, processes: int) -> list[str]:
 
 
 class Supervisor:
-    """Runs the N server processes and restarts any that exits; stops them all on SIGINT/SIGTERM."""
+    """Runs the N server processes and restarts any that exits, each on its own backoff, never giving up on one nor
+    stopping the others; stops them all on SIGINT/SIGTERM. Only a first start that cannot load the app ends it."""
+
+    BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
+    # A process that ran this long before exiting is restarted at once: its next failure starts the backoff again.
+    STEADY = 30.0
 
     def __init__(self, app: str, host: str, advertise: str, port: int, processes: int):
         self.app, self.host, self.advertise, self.port, self.n = app, host, advertise, port, processes
@@ -118,24 +180,35 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
+        now = time.monotonic()
+        started = [now] * self.n
+        delay = [0.0] * self.n
+        restart_at: list[Optional[float]] = [None] * self.n
+        first = [True] * self.n
         for i in range(self.n):
             self.children[i] = self._start(i)
         print(f"millrace sidecar: {self.n} process(es) on {', '.join(endpoints_for(self.advertise, self.port, self.n))}", flush=True)
-        restarts = [0.0] * self.n
         while not self.stopping.wait(0.1):
+            now = time.monotonic()
             for i, child in enumerate(self.children):
-                code = child.poll() if child else None
+                if child is None:
+                    if restart_at[i] is not None and now >= restart_at[i]:
+                        self.children[i], started[i], restart_at[i] = self._start(i), now, None
+                    continue
+                code = child.poll()
                 if code is None:
                     continue
-                if code == 3:  # the app cannot be loaded: restarting cannot help
+                if code == APP_CANNOT_LOAD and first[i]:  # the app cannot be loaded: restarting cannot help
                     self.stop()
                     return 1
-                # Back off a little when a process dies again at once (a crash at start-up).
-                if time.monotonic() - restarts[i] < 1.0:
-                    time.sleep(0.5)
-                print(f"millrace sidecar: process {i} exited ({code}); restarting it", file=sys.stderr, flush=True)
-                restarts[i] = time.monotonic()
-                self.children[i] = self._start(i)
+                first[i] = False
+                if code == RECYCLED or now - started[i] >= self.STEADY:
+                    delay[i] = 0.0
+                else:  # it died soon after starting: back off, doubling up to the cap
+                    delay[i] = min(self.BACKOFF_CAP, max(self.BACKOFF_FIRST, delay[i] * 2))
+                why = "replaced after a call that did not return" if code == RECYCLED else f"exited ({code})"
+                print(f"millrace sidecar: process {i} {why}; restarting it in {delay[i]:g} s", file=sys.stderr, flush=True)
+                self.children[i], restart_at[i] = None, now + delay[i]
         self.stop()
         return 0
 
@@ -152,11 +225,17 @@ class Supervisor:
                     c.kill()
 
 
+# How long a process being replaced waits for its streams to end (the workers move them elsewhere as they reach
+# their next batch) before it exits anyway.
+RECYCLE_GRACE_S = 5.0
+
+
 def run_child(registry: resources.Registry, host: str, advertise: str, port: int, processes: int, index: int) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     parent = os.getppid()
+    health = Health()
 
     def orphaned() -> None:
         # A supervisor killed outright cannot stop its processes: they stop themselves.
@@ -165,10 +244,25 @@ def run_child(registry: resources.Registry, host: str, advertise: str, port: int
                 stop.set()
 
     threading.Thread(target=orphaned, daemon=True).start()
-    server = serve_one(registry, host, port + index, endpoints_for(advertise, port, processes))
-    stop.wait()
+    try:
+        server = serve_one(registry, host, port + index, endpoints_for(advertise, port, processes), health=health)
+    except OSError as e:
+        print(f"millrace: {e}", file=sys.stderr, flush=True)
+        return CANNOT_LISTEN
+    code = 0
+    while not stop.wait(0.1):
+        if health.recycling.is_set():
+            print(f"millrace sidecar: process {index}: a call did not return; restarting the process", file=sys.stderr, flush=True)
+            grace = time.monotonic() + RECYCLE_GRACE_S
+            while health.streams > 0 and time.monotonic() < grace and not stop.is_set():
+                time.sleep(0.05)
+            code = RECYCLED
+            break
     server.stop(grace=2).wait()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Without waiting for the threads of user code: one may be stuck in a call for good.
+    os._exit(code)
 
 
 def default_processes() -> int:

@@ -9,10 +9,11 @@ import types as _types
 import typing
 import uuid
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, Strict
 from pydantic import Field as _PydanticField
+from typing_extensions import TypedDict
 
 
 class _KeyMarker:
@@ -194,9 +195,77 @@ def model_fields(model: type[BaseModel], depth: int = 0) -> list[dict]:
         ty, nullable, key = field_type(ann, where, depth)
         # pydantic moves Annotated metadata onto FieldInfo; look there for Key too.
         key = key or any(m is _KEY for m in info.metadata)
-        wire = info.alias or name
+        wire = _wire_name(model, name, info)
         out.append({"name": wire, "type": ty, "nullable": nullable, "key": key})
     return out
+
+
+def _wire_name(model: type[BaseModel], name: str, info: Any) -> str:
+    """The field's name in records: the one pydantic writes with `by_alias=True`. Records are read back by the same
+    name, so a model that would write one name and read another is refused."""
+    wire = info.serialization_alias or info.alias or name
+    va = info.validation_alias
+    if va is None:
+        readable = {info.alias or name}
+    elif isinstance(va, str):
+        readable = {va}
+    elif isinstance(va, AliasChoices):
+        readable = {c for c in va.choices if isinstance(c, str)}
+    else:
+        readable = set()
+    cfg = model.model_config
+    if cfg.get("populate_by_name") or cfg.get("validate_by_name"):
+        readable.add(name)
+    if wire not in readable:
+        raise AnnotationError(
+            f"{model.__name__}.{name}: records are written with the name {wire!r} but read with {sorted(readable) or 'another'}: "
+            f"give the field one name both ways, e.g. Field(alias={wire!r})"
+        )
+    return wire
+
+
+_F32_MAX = 3.4028234663852886e38
+
+
+def _wire_type(ty: dict, where: str) -> Any:
+    """The Python type that accepts exactly the JSON the contract allows for a numeric field type (None for the
+    others, whose values pydantic's validation and serialisation already keep in shape)."""
+    if "scalar" in ty:
+        s = ty["scalar"]
+        if s.lower() in _INT_RANGES:
+            lo, hi = _INT_RANGES[s.lower()]
+            return Annotated[int, Strict(), _PydanticField(ge=lo, le=hi)]
+        if s == "FLOAT32":
+            return Annotated[float, _PydanticField(ge=-_F32_MAX, le=_F32_MAX)]
+        if s == "FLOAT64":
+            return float
+        return None
+    if "optional" in ty:
+        inner = _wire_type(ty["optional"], where)
+        return Optional[inner] if inner is not None else None
+    if "array" in ty:
+        inner = _wire_type(ty["array"], where + "[]")
+        return list[inner] if inner is not None else None
+    if "record" in ty:
+        return _wire_record(ty["record"]["fields"], where)
+    return None
+
+
+def _wire_record(fields: list[dict], where: str) -> Any:
+    # A TypedDict, not a model: validating into dicts costs a third of building model instances. Only the fields
+    # that need a check: JSON numbers (NaN and infinity serialise as null; Python ints have no width).
+    defs = {}
+    for f in fields:
+        t = _wire_type(f["type"], f"{where}.{f['name']}")
+        if t is not None:
+            defs[f["name"]] = Optional[t] if f.get("nullable") else t
+    return TypedDict(f"{where.split('.')[0]}Wire", defs) if defs else None  # type: ignore[operator]
+
+
+def wire_model(model: type[BaseModel]) -> Any:
+    """A TypedDict that validates the numbers of a record's JSON as the contract types them (None: the record has
+    no number to check): the check a transform's outputs pass."""
+    return _wire_record(model_fields(model), model.__name__)
 
 
 def key_fields(model: type[BaseModel]) -> list[str]:

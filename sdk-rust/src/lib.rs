@@ -240,11 +240,19 @@ impl FunctionRuntime for Runtime {
                         return;
                     }
                 };
+                // A batch the worker no longer wants (its call timed out, its lease runs short) is not run.
+                if expired(batch.deadline_unix_ms) {
+                    let msg = ProcessResponse { result: Some(BatchResult { batch_id: batch.batch_id, results: vec![], expired: true }) };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let f = f.clone();
                 // User code may be slow: keep it off the async threads.
                 let results = tokio::task::spawn_blocking(move || {
                     let results: Vec<RecordResult> = batch.records.iter().map(|r| f.call(&r.value)).collect();
-                    BatchResult { batch_id: batch.batch_id, results }
+                    BatchResult { batch_id: batch.batch_id, results, expired: false }
                 })
                 .await;
                 let msg = results.map(|r| ProcessResponse { result: Some(r) }).map_err(|e| Status::internal(e.to_string()));
@@ -255,6 +263,12 @@ impl FunctionRuntime for Runtime {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Whether a batch's deadline (wall-clock milliseconds, 0 = none) has passed.
+fn expired(deadline_unix_ms: i64) -> bool {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    deadline_unix_ms > 0 && now > deadline_unix_ms as u128
 }
 
 #[cfg(test)]
@@ -278,6 +292,14 @@ mod tests {
             record_result::Result::Error(e) => e,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_batch_past_its_deadline_is_not_run() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert!(expired(1) && expired(now - 1));
+        assert!(!expired(0), "0 means no deadline");
+        assert!(!expired(now + 10_000));
     }
 
     #[test]

@@ -22,6 +22,16 @@ pub struct Config {
     /// which is cheapest on small machines; raise it when ingest needs more than a core.
     #[arg(long, env = "MILLRACE_HTTP_THREADS", default_value_t = 1)]
     pub http_threads: usize,
+    /// Requests the HTTP listener serves at once; more are answered 503 with Retry-After at once, so that memory
+    /// stays bounded (each ingest request holds its body, up to --ingest-max-body-bytes).
+    #[arg(long, env = "MILLRACE_HTTP_MAX_CONCURRENCY", default_value_t = 64)]
+    pub http_max_concurrency: usize,
+    /// A request body that has not fully arrived within this long is answered 408.
+    #[arg(long, env = "MILLRACE_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_body_timeout_ms: u64,
+    /// No HTTP request runs longer than this (408).
+    #[arg(long, env = "MILLRACE_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_request_timeout_ms: u64,
     /// ClickHouse's HTTP interface, for table syncs.
     #[arg(long, env = "MILLRACE_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
     pub clickhouse_url: String,

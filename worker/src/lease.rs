@@ -34,6 +34,11 @@ impl Lease {
         Instant::now() + ahead < *self.deadline.lock().expect("lease lock")
     }
 
+    /// How long the lease is still held, as this worker counts it.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.lock().expect("lease lock").saturating_duration_since(Instant::now())
+    }
+
     pub fn length(&self) -> Duration {
         self.length
     }

@@ -65,7 +65,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .tcp_keepalive(Some(Duration::from_secs(10)));
     let channel = endpoint.connect_lazy();
     let client = WorkerCoordinatorClient::new(channel.clone());
-    let catalog = ingest::catalog::Catalog::new(ControlPlaneClient::new(channel));
+    let catalog = ingest::catalog::Catalog::new(ControlPlaneClient::new(channel), ctx.metrics.catalog_refreshes.clone());
     tokio::spawn(catalog.clone().follow(Config::ms(config.catalog_refresh_ms)));
     let ingest_settings = ingest::Settings {
         max_body_bytes: config.ingest_max_body_bytes,
@@ -75,7 +75,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         linger_ms: config.ingest_linger_ms,
     };
     let ingest = ingest::Ingest::new(catalog, &config.kafka_brokers, ingest_settings, ctx.metrics.clone())?;
-    metrics::serve(listener.into_std()?, config.http_threads, ctx.metrics.clone(), ingest.routes()).context("starting the HTTP listener")?;
+    let limits = metrics::HttpLimits {
+        max_concurrency: config.http_max_concurrency,
+        body_timeout: Config::ms(config.http_body_timeout_ms),
+        request_timeout: Config::ms(config.http_request_timeout_ms),
+    };
+    metrics::serve(listener.into_std()?, config.http_threads, ctx.metrics.clone(), ingest.routes(), limits).context("starting the HTTP listener")?;
     tracing::info!(http = http_address, control_plane = config.control_plane, "worker starting");
     let settings = assignments::Settings {
         name: config.worker_name(),

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub ingest_requests: IntCounterVec,
     pub ingest_records: IntCounterVec,
     pub ingest_latency: HistogramVec,
+    pub catalog_refreshes: prometheus::IntCounter,
     pub table_rows_inserted: IntCounterVec,
     pub table_rows_dead_lettered: IntCounterVec,
     pub table_insert_retries: IntCounterVec,
@@ -101,6 +102,12 @@ impl Metrics {
                 &["api", "outcome"],
             ),
             ingest_latency,
+            catalog_refreshes: {
+                let c = prometheus::IntCounter::new("millrace_catalog_refreshes_total", "Reads of the ingest APIs from the control plane")
+                    .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             table_rows_inserted: counter(&r, "millrace_table_rows_inserted_total", "Rows ClickHouse confirmed, by table", &["table"]),
             table_rows_dead_lettered: counter(
                 &r,
@@ -143,7 +150,7 @@ impl Default for Metrics {
 /// (one: a current-thread runtime), until the process ends. Apart from the units' runtime, a request's parsing, its
 /// hand-over to the producer and its wake-up on acknowledgement stay on one core: on two cores that alone made ingest
 /// 15-20% cheaper per record than sharing a work-stealing runtime (BENCHMARKS.md).
-pub fn serve(listener: std::net::TcpListener, threads: usize, metrics: Metrics, routes: axum::Router) -> std::io::Result<()> {
+pub fn serve(listener: std::net::TcpListener, threads: usize, metrics: Metrics, routes: axum::Router, limits: HttpLimits) -> std::io::Result<()> {
     use axum::routing::get;
     let app = routes
         .route("/metrics", get(move || {
@@ -151,6 +158,7 @@ pub fn serve(listener: std::net::TcpListener, threads: usize, metrics: Metrics, 
             async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()) }
         }))
         .route("/healthz", get(|| async { "ok" }));
+    let app = limits.apply(app);
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -167,4 +175,33 @@ pub fn serve(listener: std::net::TcpListener, threads: usize, metrics: Metrics, 
         }
     })?;
     Ok(())
+}
+
+/// Bounds on the HTTP listener, so that slow or numerous clients cannot hold the worker's memory: requests past
+/// `max_concurrency` are answered 503 at once (not queued), a body that does not arrive within `body_timeout` is
+/// answered 408, and no request runs longer than `request_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_concurrency: usize,
+    pub body_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
+}
+
+impl HttpLimits {
+    fn apply(self, app: axum::Router) -> axum::Router {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        let max = self.max_concurrency.max(1);
+        app.layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(move |_: tower::BoxError| async move {
+                    let body = serde_json::json!({ "error": format!("the worker is serving its limit of {max} requests: retry shortly (or raise --http-max-concurrency)") });
+                    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], axum::Json(body)).into_response()
+                }))
+            .load_shed()
+            .concurrency_limit(max)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, self.request_timeout))
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(self.body_timeout)),
+        )
+    }
 }

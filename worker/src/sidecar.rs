@@ -1,13 +1,12 @@
-//! Calls to sidecars: one `Process` stream per running unit and sidecar process, over one HTTP/2 connection per
-//! process. A sidecar that runs several processes lists them in `Describe`; a unit opens a stream to each and sends
-//! each batch to the one with the fewest batches outstanding, reading results back in send order. Failures are told
-//! apart, because what a unit does next depends on whether a record may have caused them.
+//! Calls to sidecars: one `Process` stream per running unit, over one HTTP/2 connection per sidecar process. A
+//! sidecar that runs several processes lists them in `Describe`; each unit (one partition) keeps to one of them,
+//! so a partition's batches run in order in one process, and the partitions spread over the processes. Failures
+//! are told apart, because what a unit does next depends on whether a record may have caused them.
 
 use crate::unit::recovery::Poison;
 use millrace_proto::v1::function_runtime_client::FunctionRuntimeClient;
 use millrace_proto::v1::{process_request, DescribeRequest, DescribeResponse, OpenFunction, ProcessRequest, ProcessResponse};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -52,50 +51,27 @@ pub struct Sidecars {
     timeout: Duration,
 }
 
-/// One `Process` stream to one sidecar process.
-struct Lane {
-    url: String,
-    rx: Streaming<ProcessResponse>,
-}
-
-/// How many batches each lane has outstanding.
-struct Order {
-    outstanding: Vec<AtomicUsize>,
-}
-
-/// A function's open `Process` streams, one per sidecar process.
+/// A function's open `Process` stream to one sidecar process. A unit keeps all its batches on one process while
+/// that process lives: the process runs them one after another, so one key's records run in offset order and the
+/// state a function keeps in its module sees each partition whole.
 pub struct Session {
     pub name: String,
-    lanes: Vec<Lane>,
-    order: Arc<Order>,
-    /// The lane of each batch sent, oldest first.
-    sent: mpsc::UnboundedReceiver<usize>,
+    /// Opened on another process than the partition's own, which could not be reached.
+    pub fallback: bool,
+    rx: Streaming<ProcessResponse>,
     sender: BatchSender,
     timeout: Duration,
 }
 
-/// Sends batches of one session, each to the lane with the fewest outstanding.
-#[derive(Clone)]
-pub struct BatchSender {
-    txs: Arc<[mpsc::Sender<ProcessRequest>]>,
-    order: Arc<Order>,
-    sent: mpsc::UnboundedSender<usize>,
-    next: Arc<AtomicUsize>,
-}
+/// Sends the batches of one session.
+pub type BatchSender = mpsc::Sender<ProcessRequest>;
 
-impl BatchSender {
-    pub async fn send(&self, msg: ProcessRequest) -> Result<(), mpsc::error::SendError<ProcessRequest>> {
-        let n = self.txs.len();
-        // Rotating the starting lane breaks ties, so idle lanes share the work.
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let lane = (0..n)
-            .map(|i| (start + i) % n)
-            .min_by_key(|&i| self.order.outstanding[i].load(Ordering::Relaxed))
-            .unwrap_or(0);
-        self.order.outstanding[lane].fetch_add(1, Ordering::Relaxed);
-        let _ = self.sent.send(lane);
-        self.txs[lane].send(msg).await
-    }
+/// Which of `n` processes serves a function's partition: consecutive partitions on consecutive processes, each
+/// function starting elsewhere, so that a sidecar's processes share the partitions of every function.
+fn process_for(function: &str, partition: i32, n: usize) -> usize {
+    // FNV-1a: stable across workers and restarts, unlike a seeded hash.
+    let h = function.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    (h.wrapping_add(partition.unsigned_abs() as u64) % n.max(1) as u64) as usize
 }
 
 fn client(channel: Channel) -> FunctionRuntimeClient<Channel> {
@@ -139,41 +115,42 @@ impl Sidecars {
         }
     }
 
-    /// Opens a function's streams: to every process the sidecar lists, or to the configured address alone. A
-    /// process that cannot be reached is left out while another can (a supervisor is restarting it).
-    pub async fn open(&self, runtime: &str, function: &str, depth: usize) -> Result<Session, SidecarError> {
+    /// Opens a function's stream for one partition: to the process `process_for` picks among those the sidecar
+    /// lists (or the configured address alone). A process that cannot be reached gives way to the next one while
+    /// a supervisor restarts it; the partition comes back to it when its unit next opens a session.
+    pub async fn open(&self, runtime: &str, function: &str, partition: i32, depth: usize) -> Result<Session, SidecarError> {
         let (url, channel) = self.channel(runtime)?;
-        let unreachable = |detail: String| SidecarError::Unreachable { name: runtime.into(), detail };
-        let mut targets = vec![(url.to_string(), channel.clone())];
+        let mut targets = vec![url.to_string()];
         if let Ok(described) = self.describe(runtime).await {
             if !described.endpoints.is_empty() {
-                targets = described.endpoints.iter().filter_map(|u| self.extra(u).ok().map(|c| (u.clone(), c))).collect();
+                targets = described.endpoints;
+                targets.sort();
+                targets.dedup();
             }
         }
-        let opened = futures::future::join_all(targets.into_iter().map(|(u, c)| self.open_lane(u, c, function, depth))).await;
-        let (mut txs, mut lanes, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-        for r in opened {
-            match r {
-                Ok((tx, lane)) => {
-                    txs.push(tx);
-                    lanes.push(lane);
+        let first = process_for(function, partition, targets.len());
+        let mut failures = Vec::new();
+        for i in 0..targets.len() {
+            let target = &targets[(first + i) % targets.len()];
+            let c = if target == url { Ok(channel.clone()) } else { self.extra(target) };
+            let opened = match c {
+                Ok(c) => self.open_lane(target.clone(), c, function, depth).await,
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((sender, rx)) => {
+                    if !failures.is_empty() {
+                        tracing::warn!(sidecar = runtime, function, partition, failed = %failures.join("; "), using = target, "a sidecar process cannot be reached; using another");
+                    }
+                    return Ok(Session { name: format!("{runtime} ({target})"), fallback: i > 0, rx, sender, timeout: self.timeout });
                 }
                 Err(e) => failures.push(e),
             }
         }
-        if lanes.is_empty() {
-            return Err(unreachable(failures.join("; ")));
-        }
-        if !failures.is_empty() {
-            tracing::warn!(sidecar = runtime, function, failed = %failures.join("; "), "some sidecar processes cannot be reached; using the others");
-        }
-        let order = Arc::new(Order { outstanding: lanes.iter().map(|_| AtomicUsize::new(0)).collect() });
-        let (sent_tx, sent) = mpsc::unbounded_channel();
-        let sender = BatchSender { txs: txs.into(), order: order.clone(), sent: sent_tx, next: Default::default() };
-        Ok(Session { name: runtime.into(), lanes, order, sent, sender, timeout: self.timeout })
+        Err(SidecarError::Unreachable { name: runtime.into(), detail: failures.join("; ") })
     }
 
-    async fn open_lane(&self, url: String, channel: Channel, function: &str, depth: usize) -> Result<(mpsc::Sender<ProcessRequest>, Lane), String> {
+    async fn open_lane(&self, url: String, channel: Channel, function: &str, depth: usize) -> Result<(BatchSender, Streaming<ProcessResponse>), String> {
         let (tx, rx) = mpsc::channel(depth + 1);
         let open = ProcessRequest { message: Some(process_request::Message::Open(OpenFunction { function: function.into() })) };
         tx.send(open).await.map_err(|e| format!("{url}: {e}"))?;
@@ -183,7 +160,7 @@ impl Sidecars {
             .await
             .map_err(|_| format!("{url}: no answer to open"))?
             .map_err(|s| format!("{url}: {}: {}", s.code(), s.message()))?;
-        Ok((tx, Lane { url, rx: resp.into_inner() }))
+        Ok((tx, resp.into_inner()))
     }
 }
 
@@ -202,16 +179,9 @@ impl Session {
 
     /// The next batch result, in send order.
     pub async fn next(&mut self) -> Result<millrace_proto::v1::BatchResult, SidecarError> {
-        // The batch may be on its way to the sender still: its lane is known once it is sent.
-        let lane = match tokio::time::timeout(self.timeout, self.sent.recv()).await {
-            Ok(Some(lane)) => lane,
-            _ => return Err(SidecarError::Broke { name: self.name.clone(), detail: "the batch was never sent".into() }),
-        };
-        self.order.outstanding[lane].fetch_sub(1, Ordering::Relaxed);
-        let Lane { url, rx } = &mut self.lanes[lane];
-        let name = format!("{} ({url})", self.name);
+        let name = self.name.clone();
         let broke = |detail: String| SidecarError::Broke { name: name.clone(), detail };
-        match tokio::time::timeout(self.timeout, rx.message()).await {
+        match tokio::time::timeout(self.timeout, self.rx.message()).await {
             Err(_) => Err(SidecarError::Timeout { name, after: self.timeout }),
             Ok(Err(s)) if matches!(s.code(), Code::ResourceExhausted | Code::OutOfRange) => {
                 Err(SidecarError::TooLarge { name, detail: s.message().to_string() })
@@ -220,6 +190,26 @@ impl Session {
             Ok(Ok(None)) => Err(broke("stream ended".into())),
             Ok(Ok(Some(ProcessResponse { result: Some(r) }))) => Ok(r),
             Ok(Ok(Some(_))) => Err(broke("a response without a result".into())),
+        }
+    }
+
+    /// How long the worker waits for one batch's result.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_for;
+
+    #[test]
+    fn partitions_of_a_function_spread_over_every_process_and_stay_put() {
+        for n in 1..=4 {
+            let mut seen: Vec<usize> = (0..n as i32).map(|p| process_for("src__dst", p, n)).collect();
+            assert_eq!(process_for("src__dst", 1, n), process_for("src__dst", 1, n));
+            seen.sort();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n = {n}");
         }
     }
 }

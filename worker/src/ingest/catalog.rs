@@ -11,11 +11,16 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Reads made because a request missed are at least this far apart: a stream of unknown names costs the control
+/// plane at most ten calls a second, and an API just applied is still found within this long.
+const MISS_REFRESH_GAP: Duration = Duration::from_millis(100);
 
 /// One ingest API at one version.
 #[derive(Debug)]
 pub struct Endpoint {
     pub name: String,
+    /// `name` or `name/version`: its metrics label.
+    pub label: String,
     pub version: String,
     pub stream: String,
     pub topic: String,
@@ -25,6 +30,7 @@ pub struct Endpoint {
 
 pub struct Catalog {
     client: ControlPlaneClient<Channel>,
+    refreshes: prometheus::IntCounter,
     apis: RwLock<Option<HashMap<String, Vec<Arc<Endpoint>>>>>,
     last_refresh: Mutex<Option<Instant>>,
     refreshing: tokio::sync::Mutex<()>,
@@ -39,8 +45,8 @@ pub enum Found {
 }
 
 impl Catalog {
-    pub fn new(client: ControlPlaneClient<Channel>) -> Arc<Self> {
-        Arc::new(Self { client, apis: RwLock::new(None), last_refresh: Mutex::new(None), refreshing: Default::default() })
+    pub fn new(client: ControlPlaneClient<Channel>, refreshes: prometheus::IntCounter) -> Arc<Self> {
+        Arc::new(Self { client, refreshes, apis: RwLock::new(None), last_refresh: Mutex::new(None), refreshing: Default::default() })
     }
 
     /// Keeps the catalog fresh until the process ends.
@@ -61,12 +67,16 @@ impl Catalog {
     /// time share one read).
     async fn refresh_since(&self, asked: Option<Instant>) -> Result<(), String> {
         let _one = self.refreshing.lock().await;
-        if let (Some(asked), Some(last)) = (asked, *self.last_refresh.lock().expect("refresh lock")) {
+        let last = *self.last_refresh.lock().expect("refresh lock");
+        if let (Some(asked), Some(last)) = (asked, last) {
             if last >= asked {
                 return Ok(());
             }
+            // Misses wait for the next slot; those arriving meanwhile share its read.
+            tokio::time::sleep_until(last + MISS_REFRESH_GAP).await;
         }
         *self.last_refresh.lock().expect("refresh lock") = Some(Instant::now());
+        self.refreshes.inc();
         let mut client = self.client.clone();
         let req = ListResourcesRequest { kind: ResourceKind::Unspecified as i32 };
         let resources = match tokio::time::timeout(CALL_TIMEOUT, client.list_resources(req)).await {
@@ -97,6 +107,7 @@ impl Catalog {
             });
             apis.entry(api.name.clone()).or_default().push(Arc::new(Endpoint {
                 name: api.name.clone(),
+                label: if api.version.is_empty() { api.name.clone() } else { format!("{}/{}", api.name, api.version) },
                 version: api.version.clone(),
                 stream: s.name.clone(),
                 topic: stream.physical_name.clone(),

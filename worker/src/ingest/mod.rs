@@ -21,6 +21,13 @@ use tokio::time::Instant;
 
 /// Errors listed in a 400 answer, at most; the count says how many there were.
 const MAX_LISTED: usize = 1000;
+/// Invalid records of one request sent to the dead letter queue, at most; the answer says how many went. A body
+/// of millions of invalid records would otherwise queue millions of letters for one refused request.
+const MAX_DEAD_LETTERS: usize = 10_000;
+/// Room a record needs in a broker message beside its value (key, headers, framing).
+const RECORD_OVERHEAD: usize = 512;
+/// The metrics label of requests that name no known ingest API: one series, whatever the paths.
+const UNKNOWN_API: &str = "-";
 
 pub struct Settings {
     pub max_body_bytes: usize,
@@ -51,7 +58,7 @@ pub enum IngestError {
     #[error("{0}")]
     BadBody(String),
     #[error("{invalid} of {total} records are invalid; nothing was written{dlq}")]
-    Invalid { invalid: usize, total: usize, dlq: &'static str, errors: Vec<RecordError> },
+    Invalid { invalid: usize, total: usize, dlq: String, dead_lettered: usize, errors: Vec<RecordError> },
     #[error("{0}; nothing is lost: retry the request")]
     Unavailable(String),
 }
@@ -68,7 +75,9 @@ impl IntoResponse for IngestError {
         let status = self.status();
         let message = self.to_string();
         let body = match self {
-            IngestError::Invalid { invalid, errors, .. } => serde_json::json!({ "error": message, "invalid": invalid, "errors": errors }),
+            IngestError::Invalid { invalid, errors, dead_lettered, .. } => {
+                serde_json::json!({ "error": message, "invalid": invalid, "dead_lettered": dead_lettered, "errors": errors })
+            }
             _ => serde_json::json!({ "error": message }),
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -111,41 +120,48 @@ impl Ingest {
 
     async fn handle(&self, name: &str, version: Option<&str>, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
         let started = Instant::now();
-        let label = match version {
-            Some(v) => format!("{name}/{v}"),
-            None => name.to_string(),
+        // Labelled by the API found, never by the path asked for: paths are the client's, and each distinct label
+        // is a series kept forever.
+        let (api, result) = match self.find(name, version, headers).await {
+            Ok(api) => {
+                let r = self.ingest(&api, headers, body).await;
+                (Some(api), r)
+            }
+            Err(e) => (None, Err(e)),
         };
-        let result = self.ingest(name, version, headers, body).await;
+        let label = api.as_ref().map(|a| a.label.as_str()).unwrap_or(UNKNOWN_API);
         let code = match &result {
             Ok(_) => StatusCode::OK,
             Err(e) => e.status(),
         };
-        self.metrics.ingest_requests.with_label_values(&[&label, code.as_str()]).inc();
-        self.metrics.ingest_latency.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
+        self.metrics.ingest_requests.with_label_values(&[label, code.as_str()]).inc();
+        self.metrics.ingest_latency.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(written) => axum::Json(serde_json::json!({ "written": written })).into_response(),
             Err(e) => e.into_response(),
         }
     }
 
-    async fn ingest(&self, name: &str, version: Option<&str>, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<usize, IngestError> {
+    /// The API a request names, once its key is checked.
+    async fn find(&self, name: &str, version: Option<&str>, headers: &HeaderMap) -> Result<Arc<Endpoint>, IngestError> {
         if let Some(key) = &self.settings.api_key {
             let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
             if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
                 return Err(IngestError::Unauthorized);
             }
         }
-        let api = match self.catalog.lookup(name, version).await {
-            Found::Api(api) => api,
+        match self.catalog.lookup(name, version).await {
+            Found::Api(api) => Ok(api),
             Found::Unknown { known } => {
                 let shown = if known.is_empty() { "none is declared".to_string() } else { format!("declared: {}", known.join(", ")) };
                 let asked = version.map(|v| format!("{name}/{v}")).unwrap_or_else(|| name.to_string());
-                return Err(IngestError::NotFound(format!("`{asked}`"), shown));
+                Err(IngestError::NotFound(format!("`{asked}`"), shown))
             }
-            Found::NotLoaded => {
-                return Err(IngestError::Unavailable("this worker has not yet learned the ingest APIs from the control plane".into()))
-            }
-        };
+            Found::NotLoaded => Err(IngestError::Unavailable("this worker has not yet learned the ingest APIs from the control plane".into())),
+        }
+    }
+
+    async fn ingest(&self, api: &Arc<Endpoint>, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<usize, IngestError> {
         let limit = self.settings.max_body_bytes;
         let body = match body {
             Ok(b) if b.len() > limit => return Err(IngestError::TooLarge(b.len().to_string(), limit)),
@@ -160,29 +176,50 @@ impl Ingest {
         let records = split(&body, ndjson)?;
         let mut keys = Vec::with_capacity(records.len());
         let mut errors = Vec::new();
+        // Kept for the first invalid records only: a hostile body may hold millions.
         let mut invalid = Vec::new();
+        let mut invalid_count = 0;
+        let max_value = self.settings.max_message_bytes.saturating_sub(RECORD_OVERHEAD);
         for (i, r) in records.iter().enumerate() {
-            match api.schema.check(r) {
-                Ok(k) => keys.push(k),
+            // A record the broker can never take is the client's error, found before anything is queued.
+            let checked = if r.len() > max_value {
+                let reason = format!("the record is {} bytes, over the broker's limit of {max_value} bytes per record: send it smaller", r.len());
+                Err(vec![FieldError { field: String::new(), reason }])
+            } else {
+                api.schema.check(r)
+            };
+            match checked {
+                Ok(k) => {
+                    if invalid_count == 0 {
+                        keys.push(k);
+                    }
+                }
                 Err(errs) => {
-                    invalid.push((i, errs.clone()));
-                    errors.extend(errs.into_iter().map(|FieldError { field, reason }| RecordError { record: i, field, reason }));
+                    invalid_count += 1;
+                    keys = Vec::new();
+                    if errors.len() < MAX_LISTED {
+                        errors.extend(errs.iter().map(|FieldError { field, reason }| RecordError { record: i, field: field.clone(), reason: reason.clone() }));
+                    }
+                    if invalid.len() < MAX_DEAD_LETTERS {
+                        invalid.push((i, errs));
+                    }
                 }
             }
         }
-        let label = api.name.as_str();
-        if !invalid.is_empty() {
-            self.metrics.ingest_records.with_label_values(&[label, "invalid"]).inc_by(invalid.len() as u64);
-            let dlq = match &api.dead_letter_topic {
+        let label = api.label.as_str();
+        if invalid_count > 0 {
+            self.metrics.ingest_records.with_label_values(&[label, "invalid"]).inc_by(invalid_count as u64);
+            let (dlq, dead_lettered) = match &api.dead_letter_topic {
                 Some(topic) => {
-                    self.dead_letters(&api, topic, &records, &invalid).await?;
-                    "; the invalid records went to the dead letter queue"
+                    self.dead_letters(api, topic, &records, &invalid).await?;
+                    let n = invalid.len();
+                    let which = if n == invalid_count { "the invalid records".to_string() } else { format!("the first {n} invalid records") };
+                    (format!("; {which} went to the dead letter queue"), n)
                 }
-                None => "",
+                None => (String::new(), 0),
             };
-            let (count, total) = (invalid.len(), records.len());
             errors.truncate(MAX_LISTED);
-            return Err(IngestError::Invalid { invalid: count, total, dlq, errors });
+            return Err(IngestError::Invalid { invalid: invalid_count, total: records.len(), dlq, dead_lettered, errors });
         }
         let acks = BatchAcks::new();
         let deadline = Instant::now() + self.settings.timeout;

@@ -217,6 +217,10 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
         let e = match result {
             Ok(()) if st.ended() => break,
             Ok(()) => UnitError::Ended,
+            Err(UnitError::Rejoin) => {
+                tracing::info!(unit = u.unit_id, "reopening on the partition's own sidecar process");
+                continue;
+            }
             Err(e) => e,
         };
         if st.safe_offset.load(Ordering::SeqCst) != start {

@@ -17,6 +17,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+/// How long a partition stays on another sidecar process than its own before it tries its own again.
+const REJOIN_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Room left in a broker message for the key, headers and record framing.
 const RECORD_OVERHEAD: usize = 512;
 
@@ -39,6 +42,10 @@ pub enum UnitError {
     Protocol { want: u64, got: u64 },
     #[error("the lease is lost (or about to be) or the unit was revoked: stopping before producing")]
     Fenced,
+    #[error("moving back to the partition's own sidecar process")]
+    Rejoin,
+    #[error("the sidecar reached batch {0} after its deadline and did not run it (a slow function, or a lease running short): running it again")]
+    Expired(u64),
     #[error("a produce was not acknowledged: {0}")]
     Produce(String),
     #[error("the pipeline ended without being asked to")]
@@ -70,16 +77,22 @@ struct Pending {
 pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64, plan: RunPlan) -> Result<(), UnitError> {
     let function = st.unit.function.clone().unwrap_or_default();
     let consumer = consumer(ctx, st, start)?;
-    let session = ctx.sidecars.open(&function.runtime, &function.name, plan.in_flight).await?;
+    let session = ctx.sidecars.open(&function.runtime, &function.name, st.unit.partition, plan.in_flight).await?;
+    let call_timeout = session.timeout();
+    // A partition moved off its own process (which was down) goes back to it once that process could be up again.
+    let rejoin_at = session.fallback.then(|| Instant::now() + REJOIN_AFTER);
     let permits = Arc::new(Semaphore::new(plan.in_flight.max(1)));
     let (sent_tx, sent_rx) = mpsc::channel::<Sent>(plan.in_flight.max(1));
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(plan.in_flight.max(1));
     let sender = session.sender();
-    tokio::try_join!(
-        read(ctx, st, fence, &consumer, start, &plan, sender, permits, sent_tx),
+    let (rejoin, ..) = tokio::try_join!(
+        read(ctx, st, fence, &consumer, start, &plan, (sender, call_timeout, rejoin_at), permits, sent_tx),
         respond(ctx, st, fence, session, sent_rx, pending_tx),
         acknowledge(ctx, st, pending_rx),
     )?;
+    if rejoin {
+        return Err(UnitError::Rejoin);
+    }
     Ok(())
 }
 
@@ -91,23 +104,27 @@ async fn read(
     consumer: &Source,
     start: i64,
     plan: &RunPlan,
-    sidecar: crate::sidecar::BatchSender,
+    (sidecar, call_timeout, rejoin_at): (crate::sidecar::BatchSender, std::time::Duration, Option<Instant>),
     permits: Arc<Semaphore>,
     sent: mpsc::Sender<Sent>,
-) -> Result<(), UnitError> {
+) -> Result<bool, UnitError> {
     let mut messages = consumer.stream();
     let mut batch_id = 0u64;
     let mut carry = match first_record(ctx, st, consumer, &mut messages, start).await? {
         Some(r) => Some(r),
-        None => return Ok(()),
+        None => return Ok(false),
     };
     loop {
+        // Stops reading; what is in flight finishes, and the unit reopens on its own process.
+        if rejoin_at.is_some_and(|t| Instant::now() >= t) {
+            return Ok(true);
+        }
         let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
         let first = match carry.take() {
             Some(r) => r,
             None => match next_record(st, &mut messages, None).await? {
                 Some(r) => r,
-                None => return Ok(()),
+                None => return Ok(false),
             },
         };
         let condemned = plan.condemned.as_ref().filter(|c| c.offset == first.offset()).cloned();
@@ -139,19 +156,32 @@ async fn read(
         }
         let to_sidecar = condemned.is_none().then(|| {
             batch_id += 1;
-            ProcessRequest { message: Some(process_request::Message::Batch(RecordBatch { batch_id, records })) }
+            let deadline_unix_ms = deadline_unix_ms(st, fence, call_timeout);
+            ProcessRequest { message: Some(process_request::Message::Batch(RecordBatch { batch_id, records, deadline_unix_ms })) }
         });
         let batch = Sent { batch_id, records: held, sent_at: Instant::now(), condemned, permits: (permit, memory) };
         if sent.send(batch).await.is_err() {
-            return Ok(());
+            return Ok(false);
         }
         // A stream the sidecar broke is reported by `respond`, against the batch it was working on.
         if let Some(msg) = to_sidecar {
             if sidecar.send(msg).await.is_err() {
-                return Ok(());
+                return Ok(false);
             }
         }
     }
+}
+
+/// When the sidecar must no longer start a batch sent now: once the worker stops waiting for its result, or once
+/// the unit's lease could be gone by the time it is done (a transform's outputs also need the delivery timeout).
+/// Wall-clock milliseconds, as the sidecar may run on another host (clocks kept by NTP).
+fn deadline_unix_ms(st: &UnitState, fence: &Fence, call_timeout: std::time::Duration) -> i64 {
+    let mut held = fence.lease.remaining();
+    if st.unit.kind == UnitKind::UnitTransform as i32 {
+        held = held.saturating_sub(fence.delivery_timeout);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (now + held.min(call_timeout)).as_millis().min(i64::MAX as u128) as i64
 }
 
 async fn respond(
@@ -177,6 +207,9 @@ async fn respond(
                     Some(kind) => UnitError::Batch(BatchFailure { first, len: batch.records.len(), exact: None, kind, detail: e.to_string() }),
                     None => e.into(),
                 })?;
+                if result.expired && result.batch_id == batch.batch_id {
+                    return Err(UnitError::Expired(batch.batch_id));
+                }
                 if result.batch_id != batch.batch_id || result.results.len() != batch.records.len() {
                     return Err(UnitError::Protocol { want: batch.batch_id, got: result.batch_id });
                 }
