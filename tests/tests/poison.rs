@@ -139,3 +139,53 @@ async fn a_sigterm_hands_units_over_at_once_without_duplicates() {
     cp.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_that_crashes_a_shared_sidecar_condemns_no_other_partitions_records() {
+    use rdkafka::producer::FutureRecord;
+    let env = TestEnv::new();
+    let cp = control_plane_with(&env, &single_plan(2, "abort_on_13")).await;
+    // One sidecar process serves both partitions' units: each crash breaks both units' streams.
+    let sidecar = SidecarProcess::start();
+    let _w = Worker::start_with(&format!("{}-a", env.id), &cp.addr, &sidecar.url(), &["--batch-size", "64"]);
+    wait_for_placement(&cp, 1, 2).await;
+    let p = producer();
+    let send = |partition: i32, i: i64| {
+        let v = serde_json::json!({ "id": format!("id-{i}"), "value": i }).to_string();
+        let f = p.send_result(FutureRecord::to(&env.topic("src")).partition(partition).key(&format!("id-{i}")).payload(&v)).map_err(|(e, _)| e).unwrap();
+        async move { f.await.unwrap().unwrap() }
+    };
+    // Partition 0 holds the poison record; partition 1 gets a steady trickle while partition 0 isolates it.
+    futures::future::join_all((0..200).map(|i| send(0, i))).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let (stop, topic) = (stop.clone(), env.topic("src"));
+        tokio::spawn(async move {
+            let p = producer();
+            let mut next = 1000i64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for i in next..next + 10 {
+                    let v = serde_json::json!({ "id": format!("id-{i}"), "value": i }).to_string();
+                    p.send(FutureRecord::to(&topic).partition(1).key(&format!("id-{i}")).payload(&v), Duration::from_secs(5)).await.unwrap();
+                }
+                next += 10;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            next
+        })
+    };
+    // Isolating takes a crash per strike, each waited out with backoff: longer than most waits here.
+    let dlq = env.topic("src_dlq");
+    tokio::task::spawn_blocking(move || read_until(&dlq, 1, 4 * WAIT, |r| !r.is_empty())).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let next = trickle.await.unwrap();
+    let want = 199 + (next - 1000) as usize;
+    let out = read_topic(env.topic("out"), 2, move |r| distinct_ids(r).0.len() >= want).await;
+    assert_eq!(distinct_ids(&out).0.len(), want);
+    let letters = read_quiet(env.topic("src_dlq"), 1, Duration::from_secs(2)).await;
+    let ids: Vec<&serde_json::Value> = letters.iter().map(|l| &l.value["original_record"]["id"]).collect();
+    assert_eq!(ids, vec!["id-13"], "only the crashing record is condemned");
+    println!("shared sidecar: {} crashes, {} records of partition 1 kept flowing", sidecar.restarts.load(std::sync::atomic::Ordering::SeqCst), next - 1000);
+    cp.stop().await;
+    env.cleanup().await;
+}

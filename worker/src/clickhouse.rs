@@ -1,12 +1,9 @@
-//! Inserts into ClickHouse over its HTTP interface: the statement and the rows (JSONEachRow) in one POST body.
-//! Failures are told apart: ClickHouse refusing the data (a row is at fault: find it), refusing for another reason
-//! (the table, the user: nothing a row did), or not answering (retry).
+//! Inserts into ClickHouse over its HTTP interface, with the `clickhouse` crate's formatted insert: the rows are
+//! already JSONEachRow (written by `rows`) and go as they are, the statement in the URL. ClickHouse's answers are
+//! told apart by exception code: a row is at fault (find it by splitting), the insert needs more memory than
+//! ClickHouse allows (split), or anything else (the table, the user, the network, a server shutting down: retry).
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +11,9 @@ pub enum InsertError {
     /// The data: some row cannot be parsed or stored.
     #[error("ClickHouse refused the rows: {0}")]
     Rows(String),
+    /// The insert needs more memory than ClickHouse allows it: a smaller one may go in.
+    #[error("ClickHouse ran out of memory for the insert: {0}")]
+    Memory(String),
     /// Anything else ClickHouse refused (missing table, permissions, ...): retried, it may be fixed.
     #[error("ClickHouse refused the insert: {0}")]
     Refused(String),
@@ -21,58 +21,86 @@ pub enum InsertError {
     Unreachable(String, String),
 }
 
-/// Exception codes of ClickHouse that mean the input data is at fault (parse and conversion errors).
-const DATA_ERRORS: &[u32] = &[
-    6, 25, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 73, 117, 130, 131, 349, 377, 395, 417, 441, 457, 1001,
-];
+/// What an exception code says about an insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A row cannot be parsed or stored: split the batch to find it.
+    Rows,
+    /// The insert is over a memory limit: split the batch (a single row is retried).
+    Memory,
+    /// Nothing a row did: retry as it is.
+    Other,
+}
+
+/// Parse and conversion errors of the input data (CANNOT_PARSE_*, TYPE_MISMATCH, ARGUMENT_OUT_OF_BOUND,
+/// CANNOT_CONVERT_TYPE, INCORRECT_DATA, TOO_LARGE_STRING_SIZE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN,
+/// DECIMAL_OVERFLOW, ...). Not 32 and 33 (ATTEMPT_TO_READ_AFTER_EOF, CANNOT_READ_ALL_DATA): the rows are whole
+/// JSON lines, so a body that ends early was cut in transit; nor 1001 (a std::exception: anything at all).
+const ROW_ERRORS: &[u32] = &[6, 25, 26, 27, 38, 41, 53, 69, 70, 72, 117, 130, 131, 349, 377, 395, 407, 441, 457];
+
+/// MEMORY_LIMIT_EXCEEDED and CANNOT_ALLOCATE_MEMORY.
+const MEMORY_ERRORS: &[u32] = &[241, 173];
+
+pub fn cause(code: u32) -> Cause {
+    if ROW_ERRORS.contains(&code) {
+        Cause::Rows
+    } else if MEMORY_ERRORS.contains(&code) {
+        Cause::Memory
+    } else {
+        Cause::Other
+    }
+}
 
 #[derive(Clone)]
 pub struct ClickHouse {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: ::clickhouse::Client,
     url: String,
-    auth: String,
     timeout: Duration,
 }
 
 impl ClickHouse {
+    /// `url` may carry ClickHouse settings in its query string (`http://host:8123/?max_memory_usage=...`): they
+    /// apply to every insert.
     pub fn new(url: &str, user: &str, password: &str, timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        let auth = format!("user={}&password={}", encode(user), encode(password));
-        Self { client, url: url.trim_end_matches('/').to_string(), auth, timeout }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // Uncompressed, as before: the rows are sent once, on a near link, and compressing costs a core.
+        let mut client = ::clickhouse::Client::default()
+            .with_url(base.trim_end_matches('/'))
+            .with_user(user)
+            .with_password(password)
+            .with_compression(::clickhouse::Compression::None);
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            client = client.with_setting(name, value);
+        }
+        Self { client, url: base.trim_end_matches('/').to_string(), timeout }
     }
 
     /// `INSERT INTO <table> (<columns>) FORMAT JSONEachRow` with `rows` (one JSON object per line).
-    pub async fn insert(&self, statement: &str, rows: &[u8]) -> Result<(), InsertError> {
-        let mut body = Vec::with_capacity(statement.len() + 1 + rows.len());
-        body.extend_from_slice(statement.as_bytes());
-        body.push(b'\n');
-        body.extend_from_slice(rows);
-        let uri = format!("{}/?{}", self.url, self.auth);
-        let req = hyper::Request::post(&uri)
-            .header(hyper::header::CONTENT_TYPE, "text/plain")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| InsertError::Unreachable(self.url.clone(), e.to_string()))?;
-        let unreachable = |d: String| InsertError::Unreachable(self.url.clone(), d);
+    pub async fn insert(&self, statement: &str, rows: Bytes) -> Result<(), InsertError> {
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| unreachable(e.to_string()))?;
-            let status = resp.status();
-            let text = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-            Ok::<_, InsertError>((status, text))
+            let mut insert = self.client.insert_formatted_with(statement.to_string());
+            insert.send(rows).await?;
+            insert.end().await
         };
-        let (status, text) = tokio::time::timeout(self.timeout, call).await.map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))??;
-        if status.is_success() {
-            return Ok(());
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(self.unreachable(format!("no answer within {:?}", self.timeout))),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(::clickhouse::error::Error::BadResponse(message))) => {
+                let message = message.trim().chars().take(2000).collect::<String>();
+                Err(match exception_code(&message).map(cause) {
+                    Some(Cause::Rows) => InsertError::Rows(message),
+                    Some(Cause::Memory) => InsertError::Memory(message),
+                    Some(Cause::Other) => InsertError::Refused(message),
+                    // No exception: a proxy or a server shutting down, not the data.
+                    None => self.unreachable(message),
+                })
+            }
+            Ok(Err(e)) => Err(self.unreachable(e.to_string())),
         }
-        let message = String::from_utf8_lossy(&text).trim().chars().take(2000).collect::<String>();
-        match exception_code(&message) {
-            Some(code) if DATA_ERRORS.contains(&code) => Err(InsertError::Rows(message)),
-            Some(_) => Err(InsertError::Refused(message)),
-            // No exception: a proxy or a server shutting down, not the data.
-            None => Err(unreachable(format!("HTTP {status}: {message}"))),
-        }
+    }
+
+    fn unreachable(&self, detail: String) -> InsertError {
+        InsertError::Unreachable(self.url.clone(), detail)
     }
 }
 
@@ -80,19 +108,6 @@ impl ClickHouse {
 fn exception_code(message: &str) -> Option<u32> {
     let rest = &message[message.find("Code: ")? + 6..];
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
-
-/// Percent-encodes a query parameter value.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -104,6 +119,19 @@ mod tests {
         assert_eq!(exception_code("Code: 27, e.displayText() = DB::Exception: Cannot parse input"), Some(27));
         assert_eq!(exception_code("Code: 60. DB::Exception: Table db.t doesn't exist"), Some(60));
         assert_eq!(exception_code("Bad Gateway"), None);
-        assert_eq!(encode("a b&c"), "a%20b%26c");
+    }
+
+    #[test]
+    fn rows_memory_and_transport_are_told_apart() {
+        // Parse errors and out-of-range values are a row's; a memory limit splits; a body cut in transit, a
+        // socket timeout, a missing table or a std::exception are retried as they are.
+        for code in [6, 27, 38, 41, 53, 69, 72, 349, 407] {
+            assert_eq!(cause(code), Cause::Rows, "code {code}");
+        }
+        assert_eq!(cause(241), Cause::Memory);
+        assert_eq!(cause(173), Cause::Memory);
+        for code in [32, 33, 60, 73, 159, 209, 210, 252, 394, 1000, 1001] {
+            assert_eq!(cause(code), Cause::Other, "code {code}");
+        }
     }
 }

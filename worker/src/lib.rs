@@ -54,6 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         fetch_buffer_kb: config.fetch_buffer_kb,
         max_message_bytes: config.max_message_bytes,
         poison_tries: config.poison_tries,
+        probations: Default::default(),
     });
     // Keepalive pings notice a control plane host that vanished without closing its connections.
     let endpoint = tonic::transport::Endpoint::from_shared(config.control_plane.clone())

@@ -1,8 +1,10 @@
 //! A stream record as a row of its table, in ClickHouse's JSONEachRow: the record's own bytes for most values,
 //! rewritten only where ClickHouse (18.16 and later alike) reads another form: date-times as `YYYY-MM-DD hh:mm:ss`
-//! in UTC, booleans as 0/1, decimals unquoted, records as tuples.
+//! in UTC, booleans as 0/1, decimals unquoted, records as tuples. A value ClickHouse would store as something else
+//! without an error (a date out of its range or not in the calendar, a decimal it reads only in part) is refused
+//! here, so that its record goes to the dead letter queue rather than into the table wrong.
 
-use crate::schema::{compile, Ty};
+use crate::schema::{check_date, check_decimal, compile, Ty};
 use millrace_proto::v1::Field;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -98,7 +100,7 @@ impl<'de> Visitor<'de> for Pick<'_, '_, 'de> {
 /// Whether a value of this type can be copied as written.
 fn verbatim(ty: &Ty) -> bool {
     match ty {
-        Ty::DateTime | Ty::Bool | Ty::Decimal { .. } | Ty::Record(_) => false,
+        Ty::DateTime | Ty::Date | Ty::Bool | Ty::Decimal { .. } | Ty::Record(_) => false,
         Ty::Array(inner) | Ty::Optional(inner) => verbatim(inner),
         _ => true,
     }
@@ -111,7 +113,7 @@ fn convert(ty: &Ty, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
         return Ok(());
     }
     match ty {
-        Ty::Optional(_) | Ty::Array(_) | Ty::Record(_) | Ty::DateTime | Ty::Bool | Ty::Decimal { .. } if text == "null" => {
+        Ty::Optional(_) | Ty::Array(_) | Ty::Record(_) | Ty::DateTime | Ty::Date | Ty::Bool | Ty::Decimal { .. } if text == "null" => {
             if matches!(ty, Ty::Optional(_)) {
                 out.extend_from_slice(b"null");
                 Ok(())
@@ -135,8 +137,23 @@ fn convert(ty: &Ty, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
             out.push(bit);
             Ok(())
         }
-        Ty::Decimal { .. } => {
+        Ty::Date => {
+            let day = serde_json::from_str::<&str>(text).map_err(|_| format!("expected a YYYY-MM-DD date, got {text}"))?;
+            if !check_date(day) {
+                return Err(format!("{day:?} is not a YYYY-MM-DD date"));
+            }
+            // ClickHouse 18.16 stores any other day as 0000-00-00, without an error. Valid dates of this form
+            // order as their text.
+            if !(DATE_MIN..=DATE_MAX).contains(&day) {
+                return Err(format!("{day} is outside what a ClickHouse Date holds ({DATE_MIN} to {DATE_MAX})"));
+            }
+            out.extend_from_slice(text.as_bytes());
+            Ok(())
+        }
+        Ty::Decimal { precision, scale } => {
+            // ClickHouse reads `1.5.5` as 1.55 and `1e3` as 1000: only plain decimals within the type go through.
             let digits = serde_json::from_str::<&str>(text).unwrap_or(text);
+            check_decimal(digits, *precision, *scale)?;
             out.extend_from_slice(digits.as_bytes());
             Ok(())
         }
@@ -177,6 +194,10 @@ fn convert(ty: &Ty, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
         }
     }
 }
+
+/// The days a ClickHouse `Date` holds (18.16's: two bytes of days since 1970, read and written only up to 2105).
+const DATE_MIN: &str = "1970-01-01";
+const DATE_MAX: &str = "2105-12-31";
 
 /// Seconds since the epoch of a date-time given as RFC 3339, as a date and time without offset (taken as UTC, with
 /// `T` or a space, any fraction), or as a number of seconds.
@@ -236,5 +257,36 @@ mod tests {
         assert!(w.write(br#"{"id":"d","ok":true,"amount":1,"tags":[]}"#, &mut out).unwrap_err().contains("missing"));
         assert!(w.write(b"not json", &mut out).is_err());
         assert_eq!(out.len(), before, "a refused record writes nothing");
+    }
+
+    #[test]
+    fn dates_out_of_range_and_malformed_decimals_are_refused() {
+        let s = |t: ScalarType| Kind::Scalar(t as i32);
+        let w = RowWriter::new(&[
+            f("day", s(ScalarType::Date), false),
+            f("amount", Kind::Decimal(DecimalType { precision: 10, scale: 2 }), false),
+            f("days", Kind::Array(Box::new(FieldType { kind: Some(s(ScalarType::Date)) })), false),
+        ]);
+        let row = |day: &str, amount: &str| format!(r#"{{"day":{day},"amount":{amount},"days":[{day}]}}"#);
+        let mut out = Vec::new();
+        for (day, amount) in [(r#""1970-01-01""#, "7"), (r#""2105-12-31""#, r#""-0.5""#), (r#""2026-11-25""#, r#""12345678.99""#)] {
+            w.write(row(day, amount).as_bytes(), &mut out).unwrap_or_else(|e| panic!("{day} {amount}: {e}"));
+        }
+        assert_eq!(String::from_utf8(out.clone()).unwrap().lines().nth(1), Some(r#"{"day":"2105-12-31","amount":-0.5,"days":["2105-12-31"]}"#));
+        for (day, amount, field) in [
+            (r#""1969-12-31""#, "1", "day"),
+            (r#""2106-01-01""#, "1", "day"),
+            (r#""2026-02-30""#, "1", "day"),
+            (r#""2026-1-1""#, "1", "day"),
+            ("20261125", "1", "day"),
+            (r#""2026-11-25""#, r#""1.5.5""#, "amount"),
+            (r#""2026-11-25""#, "1e3", "amount"),
+            (r#""2026-11-25""#, r#""1.555""#, "amount"),
+            (r#""2026-11-25""#, r#""123456789.5""#, "amount"),
+            (r#""2026-11-25""#, r#""""#, "amount"),
+        ] {
+            let e = w.write(row(day, amount).as_bytes(), &mut out).expect_err(&format!("{day} {amount} refused"));
+            assert!(e.starts_with(&format!("{field}:")), "{e}");
+        }
     }
 }

@@ -56,6 +56,8 @@ pub struct Sidecars {
 /// state a function keeps in its module sees each partition whole.
 pub struct Session {
     pub name: String,
+    /// The process's address.
+    pub url: String,
     /// Opened on another process than the partition's own, which could not be reached.
     pub fallback: bool,
     rx: Streaming<ProcessResponse>,
@@ -142,7 +144,7 @@ impl Sidecars {
                     if !failures.is_empty() {
                         tracing::warn!(sidecar = runtime, function, partition, failed = %failures.join("; "), using = target, "a sidecar process cannot be reached; using another");
                     }
-                    return Ok(Session { name: format!("{runtime} ({target})"), fallback: i > 0, rx, sender, timeout: self.timeout });
+                    return Ok(Session { name: format!("{runtime} ({target})"), url: target.clone(), fallback: i > 0, rx, sender, timeout: self.timeout });
                 }
                 Err(e) => failures.push(e),
             }

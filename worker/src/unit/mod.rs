@@ -4,6 +4,7 @@
 //! (`pipeline`), and after a failure decides with `recovery` how to go on so that no record stalls the partition.
 
 pub(crate) mod pipeline;
+pub(crate) mod probation;
 pub(crate) mod produce;
 pub(crate) mod recovery;
 pub(crate) mod source;
@@ -40,6 +41,7 @@ pub struct WorkerCtx {
     pub fetch_buffer_kb: usize,
     pub max_message_bytes: usize,
     pub poison_tries: u32,
+    pub probations: probation::Probations,
 }
 
 /// What the units of one lease share: the lease, and a producer whose queue cannot outlive it. A record waits in
@@ -80,6 +82,8 @@ pub struct UnitState {
     pub stop: CancellationToken,
     /// Stop reading, finish what is in flight (clean shutdown).
     pub drain: CancellationToken,
+    /// The sidecar process of the unit's current (or last) run.
+    pub process: Mutex<String>,
 }
 
 impl UnitState {
@@ -96,6 +100,7 @@ impl UnitState {
             reported_error: Mutex::new(String::new()),
             stop: CancellationToken::new(),
             drain: CancellationToken::new(),
+            process: Mutex::new(String::new()),
         }
     }
 
@@ -177,6 +182,8 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
     let mut recovery = Recovery::new(ctx.batch_size, ctx.poison_tries, st.safe_offset.load(Ordering::SeqCst));
     let mut backoff = MIN_BACKOFF;
     let mut problem: Option<&'static str> = None;
+    // A sidecar process broke while this unit had a batch on it, and nothing says it was another unit's record.
+    let mut suspect = false;
     let set_problem = |now: Option<Problem>, was: &mut Option<&'static str>| {
         let reason = now.as_ref().map(|p| p.reason);
         if *was != reason {
@@ -204,8 +211,9 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
         let start = st.safe_offset.load(Ordering::SeqCst);
         let plan = RunPlan {
             cap: recovery.cap(),
-            in_flight: if recovery.isolating() { 1 } else { ctx.max_in_flight },
+            in_flight: if recovery.isolating() || suspect { 1 } else { ctx.max_in_flight },
             condemned: recovery.condemned().cloned(),
+            probation: suspect,
         };
         tracing::debug!(unit = u.unit_id, start, cap = plan.cap, in_flight = plan.in_flight, condemned = ?plan.condemned, "pipeline starting");
         let result = tokio::select! {
@@ -218,8 +226,17 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
             Ok(()) if st.ended() => break,
             Ok(()) => UnitError::Ended,
             Err(UnitError::Rejoin) => {
-                tracing::info!(unit = u.unit_id, "reopening on the partition's own sidecar process");
+                if !std::mem::take(&mut suspect) {
+                    tracing::info!(unit = u.unit_id, "reopening on the partition's own sidecar process");
+                }
                 continue;
+            }
+            // A crash is held against the unit only when it broke its probation run (see `probation`).
+            Err(UnitError::Batch(f)) if f.kind == recovery::Poison::SidecarCrashed && !suspect => {
+                suspect = true;
+                backoff = MIN_BACKOFF;
+                let process = st.process.lock().expect("process lock").clone();
+                UnitError::Sidecar(crate::sidecar::SidecarError::Broke { name: process, detail: f.detail })
             }
             Err(e) => e,
         };

@@ -5,7 +5,7 @@
 
 use super::produce::{origin, send, too_large, BatchAcks};
 use super::recovery::{BatchFailure, Condemned, Poison};
-use super::source::{consumer, first_record, next_record, size, BatchBuilder, Held, Source};
+use super::source::{consumer, first_record, next_record, size, BatchBuilder, Held, Messages, Record};
 use super::{Fence, UnitState, WorkerCtx};
 use crate::output::{output_key, DeadLetter, OriginalRecord};
 use crate::sidecar::SidecarError;
@@ -28,6 +28,8 @@ pub struct RunPlan {
     pub cap: usize,
     pub in_flight: usize,
     pub condemned: Option<Condemned>,
+    /// Run one batch alone on the sidecar process (among units on probation), then stop: see `probation`.
+    pub probation: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,8 +79,27 @@ struct Pending {
 pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64, plan: RunPlan) -> Result<(), UnitError> {
     let function = st.unit.function.clone().unwrap_or_default();
     let consumer = consumer(ctx, st, start)?;
-    let session = ctx.sidecars.open(&function.runtime, &function.name, st.unit.partition, plan.in_flight).await?;
+    // The first record before the sidecar: a unit on probation takes its turn only once it has a batch to run.
+    let mut messages = consumer.stream();
+    let Some(first) = first_record(ctx, st, &consumer, &mut messages, start).await? else { return Ok(()) };
+    let open = || ctx.sidecars.open(&function.runtime, &function.name, st.unit.partition, plan.in_flight);
+    let mut session = open().await?;
+    // On probation the turn comes first and the stream after it: a stream opened before would have been broken
+    // by the crash of whoever held the turn.
+    let _turn = match plan.probation {
+        true => {
+            let turn = tokio::select! {
+                t = ctx.probations.turn(&session.url) => t,
+                _ = st.stop.cancelled() => return Ok(()),
+            };
+            session = open().await?;
+            tracing::info!(unit = st.unit.unit_id, process = session.url, start, "probation: one batch alone on the sidecar process");
+            Some(turn)
+        }
+        false => None,
+    };
     let call_timeout = session.timeout();
+    *st.process.lock().expect("process lock") = session.url.clone();
     // A partition moved off its own process (which was down) goes back to it once that process could be up again.
     let rejoin_at = session.fallback.then(|| Instant::now() + REJOIN_AFTER);
     let permits = Arc::new(Semaphore::new(plan.in_flight.max(1)));
@@ -86,7 +107,7 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(plan.in_flight.max(1));
     let sender = session.sender();
     let (rejoin, ..) = tokio::try_join!(
-        read(ctx, st, fence, &consumer, start, &plan, (sender, call_timeout, rejoin_at), permits, sent_tx),
+        read(ctx, st, fence, (messages, first), &plan, (sender, call_timeout, rejoin_at.or(plan.probation.then(Instant::now))), permits, sent_tx),
         respond(ctx, st, fence, session, sent_rx, pending_tx),
         acknowledge(ctx, st, pending_rx),
     )?;
@@ -101,22 +122,18 @@ async fn read(
     ctx: &WorkerCtx,
     st: &UnitState,
     fence: &Fence,
-    consumer: &Source,
-    start: i64,
+    (mut messages, first): (Messages<'_>, Record<'_>),
     plan: &RunPlan,
     (sidecar, call_timeout, rejoin_at): (crate::sidecar::BatchSender, std::time::Duration, Option<Instant>),
     permits: Arc<Semaphore>,
     sent: mpsc::Sender<Sent>,
 ) -> Result<bool, UnitError> {
-    let mut messages = consumer.stream();
     let mut batch_id = 0u64;
-    let mut carry = match first_record(ctx, st, consumer, &mut messages, start).await? {
-        Some(r) => Some(r),
-        None => return Ok(false),
-    };
+    let mut carry = Some(first);
     loop {
-        // Stops reading; what is in flight finishes, and the unit reopens on its own process.
-        if rejoin_at.is_some_and(|t| Instant::now() >= t) {
+        // Stops reading; what is in flight finishes, and the unit reopens on its own process (or, on probation,
+        // ends its turn after one batch).
+        if batch_id > 0 && rejoin_at.is_some_and(|t| Instant::now() >= t) {
             return Ok(true);
         }
         let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
