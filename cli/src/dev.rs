@@ -4,6 +4,7 @@
 //! Ctrl-C (or SIGTERM) stops what it started, last started first.
 
 use crate::admin::{home, repo, sdk_python, Ctx};
+use crate::dev_state::State;
 use crate::progress::{step, Step};
 use anyhow::Context;
 use millrace_proto::v1::resource::Spec;
@@ -23,15 +24,19 @@ pub struct Args {
     /// The first port of the Python sidecar (one port per process).
     #[arg(long, env = "MILLRACE_SIDECAR_PORT", default_value_t = 50061)]
     sidecar_port: u16,
-    /// Postgres database of the control plane.
-    #[arg(long, default_value = "millrace")]
-    database: String,
-    /// ClickHouse database of the tables.
-    #[arg(long, default_value = "millrace")]
-    clickhouse_database: String,
-    /// Prefix of every topic name.
-    #[arg(long, default_value = "")]
-    topic_namespace: String,
+    /// Postgres database of the control plane [default: `millrace_<app directory>_<hash>` for an app, `millrace`
+    /// without one].
+    #[arg(long)]
+    database: Option<String>,
+    /// ClickHouse database of the tables [default: as --database].
+    #[arg(long)]
+    clickhouse_database: Option<String>,
+    /// Prefix of every topic name [default: `<app directory>_<hash>_` for an app, none without one].
+    #[arg(long)]
+    topic_namespace: Option<String>,
+    /// Apply changes that drop tables holding rows (without it, such a change is shown and not applied).
+    #[arg(long)]
+    allow_drop: bool,
     /// Use the control plane and worker binaries in this directory instead of building them (env MILLRACE_BIN_DIR).
     #[arg(long, env = "MILLRACE_BIN_DIR")]
     bin_dir: Option<PathBuf>,
@@ -105,11 +110,16 @@ async fn script(name: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `python -m millrace plan|apply app`: its output, or its one-line error.
+/// `python -m millrace plan|apply app [--json]`: its output, or its one-line error.
 async fn python(ctx: &Ctx, what: &str, app: &Path) -> Result<String, String> {
     let target = ctx.control_plane.trim_start_matches("http://").to_string();
+    let (what, json) = match what.strip_suffix(" --json") {
+        Some(w) => (w, true),
+        None => (what, false),
+    };
     let out = Command::new(sdk_python())
         .args(["-m", "millrace", what, &app.display().to_string(), "--control-plane", &target])
+        .args(json.then_some("--json"))
         .current_dir(app.parent().unwrap_or(Path::new(".")))
         .output()
         .await
@@ -152,9 +162,22 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             path
         }
     };
+    let state = crate::dev_state::resolve(
+        args.app.as_ref().map(|_| app.as_path()),
+        args.database.clone(),
+        args.clickhouse_database.clone(),
+        args.topic_namespace.clone(),
+    );
+    // Each app directory has its own state: another app's plan never replaces this one's (nor drops its tables).
+    println!(
+        "state of this app: Postgres database {}, ClickHouse database {}, topics {} (--database, --clickhouse-database and --topic-namespace choose others)",
+        state.database,
+        state.clickhouse_database,
+        if state.topic_namespace.is_empty() { "without a prefix".to_string() } else { format!("prefixed {}", state.topic_namespace) }
+    );
     let mut running = Running { procs: Vec::new(), sidecar: None, stop_stack: Vec::new() };
     let result = tokio::select! {
-        r = start_and_watch(ctx, &args, &app, &mut running) => r,
+        r = start_and_watch(ctx, &args, &state, &app, &mut running) => r,
         _ = shutdown_signal() => Ok(()),
     };
     println!("stopping what millrace dev started");
@@ -179,7 +202,25 @@ async fn shutdown_signal() {
     }
 }
 
-async fn start_and_watch(ctx: &Ctx, args: &Args, app: &Path, running: &mut Running) -> anyhow::Result<()> {
+/// Whether the app's planned change may be applied: not when it drops a table holding rows, unless --allow-drop.
+async fn drop_guard(ctx: &Ctx, args: &Args, state: &State, app: &Path) -> Result<(), String> {
+    let plan = python(ctx, "plan --json", app).await?;
+    let drops = crate::dev_state::dropped_rows(ctx, &plan, &state.clickhouse_database).await.map_err(|e| format!("{e:#}"))?;
+    if drops.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = drops.iter().map(|(name, table, rows)| format!("table {name} ({table}) holding {rows} rows")).collect();
+    if args.allow_drop {
+        println!("dropping {} (--allow-drop)", list.join(", "));
+        return Ok(());
+    }
+    Err(format!(
+        "not applied: the change drops {}; put the table back in the app, or run millrace dev again with --allow-drop to drop it",
+        list.join(", ")
+    ))
+}
+
+async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Path, running: &mut Running) -> anyhow::Result<()> {
     let cp_listen = ctx.control_plane.trim_start_matches("http://").trim_end_matches('/').to_string();
     let (broker_up, clickhouse_up) = (port_open("127.0.0.1:9092").await, port_open("127.0.0.1:8123").await);
     step("local stack: Postgres, Tansu, ClickHouse (the first run installs them: Tansu builds for minutes)", script("stack", &["scripts/stack.sh", "start"])).await?;
@@ -211,8 +252,8 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, app: &Path, running: &mut Runni
     };
     let pg = std::env::var("MILLRACE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let cp_args: Vec<String> = [
-        "--listen", &cp_listen, "--database-url", &format!("{pg}/{}", args.database), "--kafka-brokers", &ctx.brokers,
-        "--clickhouse-database", &args.clickhouse_database, "--topic-namespace", &args.topic_namespace,
+        "--listen", &cp_listen, "--database-url", &format!("{pg}/{}", state.database), "--kafka-brokers", &ctx.brokers,
+        "--clickhouse-database", &state.clickhouse_database, "--topic-namespace", &state.topic_namespace,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -231,7 +272,11 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, app: &Path, running: &mut Runni
     running.procs.push(worker);
 
     let s = Step::start(&format!("applying {}", app.display()));
-    match python(ctx, "apply", app).await {
+    let applied = match drop_guard(ctx, args, state, app).await {
+        Ok(()) => python(ctx, "apply", app).await,
+        Err(e) => Err(e),
+    };
+    match applied {
         Ok(out) => {
             s.done("");
             println!("{out}");
@@ -242,7 +287,7 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, app: &Path, running: &mut Runni
         }
     }
     running.sidecar = Some(start_sidecar(app, args.sidecar_port).await?);
-    endpoints(ctx, args).await;
+    endpoints(ctx, args, state).await;
     println!("\nwatching {} for changes; Ctrl-C stops everything", app.parent().unwrap_or(Path::new(".")).display());
     let mut seen = snapshot(app);
     loop {
@@ -259,6 +304,10 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, app: &Path, running: &mut Runni
                 continue;
             }
             Ok(diff) => println!("{diff}"),
+        }
+        if let Err(e) = drop_guard(ctx, args, state, app).await {
+            println!("{e}\nthe last applied version keeps running");
+            continue;
         }
         match python(ctx, "apply", app).await {
             Err(e) => println!("{e}\nthe last good version keeps running"),
@@ -282,11 +331,11 @@ async fn start_sidecar(app: &Path, port: u16) -> anyhow::Result<Proc> {
 }
 
 /// Where things are, with a curl line per ingest API.
-async fn endpoints(ctx: &Ctx, args: &Args) {
+async fn endpoints(ctx: &Ctx, args: &Args, state: &State) {
     println!("\nMillrace is running:");
     println!("  control plane   {}   (millrace ls, millrace status)", ctx.control_plane);
     println!("  metrics         http://{}/metrics", args.http_listen);
-    println!("  ClickHouse      http://127.0.0.1:8123   database {}", args.clickhouse_database);
+    println!("  ClickHouse      http://127.0.0.1:8123   database {}", state.clickhouse_database);
     let Ok(resources) = ctx.resources().await else { return };
     for r in &resources {
         if let Some(Spec::IngestApi(api)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
@@ -305,7 +354,7 @@ async fn endpoints(ctx: &Ctx, args: &Args) {
         if let Some(Spec::Table(t)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
             println!(
                 "  table {:<9} curl -s 127.0.0.1:8123 -d 'SELECT * FROM {}.{} FORMAT JSONEachRow'",
-                t.name, args.clickhouse_database, r.physical_name
+                t.name, state.clickhouse_database, r.physical_name
             );
         }
     }

@@ -3,7 +3,9 @@
 
 mod admin;
 mod dev;
+mod dev_state;
 mod progress;
+mod replay;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -47,7 +49,7 @@ enum Command {
     },
     /// Workers, leases, units with their committed offsets, lag and rates.
     Status,
-    /// Dead letters of a queue, with where they came from; `dlq replay` sends them back to their source streams.
+    /// Dead letters of a queue, with where they came from; `dlq replay` sends them back to the function that failed them.
     Dlq(topics::DlqArgs),
 }
 

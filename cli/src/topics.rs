@@ -1,4 +1,4 @@
-//! Commands that read topics: `peek`, `dlq` and `dlq replay`. Topic names come from the control plane (the
+//! Commands that read topics: `peek`, and `dlq` (its `replay` is in `replay.rs`). Topic names come from the control plane (the
 //! resource's physical name), so namespaces and versions are taken care of.
 
 use crate::admin::Ctx;
@@ -7,15 +7,15 @@ use millrace_proto::v1::StoredResource;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use serde_json::value::RawValue;
 use rdkafka::{Offset, TopicPartitionList};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct DlqArgs {
-    /// `QUEUE` lists its dead letters; `replay QUEUE` sends the chosen ones' original records back into the streams
-    /// they came from.
+    /// `QUEUE` lists its dead letters; `replay QUEUE` sends the chosen ones' original records back to the function
+    /// (or table sync) that failed them, and records the ingest API refused back through the ingest API.
     #[arg(num_args = 1..=2, value_names = ["replay", "QUEUE"], required = true)]
     words: Vec<String>,
     /// How many (the last ones) to list.
@@ -25,6 +25,8 @@ pub struct DlqArgs {
     /// e.g. original_record.id=42); repeat to require several.
     #[arg(long)]
     filter: Vec<String>,
+    #[command(flatten)]
+    pub replay: crate::replay::ReplayArgs,
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -66,50 +68,104 @@ fn consumer(brokers: &str) -> anyhow::Result<BaseConsumer> {
         .create()?)
 }
 
-/// A record read: timestamp, partition, offset, value.
-type Read = (i64, i32, i64, serde_json::Value);
+/// A record read, with its bytes as they are (numbers of any width stay exact).
+pub struct Read {
+    pub timestamp: i64,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
 
-/// Records of `topic` from `back` before each partition's end (everything with `back` = None), read to the end.
-fn read(brokers: &str, topic: &str, back: Option<usize>) -> anyhow::Result<(BaseConsumer, Vec<Read>)> {
+impl Read {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Read {
+            timestamp: m.timestamp().to_millis().unwrap_or(0),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        }
+    }
+}
+
+/// Records of `topic` from `back` before each partition's end (everything with `back` = None), read until each
+/// partition's end (as the broker reports it: its high watermark from ListOffsets is not reliable on every broker);
+/// an error when they are not all read within `limit`.
+pub fn read(brokers: &str, topic: &str, back: Option<usize>, limit: Duration) -> anyhow::Result<(BaseConsumer, Vec<Read>)> {
     let c = consumer(brokers)?;
     let md = c.fetch_metadata(Some(topic), Timeout::After(WAIT)).map_err(|e| anyhow::anyhow!("the broker at {brokers} cannot be reached: {e}"))?;
     let partitions: Vec<i32> = md.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     anyhow::ensure!(!partitions.is_empty(), "topic `{topic}` does not exist on the broker at {brokers}");
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        let (low, high) = c.fetch_watermarks(topic, p, Timeout::After(WAIT))?;
         let start = match back {
-            Some(n) => (high - n as i64).max(low),
-            None => low,
+            Some(n) => {
+                let (low, high) = c.fetch_watermarks(topic, p, Timeout::After(WAIT))?;
+                Offset::Offset((high - n as i64).max(low))
+            }
+            None => Offset::Beginning,
         };
-        tpl.add_partition_offset(topic, p, Offset::Offset(start))?;
+        tpl.add_partition_offset(topic, p, start)?;
     }
     c.assign(&tpl)?;
     let mut out = Vec::new();
-    let mut ended = 0;
-    let deadline = Instant::now() + WAIT * 3;
-    while ended < partitions.len() && Instant::now() < deadline {
+    let mut unfinished: std::collections::HashSet<i32> = partitions.iter().copied().collect();
+    let deadline = Instant::now() + limit;
+    while !unfinished.is_empty() {
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "reading `{topic}` did not reach its end within {}s ({} records read, {} partitions unfinished): nothing was done; \
+                 try again (with a longer --timeout)",
+                limit.as_secs(),
+                out.len(),
+                unfinished.len()
+            );
+        }
         match c.poll(Timeout::After(Duration::from_millis(500))) {
-            Some(Ok(m)) => out.push((m.timestamp().to_millis().unwrap_or(0), m.partition(), m.offset(), value(m.payload()))),
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+            Some(Ok(m)) => out.push(Read::of(&m)),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                unfinished.remove(&p);
+            }
             Some(Err(e)) => anyhow::bail!("reading `{topic}`: {e}"),
             None => {}
         }
     }
-    out.sort_by_key(|(ts, p, o, _)| (*ts, *p, *o));
+    out.sort_by_key(|r| (r.timestamp, r.partition, r.offset));
     Ok((c, out))
 }
 
-fn value(payload: Option<&[u8]>) -> serde_json::Value {
-    let bytes = payload.unwrap_or_default();
-    serde_json::from_slice(bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+/// A payload as JSON, its own text when it is JSON (exact), else a string.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum Shown<'a> {
+    Json(&'a RawValue),
+    Text(String),
 }
 
-fn print_record(ctx: &Ctx, partition: i32, offset: i64, v: &serde_json::Value) {
+pub fn shown(bytes: &[u8]) -> Shown<'_> {
+    match serde_json::from_slice::<&RawValue>(bytes) {
+        Ok(raw) => Shown::Json(raw),
+        Err(_) => Shown::Text(String::from_utf8_lossy(bytes).into_owned()),
+    }
+}
+
+fn print_record(ctx: &Ctx, partition: i32, offset: i64, payload: &[u8]) {
+    let v = shown(payload);
     if ctx.json {
-        println!("{}", serde_json::json!({"partition": partition, "offset": offset, "value": v}));
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            partition: i32,
+            offset: i64,
+            value: Shown<'a>,
+        }
+        println!("{}", serde_json::to_string(&Line { partition, offset, value: v }).expect("serialisable"));
     } else {
-        println!("{partition}/{offset}  {v}");
+        let text = match v {
+            Shown::Json(raw) => raw.get().to_string(),
+            Shown::Text(t) => serde_json::to_string(&t).expect("serialisable"),
+        };
+        println!("{partition}/{offset}  {text}");
     }
 }
 
@@ -117,14 +173,15 @@ pub async fn peek(ctx: &Ctx, name: &str, n: usize, follow: bool) -> anyhow::Resu
     let (topic, _) = find(ctx, name).await?;
     let brokers = ctx.brokers.clone();
     let what = format!("reading {topic}");
-    let (c, records) = crate::progress::quiet_step(&what, async move { tokio::task::spawn_blocking(move || read(&brokers, &topic, Some(n))).await? }).await?;
-    for (_, p, o, v) in records.iter().skip(records.len().saturating_sub(n)) {
-        print_record(ctx, *p, *o, v);
+    let (c, records) =
+        crate::progress::quiet_step(&what, async move { tokio::task::spawn_blocking(move || read(&brokers, &topic, Some(n), WAIT * 3)).await? }).await?;
+    for r in records.iter().skip(records.len().saturating_sub(n)) {
+        print_record(ctx, r.partition, r.offset, &r.payload);
     }
     if follow {
         loop {
             match c.poll(Timeout::After(Duration::from_millis(200))) {
-                Some(Ok(m)) => print_record(ctx, m.partition(), m.offset(), &value(m.payload())),
+                Some(Ok(m)) => print_record(ctx, m.partition(), m.offset(), m.payload().unwrap_or_default()),
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
                 Some(Err(e)) => anyhow::bail!("reading: {e}"),
             }
@@ -133,16 +190,17 @@ pub async fn peek(ctx: &Ctx, name: &str, n: usize, follow: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// A dotted path into a dead letter, as text (strings without quotes).
-fn field(v: &serde_json::Value, path: &str) -> Option<String> {
+/// A dotted path into JSON, as text (strings without quotes, the rest as written: numbers stay exact).
+pub fn field(v: &RawValue, path: &str) -> Option<String> {
     let mut cur = v;
     for part in path.split('.') {
-        cur = cur.get(part)?;
+        let map: std::collections::HashMap<String, &RawValue> = serde_json::from_str(cur.get()).ok()?;
+        cur = map.get(part)?;
     }
-    Some(cur.as_str().map(str::to_string).unwrap_or_else(|| cur.to_string()))
+    Some(serde_json::from_str::<String>(cur.get()).unwrap_or_else(|_| cur.get().to_string()))
 }
 
-fn chosen(filters: &[(String, String)], letter: &serde_json::Value) -> bool {
+fn chosen(filters: &[(String, String)], letter: &RawValue) -> bool {
     filters.iter().all(|(k, v)| field(letter, k).as_deref() == Some(v.as_str()))
 }
 
@@ -160,85 +218,36 @@ pub async fn dlq(ctx: &Ctx, args: DlqArgs) -> anyhow::Result<()> {
     let (topic, _) = find(ctx, &queue).await?;
     let brokers = ctx.brokers.clone();
     let back = if replay || !filters.is_empty() { None } else { Some(args.n) };
+    let limit = if replay { args.replay.timeout() } else { WAIT * 3 };
     let what = format!("reading {topic}");
-    let (_, records) = crate::progress::quiet_step(&what, async move { tokio::task::spawn_blocking(move || read(&brokers, &topic, back)).await? }).await?;
-    let letters: Vec<&serde_json::Value> = records.iter().map(|(.., v)| v).filter(|v| chosen(&filters, v)).collect();
+    let (_, records) =
+        crate::progress::quiet_step(&what, async move { tokio::task::spawn_blocking(move || read(&brokers, &topic, back, limit)).await? }).await?;
+    // Dead letters that are not JSON cannot be chosen by a field; replay reports them.
+    let letters: Vec<&Read> = records
+        .iter()
+        .filter(|r| filters.is_empty() || serde_json::from_slice::<&RawValue>(&r.payload).is_ok_and(|l| chosen(&filters, l)))
+        .collect();
     if replay {
-        return replay_letters(ctx, &letters).await;
+        return crate::replay::replay(ctx, &queue, &letters, &args.replay).await;
     }
-    let shown = &letters[letters.len().saturating_sub(args.n)..];
+    let shown_letters: Vec<Shown> = letters[letters.len().saturating_sub(args.n)..].iter().map(|r| shown(&r.payload)).collect();
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&shown)?);
+        println!("{}", serde_json::to_string_pretty(&shown_letters)?);
         return Ok(());
     }
-    if shown.is_empty() {
+    if shown_letters.is_empty() {
         println!("no dead letters{}", if filters.is_empty() { "" } else { " match the filter" });
     }
-    for l in shown {
+    for l in &shown_letters {
+        let Shown::Json(l) = l else {
+            println!("(not a dead letter) {}", serde_json::to_string(l)?);
+            continue;
+        };
         let s = |k: &str| field(l, k).unwrap_or_default();
         println!("{} {} from {} ({}) at {}/{}@{}", s("failed_at"), s("source"), s("function"), s("error_type"), s("topic"), s("partition"), s("offset"));
         println!("    {}", s("error_message"));
-        println!("    {}", l.get("original_record").map(|v| v.to_string()).unwrap_or_default());
+        let original = serde_json::from_str::<std::collections::HashMap<String, &RawValue>>(l.get()).ok().and_then(|m| m.get("original_record").map(|r| r.get().to_string()));
+        println!("    {}", original.unwrap_or_default());
     }
-    Ok(())
-}
-
-/// Sends each letter's original record back to the topic it was read from, keyed as the stream keys it.
-async fn replay_letters(ctx: &Ctx, letters: &[&serde_json::Value]) -> anyhow::Result<()> {
-    let resources = ctx.resources().await?;
-    let keys_of = |topic: &str| -> Option<Vec<String>> {
-        resources.iter().find(|r| r.physical_name == topic).and_then(|r| match r.resource.as_ref()?.spec.as_ref()? {
-            Spec::Stream(s) => Some(s.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect()),
-            _ => None,
-        })
-    };
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &ctx.brokers)
-        .set("enable.idempotence", "true")
-        .set("allow.auto.create.topics", "false")
-        .create()?;
-    let (mut sent, mut skipped) = (0usize, Vec::new());
-    let mut pending = Vec::new();
-    for l in letters {
-        let topic = field(l, "topic").unwrap_or_default();
-        let Some(keys) = keys_of(&topic) else {
-            skipped.push(format!("its stream `{topic}` is no longer declared"));
-            continue;
-        };
-        if l.get("original_record_truncated").and_then(|v| v.as_bool()) == Some(true) {
-            skipped.push("its original record was truncated".into());
-            continue;
-        }
-        let Some(original) = l.get("original_record") else {
-            skipped.push("it has no original record".into());
-            continue;
-        };
-        // A record that was not JSON is kept as a string: send its text.
-        let payload = match original {
-            serde_json::Value::String(s) => s.clone().into_bytes(),
-            v => serde_json::to_vec(v)?,
-        };
-        let key: Vec<String> = keys.iter().map(|k| field(original, k).unwrap_or_default()).collect();
-        let key = key.join("|");
-        let record = FutureRecord::to(&topic).payload(&payload).key(&key);
-        pending.push(producer.send_result(record).map_err(|(e, _)| anyhow::anyhow!("the producer refused a record: {e}"))?);
-        sent += 1;
-    }
-    let mut failed = 0;
-    for p in pending {
-        if !matches!(p.await, Ok(Ok(_))) {
-            failed += 1;
-        }
-    }
-    let acked = sent - failed;
-    if ctx.json {
-        println!("{}", serde_json::json!({"replayed": acked, "chosen": letters.len(), "failed": failed, "skipped": skipped}));
-    } else {
-        println!("replayed {acked} of {} dead letters into their streams (at-least-once: they stay in the queue)", letters.len());
-        for s in &skipped {
-            println!("  skipped one: {s}");
-        }
-    }
-    anyhow::ensure!(failed == 0, "{failed} records were not acknowledged by the broker: replay again (duplicates are possible)");
     Ok(())
 }

@@ -197,10 +197,10 @@ async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_bac
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok && status["workers"][0]["units"].as_array().unwrap().len() == 2, "{out}");
 
-    // Two dead letters, as a failed function leaves them; replay sends the chosen one back and it reaches the table.
+    // Two dead letters, as a refused insert leaves them; replay sends the chosen one back and it reaches the table.
     let letter = |id: &str, error_type: &str| {
         serde_json::json!({"original_record": {"id": id, "value": 7}, "error_message": "boom", "error_type": error_type,
-            "failed_at": "2026-11-25T10:00:00Z", "source": "transform", "function": "f", "topic": env.topic("events"),
+            "failed_at": "2026-11-25T10:00:00Z", "source": "table", "function": "table:events", "topic": env.topic("events"),
             "partition": 0, "offset": 3})
     };
     produce_values(&producer(), &env.topic("events_dlq"), &[letter("back-1", "ValueError"), letter("stay", "KeyError")]).await;
@@ -213,7 +213,7 @@ async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_bac
     let none: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
     assert!(ok && none["replayed"] == 0 && none["chosen"] == 0, "{out}");
     let (ok, out, err) = run(&cp.addr, &["dlq", "replay", "events_dlq", "--filter", "error_type=ValueError"]);
-    assert!(ok && out.contains("replayed 1 of 1 dead letters"), "{out}{err}");
+    assert!(ok && out.contains("replayed 1 of 1 dead letters (0 skipped, 0 failed)"), "{out}{err}");
     let deadline = Instant::now() + WAIT;
     loop {
         let ids: Vec<String> = rows(&env, "events").await.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
@@ -240,4 +240,124 @@ async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_bac
     let (ok, out, _) = run(&cp.addr, &["plan", app]);
     assert!(ok && out.starts_with("nothing to do"), "{out}");
     env.cleanup().await;
+}
+
+/// `millrace dev app` with its default state (no database or namespace flags), on free ports; its output so far.
+fn start_dev(app: &std::path::Path, extra: &[&str]) -> (Interrupt, Arc<Mutex<String>>, String, String) {
+    let (cp_port, http_port, sidecar_port) = (free_port(), free_port(), free_port());
+    let (cp, http) = (format!("http://127.0.0.1:{cp_port}"), format!("127.0.0.1:{http_port}"));
+    let mut child = Command::new(millrace())
+        .args(["--control-plane", &cp, "dev", app.to_str().unwrap(), "--http-listen", &http, "--sidecar-port", &sidecar_port.to_string()])
+        .args(extra)
+        .env("MILLRACE_SIDECAR_PROCESSES", "1")
+        .env("MILLRACE_BIN_DIR", bin_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start millrace dev");
+    let output = Arc::new(Mutex::new(String::new()));
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            println!("dev> {line}");
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    (Interrupt(child), output, cp, http)
+}
+
+/// The state `millrace dev` printed: (Postgres database, ClickHouse database, topic prefix).
+fn state_of(output: &str) -> (String, String, String) {
+    // Without the line, the names millrace dev has always used.
+    let Some(line) = output.lines().find(|l| l.starts_with("state of this app:")) else {
+        return ("millrace".into(), "millrace".into(), String::new());
+    };
+    let word_after = |w: &str| line.split(w).nth(1).and_then(|r| r.split([' ', ',']).find(|s| !s.is_empty())).unwrap_or_default().to_string();
+    (word_after("Postgres database "), word_after("ClickHouse database "), word_after("topics prefixed "))
+}
+
+async fn count(database: &str, table: &str) -> Option<u64> {
+    let addr = clickhouse_url().trim_start_matches("http://").to_string();
+    let a = post(&addr, "/", &[], format!("SELECT count() FROM `{database}`.`{table}`").as_bytes()).await;
+    (a.status == 200).then(|| a.body.trim().parse().unwrap())
+}
+
+async fn stop(dev: Interrupt) {
+    dev.interrupt();
+    let mut dev = dev;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dev.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "millrace dev did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn drop_state(postgres: &str, clickhouse: &str) {
+    let addr = clickhouse_url().trim_start_matches("http://").to_string();
+    post(&addr, "/", &[], format!("DROP DATABASE IF EXISTS `{clickhouse}`").as_bytes()).await;
+    use sqlx::Connection;
+    if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{}/postgres", postgres_server())).await {
+        let _ = sqlx::Executor::execute(&mut c, format!("DROP DATABASE IF EXISTS \"{postgres}\" WITH (FORCE)").as_str()).await;
+    }
+}
+
+const NOTES: &str = r#"
+from millrace import IngestPipeline, IngestPipelineConfig, Key
+from pydantic import BaseModel
+
+class Note(BaseModel):
+    id: Key[str]
+    text: str
+
+notes = IngestPipeline[Note]("notes", IngestPipelineConfig(ingest_api=True, stream=True, table=TABLE))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_keeps_each_apps_state_apart_and_does_not_drop_rows_unasked() {
+    let env = TestEnv::new();
+    let root = std::env::temp_dir().join(format!("millrace-apps-{}", env.id));
+    let (a, b) = (root.join("shop").join("app.py"), root.join("notes").join("app.py"));
+    for p in [&a, &b] {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    }
+    std::fs::write(&a, std::fs::read_to_string(format!("{}/../examples/reference_chained.py", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+    std::fs::write(&b, NOTES.replace("TABLE", "True")).unwrap();
+
+    // The first app, with rows in its table.
+    let (dev, output, _, http) = start_dev(&a, &[]);
+    wait_for("millrace dev to be up", Duration::from_secs(300), || output.lock().unwrap().contains("watching")).await;
+    let (pg_a, ch_a, ns_a) = state_of(&output.lock().unwrap());
+    assert_eq!(post(&http, "/ingest/raw_data", &[JSON], br#"{"id":"a1","value":1}"#).await.status, 200);
+    let deadline = Instant::now() + WAIT;
+    while count(&ch_a, "final_stream").await != Some(1) {
+        assert!(Instant::now() < deadline, "the first app's row did not reach its table");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop(dev).await;
+
+    // Another app, in another directory: its own state; the first app's table and rows stay.
+    let (dev, output, _, http) = start_dev(&b, &[]);
+    wait_for("millrace dev to be up", Duration::from_secs(300), || output.lock().unwrap().contains("watching")).await;
+    let (pg_b, ch_b, ns_b) = state_of(&output.lock().unwrap());
+    assert_eq!(count(&ch_a, "final_stream").await, Some(1), "the first app's table and its row are still there");
+    assert!(pg_a.starts_with("millrace_shop_") && ch_a == pg_a && ns_a.starts_with("shop_"), "{pg_a} {ch_a} {ns_a}");
+    assert!(pg_b.starts_with("millrace_notes_") && ch_b == pg_b && ns_b.starts_with("notes_"), "{pg_b} {ch_b} {ns_b}");
+
+    // A change that drops a table holding rows is shown and not applied.
+    assert_eq!(post(&http, "/ingest/notes", &[JSON], br#"{"id":"n1","text":"keep me"}"#).await.status, 200);
+    let deadline = Instant::now() + WAIT;
+    while count(&ch_b, "notes").await != Some(1) {
+        assert!(Instant::now() < deadline, "the note did not reach its table");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(&b, NOTES.replace("TABLE", "False")).unwrap();
+    let seen = |s: &str| output.lock().unwrap().contains(s);
+    wait_for("the refusal", WAIT, || seen("not applied: the change drops table notes") && seen("holding 1 rows") && seen("--allow-drop")).await;
+    assert_eq!(count(&ch_b, "notes").await, Some(1), "the table and its row are still there");
+    stop(dev).await;
+
+    let _ = std::fs::remove_dir_all(&root);
+    drop_state(&pg_a, &ch_a).await;
+    drop_state(&pg_b, &ch_b).await;
 }

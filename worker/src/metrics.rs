@@ -16,6 +16,7 @@ pub struct Metrics {
     pub units: IntGaugeVec,
     pub unit_errors: IntGaugeVec,
     pub records_lost_to_retention: IntCounterVec,
+    pub replays_skipped: IntCounterVec,
     pub unit_restarts: IntCounterVec,
     pub commits_refused: IntCounterVec,
     pub ingest_requests: IntCounterVec,
@@ -86,6 +87,7 @@ impl Metrics {
             records_filtered: counter(&r, "millrace_records_filtered_total", "Input records with no output", f),
             records_failed: counter(&r, "millrace_records_failed_total", "Input records the function failed on", f),
             dead_letters: counter(&r, "millrace_dead_letters_total", "Dead letters acknowledged by the broker", f),
+            replays_skipped: counter(&r, "millrace_replays_skipped_total", "Replayed dead letters skipped: replayed for another function of the stream", f),
             unit_restarts: counter(&r, "millrace_unit_restarts_total", "Unit pipelines restarted after an error", f),
             commits_refused: counter(&r, "millrace_commits_refused_total", "Offset commits the control plane refused (fenced)", f),
             records_lost_to_retention: counter(

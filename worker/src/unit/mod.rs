@@ -214,6 +214,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
             in_flight: if recovery.isolating() || suspect { 1 } else { ctx.max_in_flight },
             condemned: recovery.condemned().cloned(),
             probation: suspect,
+            stop_at: recovery.isolating_until(),
         };
         tracing::debug!(unit = u.unit_id, start, cap = plan.cap, in_flight = plan.in_flight, condemned = ?plan.condemned, "pipeline starting");
         let result = tokio::select! {
@@ -226,9 +227,9 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
             Ok(()) if st.ended() => break,
             Ok(()) => UnitError::Ended,
             Err(UnitError::Rejoin) => {
-                if !std::mem::take(&mut suspect) {
-                    tracing::info!(unit = u.unit_id, "reopening on the partition's own sidecar process");
-                }
+                // A probation run went through (cleared), an isolation ended, or a partition goes back to its own
+                // process. While isolating, runs stay on probation: each crash then halves the suspects at once.
+                suspect &= recovery.isolating();
                 continue;
             }
             // A crash is held against the unit only when it broke its probation run (see `probation`).

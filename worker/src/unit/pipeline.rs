@@ -28,8 +28,11 @@ pub struct RunPlan {
     pub cap: usize,
     pub in_flight: usize,
     pub condemned: Option<Condemned>,
-    /// Run one batch alone on the sidecar process (among units on probation), then stop: see `probation`.
+    /// Run alone on the sidecar process among units on probation (see `probation`): one batch, or while
+    /// isolating until `stop_at`.
     pub probation: bool,
+    /// While isolating: stop once past this offset, so that the next run has normal batches again.
+    pub stop_at: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +110,7 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(plan.in_flight.max(1));
     let sender = session.sender();
     let (rejoin, ..) = tokio::try_join!(
-        read(ctx, st, fence, (messages, first), &plan, (sender, call_timeout, rejoin_at.or(plan.probation.then(Instant::now))), permits, sent_tx),
+        read(ctx, st, fence, (messages, first), &plan, (sender, call_timeout, rejoin_at.or((plan.probation && plan.stop_at.is_none()).then(Instant::now))), permits, sent_tx),
         respond(ctx, st, fence, session, sent_rx, pending_tx),
         acknowledge(ctx, st, pending_rx),
     )?;
@@ -129,11 +132,16 @@ async fn read(
     sent: mpsc::Sender<Sent>,
 ) -> Result<bool, UnitError> {
     let mut batch_id = 0u64;
+    // The offset after the last record sent in this run.
+    let mut sent_to = i64::MIN;
     let mut carry = Some(first);
     loop {
         // Stops reading; what is in flight finishes, and the unit reopens on its own process (or, on probation,
         // ends its turn after one batch).
         if batch_id > 0 && rejoin_at.is_some_and(|t| Instant::now() >= t) {
+            return Ok(true);
+        }
+        if plan.stop_at.is_some_and(|end| sent_to >= end) {
             return Ok(true);
         }
         let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
@@ -163,7 +171,8 @@ async fn read(
         }
         let bytes = batch.bytes;
         let (records, held) = batch.finish();
-        st.position.store(held.last_offset() + 1, Ordering::Relaxed);
+        sent_to = held.last_offset() + 1;
+        st.position.store(sent_to, Ordering::Relaxed);
         ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(held.len() as u64);
         let kib = (bytes.div_ceil(1024) as u32).clamp(1, ctx.max_in_flight_kib);
         let memory = ctx.in_flight_kib.clone().acquire_many_owned(kib).await.expect("semaphore never closed");

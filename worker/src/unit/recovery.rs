@@ -74,6 +74,11 @@ impl Recovery {
         self.isolating_until.is_some()
     }
 
+    /// While isolating: the offset past which batches are normal again.
+    pub fn isolating_until(&self) -> Option<i64> {
+        self.isolating_until
+    }
+
     pub fn condemned(&self) -> Option<&Condemned> {
         self.condemned.as_ref()
     }
