@@ -2,8 +2,8 @@
 
 pub use crate::records::*;
 use crate::{kafka_brokers, ControlPlane, WAIT};
-use crate::{raw_fields, rref, stream, transform};
-use millrace_proto::v1::{DeadLetterQueue, ListWorkersRequest, Plan, WorkerInfo};
+use crate::{raw_fields, rref, stream, table, transform};
+use millrace_proto::v1::{DeadLetterQueue, Field, IngestApi, ListWorkersRequest, Plan, WorkerInfo};
 use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -375,3 +375,33 @@ pub async fn metrics_of(cp: &ControlPlane, name: &str) -> String {
     http_get(&w.http_address, "/metrics").await
 }
 
+
+/// A stream `name` of `fields` synced into table `name` (200 ms batches), with an ingest API and the dead letter
+/// queue `<name>_dlq`.
+pub fn synced_plan(name: &str, fields: Vec<Field>, partitions: u32) -> Plan {
+    let dlq = format!("{name}_dlq");
+    let mut s = stream(name, fields.clone(), partitions);
+    s.destination = Some(rref(name));
+    s.dead_letter_queue = Some(rref(&dlq));
+    let mut t = table(name, fields);
+    t.sync_max_delay_ms = Some(200);
+    Plan {
+        streams: vec![s],
+        tables: vec![t],
+        ingest_apis: vec![IngestApi { name: name.into(), destination: Some(rref(name)), ..Default::default() }],
+        dead_letter_queues: vec![DeadLetterQueue { name: dlq, ..Default::default() }],
+        ..Default::default()
+    }
+}
+
+/// The HTTP address of the live worker `name`, once it registered.
+pub async fn http_of(cp: &ControlPlane, name: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(w) = workers(cp).await.into_iter().find(|w| w.name == name && w.live) {
+            return w.http_address;
+        }
+        assert!(Instant::now() < deadline, "worker {name} never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

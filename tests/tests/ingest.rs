@@ -33,34 +33,6 @@ fn all_types() -> Vec<Field> {
     ]
 }
 
-/// A stream `events` of `fields` synced into table `events`, an ingest API on it, and a dead letter queue.
-fn pipeline(fields: Vec<Field>, partitions: u32) -> Plan {
-    let mut events = stream("events", fields.clone(), partitions);
-    events.destination = Some(rref("events"));
-    events.dead_letter_queue = Some(rref("events_dlq"));
-    let mut t = table("events", fields);
-    t.sync_max_delay_ms = Some(200);
-    Plan {
-        streams: vec![events],
-        tables: vec![t],
-        ingest_apis: vec![IngestApi { name: "events".into(), destination: Some(rref("events")), ..Default::default() }],
-        dead_letter_queues: vec![DeadLetterQueue { name: "events_dlq".into(), ..Default::default() }],
-        ..Default::default()
-    }
-}
-
-/// The HTTP address of the live worker `name`, once it registered.
-async fn http_of(cp: &ControlPlane, name: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(w) = workers(cp).await.into_iter().find(|w| w.name == name && w.live) {
-            return w.http_address;
-        }
-        assert!(Instant::now() < deadline, "worker {name} never registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Rows of a ClickHouse query, as JSON objects.
 async fn query(sql: &str) -> Vec<serde_json::Value> {
     let addr = clickhouse_url().trim_start_matches("http://").to_string();
@@ -100,7 +72,7 @@ fn record(i: usize) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn posted_records_reach_the_table_with_every_field_exact() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &pipeline(all_types(), 2)).await;
+    let cp = control_plane_with(&env, &synced_plan("events", all_types(), 2)).await;
     let _w = Worker::start(&format!("{}-w", env.id), &cp.addr, "default=http://127.0.0.1:1");
     let http = http_of(&cp, &format!("{}-w", env.id)).await;
     let records: Vec<serde_json::Value> = (0..30).map(record).collect();
@@ -151,7 +123,7 @@ async fn posted_records_reach_the_table_with_every_field_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_bad_request_gets_its_code_and_writes_nothing() {
     let env = TestEnv::new();
-    let mut plan = pipeline(vec![key("id", ScalarType::String), field("value", ScalarType::Int8)], 1);
+    let mut plan = synced_plan("events", vec![key("id", ScalarType::String), field("value", ScalarType::Int8)], 1);
     // A second version of the API: the bare name is the newest.
     plan.streams.push(stream("events_v2", vec![key("id", ScalarType::String), field("v2", ScalarType::Int64)], 1));
     plan.ingest_apis.push(IngestApi { name: "events".into(), version: "2".into(), destination: Some(rref("events_v2")), ..Default::default() });
@@ -224,7 +196,7 @@ async fn every_bad_request_gets_its_code_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_row_clickhouse_refuses_goes_to_the_dead_letter_queue_and_the_rest_to_the_table() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &pipeline(vec![key("id", ScalarType::String), field("value", ScalarType::Int64), field("at", ScalarType::Datetime)], 1)).await;
+    let cp = control_plane_with(&env, &synced_plan("events", vec![key("id", ScalarType::String), field("value", ScalarType::Int64), field("at", ScalarType::Datetime)], 1)).await;
     let _w = Worker::start(&format!("{}-w", env.id), &cp.addr, "default=http://127.0.0.1:1");
     // Written around the ingest API, as an external producer could: a value ClickHouse cannot parse, and a
     // date-time that is no date-time; the records after them must still arrive.
@@ -251,7 +223,7 @@ async fn a_row_clickhouse_refuses_goes_to_the_dead_letter_queue_and_the_rest_to_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backlogs_tail_goes_at_once_while_a_trickle_waits_for_its_batch() {
     let env = TestEnv::new();
-    let mut plan = pipeline(raw_fields(), 1);
+    let mut plan = synced_plan("events", raw_fields(), 1);
     // A tenth of a batch is 100 rows; the delay is far longer than the test waits for the burst.
     plan.tables[0].sync_max_rows = Some(1000);
     plan.tables[0].sync_max_delay_ms = Some(8000);
@@ -278,7 +250,7 @@ async fn a_backlogs_tail_goes_at_once_while_a_trickle_waits_for_its_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removing_a_synced_stream_stops_its_units_before_its_topic_goes() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &pipeline(raw_fields(), 4)).await;
+    let cp = control_plane_with(&env, &synced_plan("events", raw_fields(), 4)).await;
     let name = format!("{}-w", env.id);
     let mut w = Worker::start(&name, &cp.addr, "default=http://127.0.0.1:1");
     let http = http_of(&cp, &name).await;
@@ -338,7 +310,7 @@ async fn load(http: &str, from: usize, to: usize, per: usize, conns: usize) -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_million_posted_records_are_all_in_the_table() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &pipeline(raw_fields(), 4)).await;
+    let cp = control_plane_with(&env, &synced_plan("events", raw_fields(), 4)).await;
     let name = format!("{}-w", env.id);
     let _w = Worker::start(&name, &cp.addr, "default=http://127.0.0.1:1");
     let http = http_of(&cp, &name).await;
@@ -357,7 +329,7 @@ async fn a_million_posted_records_are_all_in_the_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickhouse_away_for_20_seconds_loses_nothing_and_stalls_nothing_else() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &pipeline(raw_fields(), 2)).await;
+    let cp = control_plane_with(&env, &synced_plan("events", raw_fields(), 2)).await;
     let proxy = millrace_tests::proxy::Proxy::start(clickhouse_url().trim_start_matches("http://").to_string()).await;
     let name = format!("{}-w", env.id);
     let _w = Worker::start_with(&name, &cp.addr, "default=http://127.0.0.1:1", &["--clickhouse-url", &proxy.url(), "--clickhouse-timeout-ms", "1000"]);
@@ -388,7 +360,7 @@ async fn a_broker_outage_answers_503_and_never_200_for_a_record_that_is_not_ther
     let mut config = env.config_with(&["--lease-ms", TEST_LEASE_MS]);
     config.kafka_brokers = broker.addr.clone();
     let cp = ControlPlane::start(config).await.expect("control plane starts");
-    let mut plan = pipeline(raw_fields(), 2);
+    let mut plan = synced_plan("events", raw_fields(), 2);
     // No table: this is about the ingest API and the broker.
     plan.streams[0].destination = None;
     plan.tables.clear();

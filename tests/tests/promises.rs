@@ -8,33 +8,6 @@ use millrace_tests::records::read_quiet;
 use millrace_tests::*;
 use std::time::{Duration, Instant};
 
-/// A stream `ev` (id, value) with an ingest API and a dead letter queue, synced into table `ev`.
-fn ingest_plan() -> Plan {
-    let mut ev = stream("ev", raw_fields(), 1);
-    ev.destination = Some(rref("ev"));
-    ev.dead_letter_queue = Some(rref("ev_dlq"));
-    let mut t = table("ev", raw_fields());
-    t.sync_max_delay_ms = Some(100);
-    Plan {
-        streams: vec![ev],
-        tables: vec![t],
-        ingest_apis: vec![IngestApi { name: "ev".into(), destination: Some(rref("ev")), ..Default::default() }],
-        dead_letter_queues: vec![DeadLetterQueue { name: "ev_dlq".into(), ..Default::default() }],
-        ..Default::default()
-    }
-}
-
-async fn http_of(cp: &ControlPlane, name: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(w) = workers(cp).await.into_iter().find(|w| w.name == name && w.live) {
-            return w.http_address;
-        }
-        assert!(Instant::now() < deadline, "worker {name} never registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn rows(env: &TestEnv, table: &str) -> Vec<serde_json::Value> {
     let addr = clickhouse_url().trim_start_matches("http://").to_string();
     let sql = format!("SELECT * FROM `{}`.`{table}` ORDER BY id FORMAT JSONEachRow", env.clickhouse_database);
@@ -64,7 +37,7 @@ fn rss_kib(w: &Worker) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_record_too_large_for_the_broker_refuses_its_whole_request() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &ingest_plan()).await;
+    let cp = control_plane_with(&env, &synced_plan("ev", raw_fields(), 1)).await;
     let name = format!("{}-w", env.id);
     let _w = Worker::start(&name, &cp.addr, "default=http://127.0.0.1:1");
     let http = http_of(&cp, &name).await;
@@ -139,7 +112,7 @@ const HOSTILE_RSS_BOUND_MIB: u64 = 256;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_bodies_and_paths_keep_the_worker_bounded_and_serving() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &ingest_plan()).await;
+    let cp = control_plane_with(&env, &synced_plan("ev", raw_fields(), 1)).await;
     let name = format!("{}-w", env.id);
     let w = Worker::start(&name, &cp.addr, "default=http://127.0.0.1:1");
     let http = http_of(&cp, &name).await;

@@ -14,21 +14,6 @@ fn typed(name: &str, kind: Kind) -> Field {
     Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable: false, key: false }
 }
 
-/// A stream `events` of `fields` (one partition) synced into table `events`, with a dead letter queue.
-fn plan(fields: Vec<Field>) -> Plan {
-    let mut events = stream("events", fields.clone(), 1);
-    events.destination = Some(rref("events"));
-    events.dead_letter_queue = Some(rref("events_dlq"));
-    let mut t = table("events", fields);
-    t.sync_max_delay_ms = Some(200);
-    Plan {
-        streams: vec![events],
-        tables: vec![t],
-        dead_letter_queues: vec![DeadLetterQueue { name: "events_dlq".into(), ..Default::default() }],
-        ..Default::default()
-    }
-}
-
 /// Rows of a ClickHouse query, as JSON objects.
 async fn query(sql: &str) -> Vec<serde_json::Value> {
     let addr = clickhouse_url().trim_start_matches("http://").to_string();
@@ -72,7 +57,7 @@ fn raw_values(n: usize) -> Vec<serde_json::Value> {
 async fn rows_clickhouse_took_are_not_inserted_again_while_their_dead_letters_wait_for_the_broker() {
     let env = TestEnv::new();
     // The dead letter queue is someone else's, and not there yet: producing dead letters fails until it is.
-    let mut p = plan(raw_fields());
+    let mut p = synced_plan("events", raw_fields(), 1);
     p.dead_letter_queues[0].life_cycle = LifeCycle::ExternallyManaged as i32;
     let cp = control_plane_with(&env, &p).await;
     let dlq = env.topic("events_dlq");
@@ -106,7 +91,7 @@ async fn rows_clickhouse_took_are_not_inserted_again_while_their_dead_letters_wa
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_letter_over_the_brokers_limit_is_cut_to_fit_and_the_partition_goes_on() {
     let env = TestEnv::new();
-    let cp = control_plane_with(&env, &plan(raw_fields())).await;
+    let cp = control_plane_with(&env, &synced_plan("events", raw_fields(), 1)).await;
     // A refused row whose key alone nearly fills a message of the worker's limit: its dead letter, key and all,
     // would be over it.
     let _w = Worker::start_with(&format!("{}-w", env.id), &cp.addr, "default=http://127.0.0.1:1", &["--max-message-bytes", "4000"]);
@@ -131,7 +116,7 @@ async fn dates_outside_clickhouses_range_and_malformed_decimals_are_refused_befo
         typed("amount", Kind::Decimal(DecimalType { precision: 10, scale: 2 })),
         typed("days", Kind::Array(Box::new(scalar(ScalarType::Date)))),
     ];
-    let cp = control_plane_with(&env, &plan(fields)).await;
+    let cp = control_plane_with(&env, &synced_plan("events", fields, 1)).await;
     let _w = Worker::start(&format!("{}-w", env.id), &cp.addr, "default=http://127.0.0.1:1");
     let row = |id: &str, day: &str, amount: serde_json::Value| serde_json::json!({"id": id, "day": day, "amount": amount, "days": [day]});
     let mut values = vec![
@@ -184,7 +169,7 @@ async fn dates_outside_clickhouses_range_and_malformed_decimals_are_refused_befo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_over_clickhouses_memory_limit_is_split_and_every_row_goes_in_once() {
     let env = TestEnv::new();
-    let mut p = plan(raw_fields());
+    let mut p = synced_plan("events", raw_fields(), 1);
     p.tables[0].sync_max_rows = Some(5000);
     p.tables[0].sync_max_delay_ms = Some(2000);
     let cp = control_plane_with(&env, &p).await;
@@ -204,7 +189,7 @@ async fn a_batch_over_clickhouses_memory_limit_is_split_and_every_row_goes_in_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sync_batch_stays_within_the_workers_in_flight_byte_budget() {
     let env = TestEnv::new();
-    let mut p = plan(raw_fields());
+    let mut p = synced_plan("events", raw_fields(), 1);
     // Rows and delay would let one batch take the whole backlog; the worker's 64 KiB budget must not.
     p.tables[0].sync_max_rows = Some(100_000);
     p.tables[0].sync_max_delay_ms = Some(5000);
