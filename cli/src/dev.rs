@@ -204,16 +204,15 @@ async fn shutdown_signal() {
 
 /// Whether the app's planned change may be applied: not when it drops a table holding rows, unless --allow-drop.
 async fn drop_guard(ctx: &Ctx, args: &Args, state: &State, app: &Path) -> Result<(), String> {
+    if args.allow_drop {
+        return Ok(());
+    }
     let plan = python(ctx, "plan --json", app).await?;
     let drops = crate::dev_state::dropped_rows(ctx, &plan, &state.clickhouse_database).await.map_err(|e| format!("{e:#}"))?;
     if drops.is_empty() {
         return Ok(());
     }
     let list: Vec<String> = drops.iter().map(|(name, table, rows)| format!("table {name} ({table}) holding {rows} rows")).collect();
-    if args.allow_drop {
-        println!("dropping {} (--allow-drop)", list.join(", "));
-        return Ok(());
-    }
     Err(format!(
         "not applied: the change drops {}; put the table back in the app, or run millrace dev again with --allow-drop to drop it",
         list.join(", ")

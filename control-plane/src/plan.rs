@@ -18,6 +18,8 @@ pub const DEFAULT_DEAD_LETTER_QUEUE: &str = "millrace_dead_letters";
 const MAX_PHYSICAL_NAME: usize = 200;
 /// The largest insert batch a table may ask for: a sync unit holds one batch (and reads the next) in memory.
 pub const MAX_SYNC_BYTES: u64 = 256 << 20;
+/// The most rows of one insert: below ClickHouse's `max_insert_block_size` (1,048,576), so an insert is one block.
+pub const MAX_SYNC_ROWS: u32 = 1_000_000;
 
 /// Why a plan is refused: which resource, which of its fields, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +123,9 @@ fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
         }
         Spec::Table(t) => {
             check_fields(&t.fields)?;
+            if t.sync_max_rows.is_some_and(|r| r > MAX_SYNC_ROWS) {
+                return Err(fail(&key, "sync_max_rows", format!("at most {MAX_SYNC_ROWS} rows per insert: ClickHouse writes a larger insert in several blocks, and a failure after the first would repeat it")));
+            }
             if t.sync_max_bytes.is_some_and(|b| b > MAX_SYNC_BYTES) {
                 return Err(fail(&key, "sync_max_bytes", format!("at most {MAX_SYNC_BYTES} bytes (256 MiB) per insert: batches are held in memory")));
             }

@@ -266,7 +266,14 @@ class Runner:
                 out[i] = finish(result)
             except _CallTimeout:
                 out[i] = ("FunctionTimeout", f"{self.name} did not return within {bound:g} s on this record (set MILLRACE_CALL_TIMEOUT_MS to allow longer)")
-            except BaseException as e:  # noqa: B036 - SystemExit and CancelledError too: the record's error
+            except asyncio.CancelledError:
+                # The batch was given up (the worker went away, or the loop is stuck): stop its lanes, so that
+                # no record of it runs after the worker sends the batch again.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                out[i] = ("CancelledError", f"{self.name} was cancelled on this record")
+            except BaseException as e:  # noqa: B036 - SystemExit too: the record's error
                 out[i] = _error(e)
             progress[0] = time.monotonic()
 

@@ -96,12 +96,16 @@ class FunctionRuntime(fr_grpc.FunctionRuntimeServicer):
         health.opened(1)
         try:
             # One batch after another: a stream carries one partition, whose records must run in offset order.
+            lapsed = False
             for req in request_iterator:
                 batch = req.batch
                 deadline = batch.deadline_unix_ms
                 # Not started: past its deadline (the worker no longer waits for it, or its lease may be gone), or
                 # while this process winds down (the worker runs it again elsewhere; nothing is condemned).
-                if (deadline and time.time() * 1000 > deadline) or health.recycling.is_set():
+                # Once one batch expired, so do all later ones of the stream: running a later batch before the
+                # worker runs the expired one again would put the partition's records out of order.
+                if lapsed or (deadline and time.time() * 1000 > deadline) or health.recycling.is_set():
+                    lapsed = True
                     yield expired(batch.batch_id)
                     continue
                 records = batch.records

@@ -225,6 +225,7 @@ impl FunctionRuntime for Runtime {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
+            let mut lapsed = false;
             loop {
                 let batch = match inbound.message().await {
                     Ok(Some(ProcessRequest { message: Some(process_request::Message::Batch(b)) })) => b,
@@ -240,8 +241,10 @@ impl FunctionRuntime for Runtime {
                         return;
                     }
                 };
-                // A batch the worker no longer wants (its call timed out, its lease runs short) is not run.
-                if expired(batch.deadline_unix_ms) {
+                // A batch the worker no longer wants (its call timed out, its lease runs short) is not run, nor
+                // any later one of the stream: it would run before the expired one is sent again.
+                lapsed = lapsed || expired(batch.deadline_unix_ms);
+                if lapsed {
                     let msg = ProcessResponse { result: Some(BatchResult { batch_id: batch.batch_id, results: vec![], expired: true }) };
                     if tx.send(Ok(msg)).await.is_err() {
                         return;

@@ -34,6 +34,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "--batch-max-bytes must stay below the gRPC message limit of {} bytes",
         sidecar::MAX_MESSAGE
     );
+    // A request cut off by the listener's timeout after its records were handed over would be answered 408
+    // although something was written: the timeout must outlast a whole ingest request.
+    anyhow::ensure!(
+        config.http_request_timeout_ms > config.http_body_timeout_ms + config.ingest_timeout_ms * 2 + 5_000,
+        "--http-request-timeout-ms must exceed --http-body-timeout-ms plus twice --ingest-timeout-ms plus 5 s (the catalog lookup), so that no request is cut off after its records were written"
+    );
     let max_in_flight_kib = (config.max_in_flight_bytes / 1024).clamp(1, u32::MAX as usize / 2) as u32;
     let ctx = Arc::new(unit::WorkerCtx {
         kafka_brokers: config.kafka_brokers.clone(),
@@ -50,6 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         batch_linger: Config::ms(config.batch_linger_ms),
         max_in_flight: config.max_in_flight.max(1),
         in_flight_kib: Arc::new(tokio::sync::Semaphore::new(max_in_flight_kib as usize)),
+        sync_in_flight_kib: Arc::new(tokio::sync::Semaphore::new(max_in_flight_kib as usize)),
         max_in_flight_kib,
         fetch_buffer_kb: config.fetch_buffer_kb,
         max_message_bytes: config.max_message_bytes,

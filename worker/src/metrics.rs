@@ -201,7 +201,8 @@ impl HttpLimits {
                     (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], axum::Json(body)).into_response()
                 }))
             .load_shed()
-            .concurrency_limit(max)
+            // Global: `Router::layer` wraps each route apart, and a per-route limit would multiply the bound.
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max))
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, self.request_timeout))
             .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(self.body_timeout)),
         )

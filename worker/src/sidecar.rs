@@ -48,6 +48,8 @@ pub struct Sidecars {
     channels: HashMap<String, (String, Channel)>,
     /// Connections to the further processes sidecars list in `Describe`, by address.
     extra: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The processes each sidecar listed in its last `Describe`.
+    known: Arc<Mutex<HashMap<String, Vec<String>>>>,
     timeout: Duration,
 }
 
@@ -88,7 +90,7 @@ impl Sidecars {
             let (name, url) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--sidecar {s:?} is not NAME=URL"))?;
             channels.insert(name.to_string(), (url.to_string(), endpoint(url)?.connect_lazy()));
         }
-        Ok(Self { channels, extra: Default::default(), timeout })
+        Ok(Self { channels, extra: Default::default(), known: Default::default(), timeout })
     }
 
     /// The connection to one further process of a sidecar.
@@ -106,13 +108,41 @@ impl Sidecars {
         self.channels.get(runtime).map(|(u, c)| (u.as_str(), c.clone())).ok_or_else(|| SidecarError::Unknown(runtime.into()))
     }
 
-    /// The functions a sidecar hosts.
+    /// The functions a sidecar hosts: asked of the configured address, else of the other processes it listed
+    /// last (the configured one may be the process that is restarting).
     pub async fn describe(&self, runtime: &str) -> Result<DescribeResponse, SidecarError> {
         let (url, channel) = self.channel(runtime)?;
-        let unreachable = |detail: String| SidecarError::Unreachable { name: runtime.into(), detail: format!("{url}: {detail}") };
-        match tokio::time::timeout(self.timeout, client(channel).describe(DescribeRequest {})).await {
-            Err(_) => Err(unreachable(format!("no answer to Describe within {:?}", self.timeout))),
-            Ok(Err(s)) => Err(unreachable(format!("{}: {}", s.code(), s.message()))),
+        let first = Self::describe_at(url, channel, self.timeout).await;
+        let result = match first {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let others: Vec<String> = self.known.lock().expect("sidecar endpoints lock").get(runtime).cloned().unwrap_or_default();
+                let mut found = Err(e);
+                for other in others.iter().filter(|o| o.as_str() != url) {
+                    let Ok(c) = self.extra(other) else { continue };
+                    if let Ok(r) = Self::describe_at(other, c, self.timeout).await {
+                        found = Ok(r);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        match result {
+            Ok(r) => {
+                if !r.endpoints.is_empty() {
+                    self.known.lock().expect("sidecar endpoints lock").insert(runtime.to_string(), r.endpoints.clone());
+                }
+                Ok(r)
+            }
+            Err(detail) => Err(SidecarError::Unreachable { name: runtime.into(), detail }),
+        }
+    }
+
+    async fn describe_at(url: &str, channel: Channel, timeout: Duration) -> Result<DescribeResponse, String> {
+        match tokio::time::timeout(timeout, client(channel).describe(DescribeRequest {})).await {
+            Err(_) => Err(format!("{url}: no answer to Describe within {timeout:?}")),
+            Ok(Err(s)) => Err(format!("{url}: {}: {}", s.code(), s.message())),
             Ok(Ok(r)) => Ok(r.into_inner()),
         }
     }

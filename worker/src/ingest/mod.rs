@@ -182,11 +182,16 @@ impl Ingest {
         let max_value = self.settings.max_message_bytes.saturating_sub(RECORD_OVERHEAD);
         for (i, r) in records.iter().enumerate() {
             // A record the broker can never take is the client's error, found before anything is queued.
-            let checked = if r.len() > max_value {
-                let reason = format!("the record is {} bytes, over the broker's limit of {max_value} bytes per record: send it smaller", r.len());
+            let too_large = |size: usize| {
+                let reason = format!("the record (with its key) is {size} bytes, over the broker's limit of {max_value} bytes per record: send it smaller");
                 Err(vec![FieldError { field: String::new(), reason }])
-            } else {
-                api.schema.check(r)
+            };
+            let checked = match r.len() > max_value {
+                true => too_large(r.len()),
+                false => match api.schema.check(r) {
+                    Ok(k) if r.len() + k.as_ref().map_or(0, |k| k.len()) > max_value => too_large(r.len() + k.map_or(0, |k| k.len())),
+                    other => other,
+                },
             };
             match checked {
                 Ok(k) => {

@@ -37,6 +37,9 @@ pub struct WorkerCtx {
     pub max_in_flight: usize,
     /// Input bytes in flight across all units, in KiB permits: what bounds a worker's memory, whatever its units.
     pub in_flight_kib: Arc<Semaphore>,
+    /// The same budget again for table syncs' batches, apart: a sync waiting out a ClickHouse outage with its
+    /// batches in hand must not stall the transforms and consumers.
+    pub sync_in_flight_kib: Arc<Semaphore>,
     pub max_in_flight_kib: u32,
     pub fetch_buffer_kb: usize,
     pub max_message_bytes: usize,

@@ -91,13 +91,28 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
     // by the crash of whoever held the turn.
     let _turn = match plan.probation {
         true => {
-            let turn = tokio::select! {
-                t = ctx.probations.turn(&session.url) => t,
-                _ = st.stop.cancelled() => return Ok(()),
-            };
-            session = open().await?;
-            tracing::info!(unit = st.unit.unit_id, process = session.url, start, "probation: one batch alone on the sidecar process");
-            Some(turn)
+            // The turn must be for the process the run is on: a process that came back (or went away) meanwhile
+            // changes which one `open` picks.
+            let mut tries = 0;
+            loop {
+                let turn = tokio::select! {
+                    t = ctx.probations.turn(&session.url) => t,
+                    _ = st.stop.cancelled() => return Ok(()),
+                };
+                let turn_on = std::mem::take(&mut session.url);
+                session = open().await?;
+                tries += 1;
+                if session.url == turn_on {
+                    tracing::info!(unit = st.unit.unit_id, process = session.url, start, "probation: alone on the sidecar process");
+                    break Some(turn);
+                }
+                if tries >= 5 {
+                    return Err(UnitError::Sidecar(crate::sidecar::SidecarError::Unreachable {
+                        name: function.runtime.clone(),
+                        detail: "its processes keep changing while a unit waits for its probation turn".into(),
+                    }));
+                }
+            }
         }
         false => None,
     };
@@ -110,7 +125,7 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(plan.in_flight.max(1));
     let sender = session.sender();
     let (rejoin, ..) = tokio::try_join!(
-        read(ctx, st, fence, (messages, first), &plan, (sender, call_timeout, rejoin_at.or((plan.probation && plan.stop_at.is_none()).then(Instant::now))), permits, sent_tx),
+        read(ctx, st, fence, (messages, first), &plan, (sender, call_timeout, [rejoin_at, (plan.probation && plan.stop_at.is_none()).then(Instant::now)].into_iter().flatten().min()), permits, sent_tx),
         respond(ctx, st, fence, session, sent_rx, pending_tx),
         acknowledge(ctx, st, pending_rx),
     )?;

@@ -149,7 +149,7 @@ async fn read<'a>(
     }
     let kib = (batch.bytes.div_ceil(1024) as u32).clamp(1, ctx.max_in_flight_kib);
     let (_, held) = batch.finish();
-    let memory = ctx.in_flight_kib.clone().acquire_many_owned(kib).await.expect("semaphore never closed");
+    let memory = ctx.sync_in_flight_kib.clone().acquire_many_owned(kib).await.expect("semaphore never closed");
     ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(held.len() as u64);
     let mut body = Vec::with_capacity(held.iter().map(|r| r.value.len() + 16).sum());
     let mut spans = Vec::with_capacity(held.len());
