@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${MILLRACE_SDK_VENV:-$HOME/.millrace/sdk-venv}
 py=$(command -v python3.11 || command -v python3)
+mkdir -p "$(dirname "$venv")"
+# One install at a time: several `millrace dev` (the CLI tests run three at once) must not pip into one venv together.
+exec 9>"$venv.lock"
+flock -w 600 9 || { echo "[sdk] another install into $venv holds $venv.lock for over 10 minutes" >&2; exit 1; }
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "./sdk-python[test]"
 # pip builds in the source tree; leave it clean.
