@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -107,3 +108,27 @@ def test_a_process_that_fails_to_restart_is_retried_and_the_others_keep_running(
     (tmp_path / "broken").unlink()
     wait_until("process 1 to come back", lambda: port_open(second), timeout=60)
     assert stack.sidecar.poll() is None
+
+
+def test_a_partition_moved_off_a_dead_process_goes_back_to_it_once_it_is_up(stack):
+    app = APPS / "rejoin_app.py"
+    stack.run(app, processes=2)
+    pings = declared(app, "pings")
+    keys = [f"k{k}" for k in range(20)]
+
+    def send(r: int) -> None:
+        pings.send([pings.model(key=k, round=r) for k in keys])
+
+    send(0)
+    first = stack.read("stamped", len(keys))
+    assert len({o["pid"] for o in first}) == 2, "the two partitions run on the two processes"
+    killed = stack.signal_sidecar_process(0)
+    # While process 0 restarts, its partition runs on process 1; within seconds of its return it goes back.
+    rounds = 40
+    for r in range(1, rounds + 1):
+        send(r)
+        time.sleep(0.5)
+    out = stack.read("stamped", len(keys) * (rounds + 1), timeout=120)
+    late = {o["pid"] for o in out if o["round"] > rounds - 6}
+    assert killed not in late
+    assert len(late) == 2, f"the last rounds ran on {late}: a partition stayed on the other process"
