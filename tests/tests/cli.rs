@@ -83,29 +83,9 @@ async fn the_quickstart_runs_applies_edits_survives_a_broken_app_and_stops_clean
     let app = dir.join("app.py");
     let original = std::fs::read_to_string(format!("{}/../examples/reference_chained.py", env!("CARGO_MANIFEST_DIR"))).unwrap();
     std::fs::write(&app, &original).unwrap();
-    let (cp_port, http_port, sidecar_port) = (free_port(), free_port(), free_port());
-    let cp = format!("http://127.0.0.1:{cp_port}");
-    let http = format!("127.0.0.1:{http_port}");
-    let dev = Command::new(millrace())
-        .args(["--control-plane", &cp, "dev", app.to_str().unwrap(), "--http-listen", &http, "--sidecar-port", &sidecar_port.to_string()])
-        .args(["--database", &format!("millrace_t_{}", env.id), "--clickhouse-database", &env.clickhouse_database])
-        .args(["--topic-namespace", &env.topic_namespace])
-        .env("MILLRACE_SIDECAR_PROCESSES", "1")
-        .env("MILLRACE_BIN_DIR", bin_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start millrace dev");
-    let mut dev = Interrupt(dev);
-    let output = Arc::new(Mutex::new(String::new()));
-    let reader = BufReader::new(dev.0.stdout.take().unwrap());
-    let sink = output.clone();
-    std::thread::spawn(move || {
-        for line in reader.lines().map_while(Result::ok) {
-            println!("dev> {line}");
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
+    let db = format!("millrace_t_{}", env.id);
+    let state = ["--database", &db, "--clickhouse-database", &env.clickhouse_database, "--topic-namespace", &env.topic_namespace];
+    let Dev { process: mut dev, output, cp, http, ports } = start_dev(&app, &state);
     let seen = |s: &str| output.lock().unwrap().contains(s);
     wait_for("millrace dev to be up", Duration::from_secs(300), || seen("watching")).await;
     assert!(seen(&format!("http://{http}/ingest/raw_data")), "the ingest URL is printed");
@@ -151,7 +131,7 @@ async fn the_quickstart_runs_applies_edits_survives_a_broken_app_and_stops_clean
         assert!(Instant::now() < deadline, "millrace dev did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }
-    for port in [cp_port, http_port, sidecar_port] {
+    for port in ports {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} is still served after Ctrl-C");
     }
     assert!(seen("stopped control-plane") && seen("stopped worker") && seen("stopped sidecar"));
@@ -242,8 +222,18 @@ async fn admin_commands_answer_in_text_and_json_and_replay_puts_dead_letters_bac
     env.cleanup().await;
 }
 
-/// `millrace dev app` with its default state (no database or namespace flags), on free ports; its output so far.
-fn start_dev(app: &std::path::Path, extra: &[&str]) -> (Interrupt, Arc<Mutex<String>>, String, String) {
+/// `millrace dev app` on free ports, with `extra` flags (none: its default state).
+/// A running `millrace dev`: its process, its output so far, its control plane URL, its ingest address, and the
+/// ports it serves (control plane, HTTP, sidecar).
+struct Dev {
+    process: Interrupt,
+    output: Arc<Mutex<String>>,
+    cp: String,
+    http: String,
+    ports: [u16; 3],
+}
+
+fn start_dev(app: &std::path::Path, extra: &[&str]) -> Dev {
     let (cp_port, http_port, sidecar_port) = (free_port(), free_port(), free_port());
     let (cp, http) = (format!("http://127.0.0.1:{cp_port}"), format!("127.0.0.1:{http_port}"));
     let mut child = Command::new(millrace())
@@ -264,7 +254,7 @@ fn start_dev(app: &std::path::Path, extra: &[&str]) -> (Interrupt, Arc<Mutex<Str
             sink.lock().unwrap().push_str(&(line + "\n"));
         }
     });
-    (Interrupt(child), output, cp, http)
+    Dev { process: Interrupt(child), output, cp, http, ports: [cp_port, http_port, sidecar_port] }
 }
 
 /// The state `millrace dev` printed: (Postgres database, ClickHouse database, topic prefix).
@@ -325,7 +315,7 @@ async fn dev_keeps_each_apps_state_apart_and_does_not_drop_rows_unasked() {
     std::fs::write(&b, NOTES.replace("TABLE", "True")).unwrap();
 
     // The first app, with rows in its table.
-    let (dev, output, _, http) = start_dev(&a, &[]);
+    let Dev { process: dev, output, http, .. } = start_dev(&a, &[]);
     wait_for("millrace dev to be up", Duration::from_secs(300), || output.lock().unwrap().contains("watching")).await;
     let (pg_a, ch_a, ns_a) = state_of(&output.lock().unwrap());
     assert_eq!(post(&http, "/ingest/raw_data", &[JSON], br#"{"id":"a1","value":1}"#).await.status, 200);
@@ -337,7 +327,7 @@ async fn dev_keeps_each_apps_state_apart_and_does_not_drop_rows_unasked() {
     stop(dev).await;
 
     // Another app, in another directory: its own state; the first app's table and rows stay.
-    let (dev, output, _, http) = start_dev(&b, &[]);
+    let Dev { process: dev, output, http, .. } = start_dev(&b, &[]);
     wait_for("millrace dev to be up", Duration::from_secs(300), || output.lock().unwrap().contains("watching")).await;
     let (pg_b, ch_b, ns_b) = state_of(&output.lock().unwrap());
     assert_eq!(count(&ch_a, "final_stream").await, Some(1), "the first app's table and its row are still there");

@@ -85,8 +85,6 @@ pub struct UnitState {
     pub stop: CancellationToken,
     /// Stop reading, finish what is in flight (clean shutdown).
     pub drain: CancellationToken,
-    /// The sidecar process of the unit's current (or last) run.
-    pub process: Mutex<String>,
 }
 
 impl UnitState {
@@ -103,7 +101,6 @@ impl UnitState {
             reported_error: Mutex::new(String::new()),
             stop: CancellationToken::new(),
             drain: CancellationToken::new(),
-            process: Mutex::new(String::new()),
         }
     }
 
@@ -239,8 +236,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
             Err(UnitError::Batch(f)) if f.kind == recovery::Poison::SidecarCrashed && !suspect => {
                 suspect = true;
                 backoff = MIN_BACKOFF;
-                let process = st.process.lock().expect("process lock").clone();
-                UnitError::Sidecar(crate::sidecar::SidecarError::Broke { name: process, detail: f.detail })
+                UnitError::Suspect(f.detail)
             }
             Err(e) => e,
         };

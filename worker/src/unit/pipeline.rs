@@ -49,6 +49,8 @@ pub enum UnitError {
     Fenced,
     #[error("moving back to the partition's own sidecar process")]
     Rejoin,
+    #[error("{0}; not yet held against this unit's records: its next batch runs alone on the process")]
+    Suspect(String),
     #[error("the sidecar reached batch {0} after its deadline and did not run it (a slow function, or a lease running short): running it again")]
     Expired(u64),
     #[error("a produce was not acknowledged: {0}")]
@@ -117,7 +119,6 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
         false => None,
     };
     let call_timeout = session.timeout();
-    *st.process.lock().expect("process lock") = session.url.clone();
     // A partition moved off its own process (which was down) goes back to it once that process could be up again.
     let rejoin_at = session.fallback.then(|| Instant::now() + REJOIN_AFTER);
     let permits = Arc::new(Semaphore::new(plan.in_flight.max(1)));
