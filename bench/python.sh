@@ -9,6 +9,10 @@
 # are the runner's own (for Millrace: worker + every sidecar process). BENCHMARKS.md keeps the figures.
 #
 #   bash bench/python.sh [N] [ROUNDS]        (defaults 1000000 and 3; NMOOSE defaults to 200000)
+#
+# RUNNERS picks the runners of each round (default: all five) and PROCS the process counts tried afterwards
+# (default "1 2 4"; "" for none); SDKPY runs the Python sidecar with another interpreter (say a venv holding an
+# earlier SDK, to compare two versions in one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000} ROUNDS=${2:-3} NMOOSE=${NMOOSE:-200000}
@@ -24,7 +28,7 @@ cargo build --release --locked -p millrace-control-plane -p millrace-worker
 cargo build --release --locked -p millrace-sdk --example reference
 bash "$PEER/setup.sh" >"$out/peer-setup.log" 2>&1 || { cat "$out/peer-setup.log"; exit 1; }
 py=$PEER_BENCH_ENV/py/bin/python
-sdkpy=$HOME/.millrace/sdk-venv/bin/python
+sdkpy=${SDKPY:-$HOME/.millrace/sdk-venv/bin/python}
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
@@ -102,14 +106,18 @@ default_procs=$(nproc)
 results=$out/results.txt; : >"$results"
 for r in $(seq "$ROUNDS"); do
   echo "== round $r"
-  BROKER=$BROKER bash "$PEER/run.sh" limit-json-par "$N" | tee -a "$results"
-  BROKER=$BROKER bash "$PEER/run.sh" quix "$N" | tee -a "$results"
-  BROKER=$BROKER bash "$PEER/run.sh" moose-py "$NMOOSE" | tee -a "$results"
-  millrace_rust | tee -a "$results"
-  millrace_py "$default_procs" | tee -a "$results"
+  for runner in ${RUNNERS:-limit-json-par quix moose-py millrace-rust millrace-py}; do
+    case $runner in
+      limit-json-par|quix) BROKER=$BROKER bash "$PEER/run.sh" "$runner" "$N" | tee -a "$results" ;;
+      moose-py) BROKER=$BROKER bash "$PEER/run.sh" moose-py "$NMOOSE" | tee -a "$results" ;;
+      millrace-rust) millrace_rust | tee -a "$results" ;;
+      millrace-py) millrace_py "$default_procs" | tee -a "$results" ;;
+      *) echo "unknown runner $runner"; exit 1 ;;
+    esac
+  done
 done
 echo "== sidecar processes"
-for p in 1 2 4; do
+for p in ${PROCS-1 2 4}; do
   [ "$p" = "$default_procs" ] || millrace_py "$p" | tee -a "$results"
 done
 

@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".millrace.v1.InputRecord")
         // Outputs are sliced from the received message, not copied one by one.
         .bytes(".millrace.v1.RecordOutputs")
+        .bytes(".millrace.v1.PackedResults")
         .file_descriptor_set_path(out.join("millrace_descriptor.bin"))
         .compile_protos(&files, &[".", includes.to_str().ok_or("non-UTF-8 protoc include path")?])?;
     Ok(())

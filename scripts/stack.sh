@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The local stack Millrace runs on: PostgreSQL, a Kafka-protocol broker (Tansu) and ClickHouse, all on localhost.
+# The local stack Millrace runs on: PostgreSQL, a Kafka-protocol broker (Tansu), ClickHouse and Redis (for apps'
+# MooseCache), all on localhost.
 #
 #   scripts/stack.sh start    install what is missing, start what is not running, wait until each answers
-#   scripts/stack.sh stop [tansu|clickhouse]   stop what this script started (a PostgreSQL it found running is left alone)
+#   scripts/stack.sh stop [tansu|clickhouse|redis]   stop what this script started (a PostgreSQL or Redis it found
+#                                                     running is left alone)
 #   scripts/stack.sh status   one line per component
 #   scripts/stack.sh env      the connection settings, as shell exports
 #
@@ -16,6 +18,7 @@ PG_PORT=${MILLRACE_PG_PORT:-5432}
 KAFKA_PORT=${MILLRACE_KAFKA_PORT:-9092}
 CH_HTTP_PORT=${MILLRACE_CH_HTTP_PORT:-8123}
 CH_TCP_PORT=${MILLRACE_CH_TCP_PORT:-9000}
+REDIS_PORT=${MILLRACE_REDIS_PORT:-6379}
 # sqlite://FILE keeps topics across a broker restart; memory:// is faster.
 TANSU_STORAGE=${MILLRACE_TANSU_STORAGE:-memory://tansu/}
 TANSU_VERSION=0.6.0
@@ -163,6 +166,30 @@ start_clickhouse() {
   wait_for clickhouse 60 clickhouse_ping
 }
 
+# Any Redis answering there will do (one already running is used, not replaced): PONG, or NOAUTH from one that
+# wants a password. Plain bash, so that it works before redis-tools is installed.
+redis_ping() (
+  exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || exit 1
+  printf 'PING\r\n' >&3
+  read -r -t 2 reply <&3 || exit 1
+  [[ $reply == +PONG* || $reply == -NOAUTH* ]]
+)
+
+start_redis() {
+  if redis_ping 2>/dev/null; then return; fi
+  if ! command -v redis-server >/dev/null; then
+    log "installing redis-server from Debian"
+    apt_install redis-server
+    redis_ping 2>/dev/null && return  # the package may have started its own service
+  fi
+  mkdir -p "$RUN/redis"
+  log "starting redis on 127.0.0.1:$REDIS_PORT"
+  # A cache: nothing is saved to disk.
+  daemon "$RUN/redis" "$RUN/redis.log" "$RUN/redis.pid" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+      --save '' --appendonly no --dir "$RUN/redis"
+  wait_for redis 30 redis_ping
+}
+
 stop_pidfile() {
   local name=$1 file=$RUN/$1.pid
   if pid_alive "$file"; then
@@ -182,6 +209,7 @@ export MILLRACE_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export MILLRACE_CLICKHOUSE_URL=http://127.0.0.1:$CH_HTTP_PORT
 export MILLRACE_GRPCURL=$VENV/bin/grpcurl
 export MILLRACE_TANSU_BIN=$TANSU_BIN
+export MOOSE_REDIS_CONFIG__URL=redis://127.0.0.1:$REDIS_PORT
 ENV
 }
 
@@ -190,6 +218,7 @@ status() {
     || echo "postgres   down $PG_HOST:$PG_PORT"
   port_open "$KAFKA_PORT" && echo "tansu      up   127.0.0.1:$KAFKA_PORT" || echo "tansu      down 127.0.0.1:$KAFKA_PORT"
   clickhouse_ping && echo "clickhouse up   127.0.0.1:$CH_HTTP_PORT" || echo "clickhouse down 127.0.0.1:$CH_HTTP_PORT"
+  redis_ping 2>/dev/null && echo "redis      up   127.0.0.1:$REDIS_PORT" || echo "redis      down 127.0.0.1:$REDIS_PORT"
 }
 
 mkdir -p "$RUN"
@@ -198,10 +227,11 @@ case "${1:-}" in
     command -v curl >/dev/null || apt_install curl
     start_postgres
     start_clickhouse
+    start_redis
     install_tools
     start_tansu
     status ;;
-  stop) shift; for s in ${@:-tansu clickhouse}; do stop_pidfile "$s"; done ;;
+  stop) shift; for s in ${@:-tansu clickhouse redis}; do stop_pidfile "$s"; done ;;
   restart-broker) stop_pidfile tansu; start_tansu ;;
   status) status ;;
   env) print_env ;;

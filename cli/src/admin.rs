@@ -78,6 +78,32 @@ fn shown(r: Option<&ResourceRef>) -> String {
 }
 
 /// One line of `ls`: kind, name, and what matters about it.
+/// What the app said about a resource (moose's `metadata`), sorted by key.
+fn metadata(r: &StoredResource) -> std::collections::BTreeMap<String, String> {
+    let m = match r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
+        Some(Spec::Stream(x)) => &x.metadata,
+        Some(Spec::Table(x)) => &x.metadata,
+        Some(Spec::DeadLetterQueue(x)) => &x.metadata,
+        Some(Spec::Transform(x)) => &x.metadata,
+        Some(Spec::Consumer(x)) => &x.metadata,
+        Some(Spec::IngestApi(x)) => &x.metadata,
+        None => return Default::default(),
+    };
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The line `ls` shows under a resource: its description, else its other metadata.
+fn description(r: &StoredResource) -> Option<String> {
+    let m = metadata(r);
+    if m.is_empty() {
+        return None;
+    }
+    Some(match m.get("description") {
+        Some(d) => d.clone(),
+        None => m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
+    })
+}
+
 fn describe(r: &StoredResource) -> (String, String, String) {
     let Some(spec) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) else { return Default::default() };
     let named = |n: &str, v: &str| if v.is_empty() { n.to_string() } else { format!("{n}@{v}") };
@@ -104,7 +130,12 @@ fn describe(r: &StoredResource) -> (String, String, String) {
             format!(
                 "{} -> {} by {}",
                 shown(t.source.as_ref()),
-                shown(t.destination.as_ref()),
+                // A multi-transform routes each output to one of its streams.
+                if t.routes.is_empty() {
+                    shown(t.destination.as_ref())
+                } else {
+                    format!("[{}]", t.routes.iter().map(|r| shown(Some(r))).collect::<Vec<_>>().join(" | "))
+                },
                 t.function.as_ref().map(|f| format!("{}:{}", f.runtime, f.name)).unwrap_or_default()
             ),
         ),
@@ -130,7 +161,7 @@ pub async fn ls(ctx: &Ctx) -> anyhow::Result<()> {
             .iter()
             .map(|r| {
                 let (kind, name, detail) = describe(r);
-                serde_json::json!({ "kind": kind, "name": name, "physical_name": r.physical_name, "detail": detail })
+                serde_json::json!({ "kind": kind, "name": name, "physical_name": r.physical_name, "detail": detail, "metadata": metadata(r) })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -142,6 +173,9 @@ pub async fn ls(ctx: &Ctx) -> anyhow::Result<()> {
     for r in &resources {
         let (kind, name, detail) = describe(r);
         println!("{kind:<18} {name:<28} {detail}");
+        if let Some(d) = description(r) {
+            println!("{:<18} {:<28} {d}", "", "");
+        }
     }
     Ok(())
 }

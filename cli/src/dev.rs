@@ -1,22 +1,25 @@
 //! `millrace dev [app.py]`: everything on this machine, in one command. It installs and starts the stack
 //! (scripts/stack.sh), the Python SDK (scripts/sdk.sh), builds and starts the control plane and a worker, applies
-//! the app and serves its functions with the Python sidecar; then it watches the app's files and applies each change.
-//! Ctrl-C (or SIGTERM) stops what it started, last started first.
+//! the app and serves its functions with the Python sidecar, showing what the functions print and log; then it
+//! watches the app's project and applies each change. Without an app it runs `./app/main.py` (a MooseStack
+//! project, from its directory: see `dev_project`), else the reference example. Ctrl-C (or SIGTERM) stops what it
+//! started, last started first.
 
 use crate::admin::{home, repo, sdk_python, Ctx};
+use crate::dev_project::{self, Project};
 use crate::dev_state::State;
 use crate::progress::{step, Step};
 use anyhow::Context;
 use millrace_proto::v1::resource::Spec;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The Python app; without one, the reference page's chained example runs.
+    /// The Python app; without one, `./app/main.py` when it exists (a MooseStack project), else the reference page's
+    /// chained example.
     app: Option<PathBuf>,
     /// The worker's HTTP listener: the ingest API and /metrics.
     #[arg(long, env = "MILLRACE_HTTP_LISTEN", default_value = "127.0.0.1:4000")]
@@ -82,6 +85,38 @@ fn spawn(name: &'static str, program: &Path, args: &[String], env: &[(&str, Stri
     Ok(Proc { name, child })
 }
 
+/// The sidecar, run from the project directory, its output both in its log and shown (rendered) by `dev`.
+fn spawn_sidecar(project: &Project, args: &[String]) -> anyhow::Result<Proc> {
+    let log = log_file("sidecar")?;
+    let mut child = Command::new(sdk_python())
+        .args(args)
+        .current_dir(&project.root)
+        // Prints reach `dev` as they happen, not when a pipe's buffer fills.
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting the sidecar ({})", sdk_python().display()))?;
+    tokio::spawn(show(child.stdout.take().expect("piped"), log.try_clone()?));
+    tokio::spawn(show(child.stderr.take().expect("piped"), log));
+    Ok(Proc { name: "sidecar", child })
+}
+
+/// Copies a stream's lines to the log as they are and to `dev`'s output rendered, until it ends.
+async fn show(from: impl tokio::io::AsyncRead + Unpin, mut log: std::fs::File) {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    // Bytes, not text: a line that is not UTF-8 must not stop the reading (the sidecar would block on a full pipe).
+    let mut lines = tokio::io::BufReader::new(from).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let _ = log.write_all(&line).and_then(|_| log.write_all(b"\n"));
+        println!("{}", dev_project::render(String::from_utf8_lossy(&line).trim_end()));
+    }
+}
+
 async fn port_open(addr: &str) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
 }
@@ -110,39 +145,27 @@ async fn script(name: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `python -m millrace plan|apply app [--json]`: its output, or its one-line error.
-async fn python(ctx: &Ctx, what: &str, app: &Path) -> Result<String, String> {
+/// `python -m millrace plan|apply app [--json]`, from the project directory: its output, or its one-line error
+/// (without the lines the app logged as it was imported).
+async fn python(ctx: &Ctx, what: &str, project: &Project) -> Result<String, String> {
     let target = ctx.control_plane.trim_start_matches("http://").to_string();
     let (what, json) = match what.strip_suffix(" --json") {
         Some(w) => (w, true),
         None => (what, false),
     };
     let out = Command::new(sdk_python())
-        .args(["-m", "millrace", what, &app.display().to_string(), "--control-plane", &target])
+        .args(["-m", "millrace", what, &project.app.display().to_string(), "--control-plane", &target])
         .args(json.then_some("--json"))
-        .current_dir(app.parent().unwrap_or(Path::new(".")))
+        .current_dir(&project.root)
         .output()
         .await
         .map_err(|e| format!("running the Python SDK: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim_end().to_string())
+        let err = String::from_utf8_lossy(&out.stderr);
+        Err(err.lines().filter(|l| !dev_project::is_log_line(l)).collect::<Vec<_>>().join("\n").trim_end().to_string())
     }
-}
-
-/// Modification times of the app's directory's Python files.
-fn snapshot(app: &Path) -> BTreeMap<PathBuf, SystemTime> {
-    let dir = app.parent().unwrap_or(Path::new("."));
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "py"))
-                .filter_map(|p| Some((p.clone(), std::fs::metadata(&p).ok()?.modified().ok()?)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 struct Running {
@@ -152,18 +175,26 @@ struct Running {
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
-    let app = match &args.app {
-        Some(a) => std::fs::canonicalize(a).with_context(|| format!("{}: no such file", a.display()))?,
+    let found = Project::find(args.app.as_deref())?;
+    // The built-in example keeps the state it always had; an app's is its project's.
+    let anchor = found.as_ref().map(Project::state_anchor);
+    let project = match found {
+        Some(p) => {
+            if args.app.is_none() {
+                println!("running {} (the project's app/main.py), from {}", p.app.display(), p.root.display());
+            }
+            p
+        }
         None => {
             let path = home().join("dev").join("app.py");
             std::fs::create_dir_all(path.parent().expect("a directory"))?;
             std::fs::write(&path, include_str!("../../examples/reference_chained.py"))?;
-            println!("no app given: running the reference page's chained example ({})", path.display());
-            path
+            println!("no app given and no app/main.py here: running the reference page's chained example ({})", path.display());
+            Project { root: path.parent().expect("a directory").to_path_buf(), app: path }
         }
     };
     let state = crate::dev_state::resolve(
-        args.app.as_ref().map(|_| app.as_path()),
+        anchor.as_deref(),
         args.database.clone(),
         args.clickhouse_database.clone(),
         args.topic_namespace.clone(),
@@ -177,7 +208,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     );
     let mut running = Running { procs: Vec::new(), sidecar: None, stop_stack: Vec::new() };
     let result = tokio::select! {
-        r = start_and_watch(ctx, &args, &state, &app, &mut running) => r,
+        r = start_and_watch(ctx, &args, &state, &project, &mut running) => r,
         _ = shutdown_signal() => Ok(()),
     };
     println!("stopping what millrace dev started");
@@ -203,7 +234,7 @@ async fn shutdown_signal() {
 }
 
 /// Whether the app's planned change may be applied: not when it drops a table holding rows, unless --allow-drop.
-async fn drop_guard(ctx: &Ctx, args: &Args, state: &State, app: &Path) -> Result<(), String> {
+async fn drop_guard(ctx: &Ctx, args: &Args, state: &State, app: &Project) -> Result<(), String> {
     if args.allow_drop {
         return Ok(());
     }
@@ -219,7 +250,7 @@ async fn drop_guard(ctx: &Ctx, args: &Args, state: &State, app: &Path) -> Result
     ))
 }
 
-async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Path, running: &mut Running) -> anyhow::Result<()> {
+async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Project, running: &mut Running) -> anyhow::Result<()> {
     let cp_listen = ctx.control_plane.trim_start_matches("http://").trim_end_matches('/').to_string();
     let (broker_up, clickhouse_up) = (port_open("127.0.0.1:9092").await, port_open("127.0.0.1:8123").await);
     step("local stack: Postgres, Tansu, ClickHouse (the first run installs them: Tansu builds for minutes)", script("stack", &["scripts/stack.sh", "start"])).await?;
@@ -270,7 +301,7 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Path, runn
     step(&format!("worker on {}", args.http_listen), wait_port(&mut worker, &args.http_listen)).await?;
     running.procs.push(worker);
 
-    let s = Step::start(&format!("applying {}", app.display()));
+    let s = Step::start(&format!("applying {}", app.app.display()));
     let applied = match drop_guard(ctx, args, state, app).await {
         Ok(()) => python(ctx, "apply", app).await,
         Err(e) => Err(e),
@@ -287,16 +318,25 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Path, runn
     }
     running.sidecar = Some(start_sidecar(app, args.sidecar_port).await?);
     endpoints(ctx, args, state).await;
-    println!("\nwatching {} for changes; Ctrl-C stops everything", app.parent().unwrap_or(Path::new(".")).display());
-    let mut seen = snapshot(app);
+    println!("\nwatching {} for changes; Ctrl-C stops everything", app.root.display());
+    let (mut seen, cut) = dev_project::snapshot(&app.root);
+    if cut {
+        println!(
+            "  {} holds over {} files: only some of its Python files are watched; keep the app in a project directory of its own",
+            app.root.display(),
+            dev_project::WATCH_LIMIT
+        );
+    }
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = snapshot(app);
+        let (now, _) = dev_project::snapshot(&app.root);
         if now == seen {
             continue;
         }
+        let changed: Vec<&PathBuf> = now.iter().filter(|(f, t)| seen.get(*f) != Some(*t)).map(|(f, _)| f).chain(seen.keys().filter(|f| !now.contains_key(*f))).collect();
+        let shown: Vec<String> = changed.iter().take(3).map(|f| f.strip_prefix(&app.root).unwrap_or(f).display().to_string()).collect();
+        println!("\n{} changed", if changed.len() > 3 { format!("{} and {} more", shown.join(", "), changed.len() - 3) } else { shown.join(", ") });
         seen = now;
-        println!("\n{} changed", app.display());
         match python(ctx, "plan", app).await {
             Err(e) => {
                 println!("{e}\nthe last good version keeps running; fix the app and save it again");
@@ -321,9 +361,9 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Path, runn
     }
 }
 
-async fn start_sidecar(app: &Path, port: u16) -> anyhow::Result<Proc> {
-    let args: Vec<String> = ["-m", "millrace", "serve", &app.display().to_string(), "--port", &port.to_string()].iter().map(|s| s.to_string()).collect();
-    let mut p = spawn("sidecar", &sdk_python(), &args, &[])?;
+async fn start_sidecar(app: &Project, port: u16) -> anyhow::Result<Proc> {
+    let args: Vec<String> = ["-m", "millrace", "serve", &app.app.display().to_string(), "--port", &port.to_string()].iter().map(|s| s.to_string()).collect();
+    let mut p = spawn_sidecar(app, &args)?;
     let addr = format!("127.0.0.1:{port}");
     step(&format!("Python sidecar on {addr}"), wait_port(&mut p, &addr)).await?;
     Ok(p)
@@ -338,7 +378,11 @@ async fn endpoints(ctx: &Ctx, args: &Args, state: &State) {
     let Ok(resources) = ctx.resources().await else { return };
     for r in &resources {
         if let Some(Spec::IngestApi(api)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
-            let path = if api.version.is_empty() { api.name.clone() } else { format!("{}/{}", api.name, api.version) };
+            let path = match (api.path.is_empty(), api.version.is_empty()) {
+                (false, _) => api.path.clone(),
+                (true, true) => api.name.clone(),
+                (true, false) => format!("{}/{}", api.name, api.version),
+            };
             let dest = api.destination.clone().unwrap_or_default();
             let fields = resources.iter().find_map(|r| match r.resource.as_ref()?.spec.as_ref()? {
                 Spec::Stream(s) if s.name == dest.name && s.version == dest.version => Some(s.fields.clone()),
@@ -352,8 +396,11 @@ async fn endpoints(ctx: &Ctx, args: &Args, state: &State) {
     for r in &resources {
         if let Some(Spec::Table(t)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
             println!(
-                "  table {:<9} curl -s 127.0.0.1:8123 -d 'SELECT * FROM {}.{} FORMAT JSONEachRow'",
-                t.name, state.clickhouse_database, r.physical_name
+                // Quoted: names may hold `-`.
+                "  table {:<9} curl -s 127.0.0.1:8123 -d 'SELECT * FROM `{}`.`{}` FORMAT JSONEachRow'",
+                t.name,
+                if t.database.is_empty() { &state.clickhouse_database } else { &t.database },
+                r.physical_name
             );
         }
     }

@@ -63,16 +63,19 @@ pub async fn dropped_rows(ctx: &Ctx, plan_json: &str, clickhouse_database: &str)
     let resources = ctx.resources().await?;
     let mut out = Vec::new();
     for (name, version) in deleted {
-        let Some(physical) = resources.iter().find_map(|r| match r.resource.as_ref()?.spec.as_ref()? {
-            Spec::Table(t) if t.name == name && t.version == version => Some(r.physical_name.clone()),
+        // A table may name its own database (OlapConfig(database=...)).
+        let Some((physical, database)) = resources.iter().find_map(|r| match r.resource.as_ref()?.spec.as_ref()? {
+            Spec::Table(t) if t.name == name && t.version == version => {
+                Some((r.physical_name.clone(), if t.database.is_empty() { clickhouse_database.to_string() } else { t.database.clone() }))
+            }
             _ => None,
         }) else {
             continue;
         };
-        let rows = count(clickhouse_database, &physical).await?;
+        let rows = count(&database, &physical).await?;
         if rows > 0 {
             let shown = if version.is_empty() { name } else { format!("{name}@{version}") };
-            out.push((shown, format!("{clickhouse_database}.{physical}"), rows));
+            out.push((shown, format!("{database}.{physical}"), rows));
         }
     }
     Ok(out)

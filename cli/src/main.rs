@@ -3,7 +3,9 @@
 
 mod admin;
 mod dev;
+mod dev_project;
 mod dev_state;
+mod logs;
 mod progress;
 mod replay;
 mod topics;
@@ -51,12 +53,17 @@ enum Command {
     Status,
     /// Dead letters of a queue, with where they came from; `dlq replay` sends them back to the function that failed them.
     Dlq(topics::DlqArgs),
+    /// What user functions log (`Logger`, `cli_log`, prints) in the sidecar `millrace dev` runs, with each
+    /// function's name.
+    Logs(logs::Args),
 }
 
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let ctx = admin::Ctx { control_plane: cli.control_plane.clone(), brokers: cli.kafka_brokers.clone(), json: cli.json };
+    // `host:port` as the Python CLI and the SDKs take it (MILLRACE_CONTROL_PLANE is shared with them).
+    let control_plane = if cli.control_plane.contains("://") { cli.control_plane.clone() } else { format!("http://{}", cli.control_plane) };
+    let ctx = admin::Ctx { control_plane, brokers: cli.kafka_brokers.clone(), json: cli.json };
     let result = match cli.command {
         Command::Dev(args) => dev::run(&ctx, args).await,
         Command::Plan { app } => admin::python_plan(&ctx, "plan", &app),
@@ -65,6 +72,7 @@ async fn main() {
         Command::Peek { stream, n, follow } => topics::peek(&ctx, &stream, n, follow).await,
         Command::Status => admin::status(&ctx).await,
         Command::Dlq(args) => topics::dlq(&ctx, args).await,
+        Command::Logs(args) => logs::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("millrace: {e:#}");

@@ -50,11 +50,12 @@ impl ReplayArgs {
 /// A dead letter as the worker writes it; the original record as its text.
 #[derive(Deserialize)]
 struct Letter<'a> {
-    #[serde(borrow, default)]
+    // Written under moose's names; letters of earlier Millrace versions have these.
+    #[serde(borrow, default, alias = "originalRecord")]
     original_record: Option<&'a RawValue>,
-    #[serde(default)]
+    #[serde(default, alias = "originalRecordTruncated")]
     original_record_truncated: bool,
-    #[serde(default)]
+    #[serde(default, alias = "originalBytes")]
     original_bytes: Option<u64>,
     #[serde(default)]
     source: String,

@@ -22,7 +22,7 @@ pub struct DlqArgs {
     #[arg(short = 'n', long, default_value_t = 10)]
     n: usize,
     /// Only dead letters whose field has this value, as FIELD=VALUE (dotted paths reach into the original record,
-    /// e.g. original_record.id=42); repeat to require several.
+    /// e.g. originalRecord.id=42, or original_record.id=42); repeat to require several.
     #[arg(long)]
     filter: Vec<String>,
     #[command(flatten)]
@@ -190,14 +190,41 @@ pub async fn peek(ctx: &Ctx, name: &str, n: usize, follow: bool) -> anyhow::Resu
     Ok(())
 }
 
-/// A dotted path into JSON, as text (strings without quotes, the rest as written: numbers stay exact).
+/// A dotted path into JSON, as text (strings without quotes, the rest as written: numbers stay exact). Its first
+/// part names a dead letter's field in either spelling (`error_type` or moose's `errorType`): letters written
+/// before Millrace used moose's names have the other.
 pub fn field(v: &RawValue, path: &str) -> Option<String> {
     let mut cur = v;
-    for part in path.split('.') {
+    for (i, part) in path.split('.').enumerate() {
         let map: std::collections::HashMap<String, &RawValue> = serde_json::from_str(cur.get()).ok()?;
-        cur = map.get(part)?;
+        cur = match map.get(part) {
+            Some(c) => c,
+            None if i == 0 => map.get(&other_spelling(part))?,
+            None => return None,
+        };
     }
     Some(serde_json::from_str::<String>(cur.get()).unwrap_or_else(|_| cur.get().to_string()))
+}
+
+/// `error_type` <-> `errorType`.
+fn other_spelling(name: &str) -> String {
+    if name.contains('_') {
+        let mut out = String::new();
+        let mut upper = false;
+        for c in name.chars() {
+            match c {
+                '_' => upper = true,
+                c if upper => {
+                    out.extend(c.to_uppercase());
+                    upper = false;
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    } else {
+        name.chars().flat_map(|c| if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] }).collect()
+    }
 }
 
 fn chosen(filters: &[(String, String)], letter: &RawValue) -> bool {
@@ -246,8 +273,25 @@ pub async fn dlq(ctx: &Ctx, args: DlqArgs) -> anyhow::Result<()> {
         let s = |k: &str| field(l, k).unwrap_or_default();
         println!("{} {} from {} ({}) at {}/{}@{}", s("failed_at"), s("source"), s("function"), s("error_type"), s("topic"), s("partition"), s("offset"));
         println!("    {}", s("error_message"));
-        let original = serde_json::from_str::<std::collections::HashMap<String, &RawValue>>(l.get()).ok().and_then(|m| m.get("original_record").map(|r| r.get().to_string()));
+        let original = serde_json::from_str::<std::collections::HashMap<String, &RawValue>>(l.get()).ok().and_then(|m| m.get("originalRecord").or_else(|| m.get("original_record")).map(|r| r.get().to_string()));
         println!("    {}", original.unwrap_or_default());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letters_fields_are_found_in_either_spelling() {
+        let camel: Box<RawValue> = serde_json::from_str(r#"{"errorType":"E","originalRecord":{"user_id":7}}"#).unwrap();
+        let snake: Box<RawValue> = serde_json::from_str(r#"{"error_type":"E","original_record":{"user_id":7}}"#).unwrap();
+        for l in [&camel, &snake] {
+            assert_eq!(field(l, "error_type").as_deref(), Some("E"));
+            assert_eq!(field(l, "errorType").as_deref(), Some("E"));
+            assert_eq!(field(l, "original_record.user_id").as_deref(), Some("7"));
+            assert_eq!(field(l, "originalRecord.userId"), None, "the record's own fields are as written");
+        }
+    }
 }

@@ -62,6 +62,7 @@ impl Api {
         let stored = Store::load_state(&mut *tx).await?;
         let mut planned = diff(&desired, &stored);
         self.note_partition_counts(&mut planned).await;
+        self.refuse_what_clickhouse_lacks(&mut planned, dry_run).await?;
         let changes: Vec<ResourceChange> = planned.iter().map(Planned::to_proto).collect();
         let refused: Vec<String> = planned
             .iter()
@@ -116,6 +117,21 @@ impl Api {
             };
             p.reason = if p.reason.is_empty() { note } else { format!("{}; {note}", p.reason) };
         }
+    }
+
+    /// Refuses the table changes the ClickHouse server cannot make (an option newer than it, a Replicated engine
+    /// without a keeper), naming the feature and the version that has it. A dry run without ClickHouse skips this:
+    /// the apply checks it.
+    async fn refuse_what_clickhouse_lacks(&self, planned: &mut [Planned], dry_run: bool) -> Result<(), Error> {
+        if !crate::table::touches_tables(planned) {
+            return Ok(());
+        }
+        match self.provisioner.clickhouse.server().await {
+            Ok(server) => crate::table::refuse_what_the_server_lacks(planned, &server),
+            Err(e) if dry_run => tracing::debug!(error = %e, "plan not checked against ClickHouse"),
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// Deletes one resource as its life cycle allows.

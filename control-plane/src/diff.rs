@@ -121,13 +121,8 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
             topic(&mut notes, d.parallelism, s.parallelism, d.retention_seconds, s.retention_seconds)?;
         }
         (Spec::Table(d), Spec::Table(s)) => {
-            if d.order_by != s.order_by {
-                return Err(format!(
-                    "ORDER BY cannot change ({} -> {}): declare a new version of the table instead",
-                    s.order_by.join(", "),
-                    d.order_by.join(", ")
-                ));
-            }
+            // Engine, ORDER BY and the other options: what ClickHouse can alter in place, or why not.
+            notes.extend(crate::table::changes::option_changes(d, s)?);
             for f in &d.fields {
                 match s.fields.iter().find(|o| o.name == f.name) {
                     None => notes.push(format!("add column {}", f.name)),
@@ -158,11 +153,18 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
                     shown(d.destination.as_ref())
                 ));
             }
+            if d.routes != s.routes {
+                let list = |r: &[ResourceRef]| r.iter().map(|r| shown(Some(r))).collect::<Vec<_>>().join(", ");
+                notes.push(format!("routes [{}] -> [{}]: its units restart", list(&s.routes), list(&d.routes)));
+            }
         }
         (Spec::Consumer(d), Spec::Consumer(s)) => {
             unit_changes(&mut notes, (&d.source, &s.source), (&d.function, &s.function), (&d.dead_letter_queue, &s.dead_letter_queue));
         }
         _ => {}
+    }
+    if metadata(d) != metadata(s) {
+        notes.push("metadata changed (nothing physical)".into());
     }
     if life_cycle(d) != life_cycle(s) {
         notes.push(format!("life cycle {:?} -> {:?}", life_cycle(s), life_cycle(d)));
@@ -171,6 +173,17 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
         notes.push("declaration changed".into());
     }
     Ok(notes.join("; "))
+}
+
+fn metadata(s: &Spec) -> Option<&std::collections::HashMap<String, String>> {
+    match s {
+        Spec::Stream(x) => Some(&x.metadata),
+        Spec::Table(x) => Some(&x.metadata),
+        Spec::DeadLetterQueue(x) => Some(&x.metadata),
+        Spec::Transform(x) => Some(&x.metadata),
+        Spec::Consumer(x) => Some(&x.metadata),
+        Spec::IngestApi(x) => Some(&x.metadata),
+    }
 }
 
 type Pair<'a, T> = (&'a T, &'a T);

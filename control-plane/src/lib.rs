@@ -5,12 +5,14 @@ pub mod api;
 pub mod coordinator;
 pub mod diff;
 pub mod error;
+pub mod ingest_paths;
 pub mod names;
 pub mod plan;
 pub mod provision;
 pub mod resource;
 pub mod scheduler;
 pub mod store;
+pub mod table;
 pub mod types;
 
 use crate::error::Error;

@@ -1,6 +1,6 @@
 //! Names users choose, checked before they reach a topic name or a SQL statement, and quoted when they do.
 
-/// `[A-Za-z_][A-Za-z0-9_]{0,127}`: resource, field and column names.
+/// `[A-Za-z_][A-Za-z0-9_]{0,127}`: field and column names, databases, runtimes and namespaces.
 pub fn is_valid_name(s: &str) -> bool {
     let mut chars = s.chars();
     match chars.next() {
@@ -8,6 +8,17 @@ pub fn is_valid_name(s: &str) -> bool {
         _ => return false,
     }
     s.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `[A-Za-z_][A-Za-z0-9_-]{0,127}`: names of streams, tables, queues, APIs, transforms and consumers, which moose
+/// lets users write as `raw-events`. They become topic names (Kafka takes `-`) and quoted ClickHouse identifiers.
+pub fn is_valid_resource_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    s.len() <= 128 && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// `[0-9A-Za-z_.]{1,32}`: versions ("" = unversioned is checked by the caller).
@@ -56,6 +67,16 @@ mod tests {
         }
         for bad in ["", "1a", "a b", "a\"b", "a`b", "a-b", "a.b", "é", &"x".repeat(129), "a;drop"] {
             assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resource_names_may_hold_hyphens_as_moose_allows() {
+        for ok in ["raw-events", "a-1", "_x-", "raw_data"] {
+            assert!(is_valid_resource_name(ok), "{ok}");
+        }
+        for bad in ["-a", "", "1a", "a b", "a.b", "a`b", "a/b", &"x".repeat(129)] {
+            assert!(!is_valid_resource_name(bad), "{bad}");
         }
     }
 

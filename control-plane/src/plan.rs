@@ -1,9 +1,9 @@
 //! Validation of a declared plan: names, types, references, cycles. A valid plan becomes a normalised
 //! [`State`] (defaults filled in), so that comparing it with the stored state is a plain equality.
 
-use crate::names::{is_valid_function_name, is_valid_name, is_valid_version};
+use crate::names::{is_valid_function_name, is_valid_name, is_valid_resource_name, is_valid_version};
 use crate::resource::{key_of, physical_name, plan_specs, spec, ResourceKey, State};
-use crate::types::{ch_column_type, is_sortable, validate_fields};
+use crate::types::validate_fields;
 use millrace_proto::v1::{resource::Spec, LifeCycle, Plan, Resource, ResourceKind, ResourceRef};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -91,8 +91,8 @@ fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
     let key = key_of(&spec);
     // A name that fails here is shown in Debug form, so that quotes or control characters stay visible.
     let shown = ResourceKey::new(key.kind, &format!("{:?}", key.name), &key.version);
-    if !is_valid_name(&key.name) {
-        return Err(fail(&shown, "name", "names must match [A-Za-z_][A-Za-z0-9_]{0,127}"));
+    if !is_valid_resource_name(&key.name) {
+        return Err(fail(&shown, "name", "names must match [A-Za-z_][A-Za-z0-9_-]{0,127}"));
     }
     if !key.version.is_empty() && !is_valid_version(&key.version) {
         return Err(fail(&key, "version", "versions must match [0-9A-Za-z_.]{1,32}"));
@@ -123,32 +123,22 @@ fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
         }
         Spec::Table(t) => {
             check_fields(&t.fields)?;
-            if t.sync_max_rows.is_some_and(|r| r > MAX_SYNC_ROWS) {
-                return Err(fail(&key, "sync_max_rows", format!("at most {MAX_SYNC_ROWS} rows per insert: ClickHouse writes a larger insert in several blocks, and a failure after the first would repeat it")));
-            }
-            if t.sync_max_bytes.is_some_and(|b| b > MAX_SYNC_BYTES) {
-                return Err(fail(&key, "sync_max_bytes", format!("at most {MAX_SYNC_BYTES} bytes (256 MiB) per insert: batches are held in memory")));
-            }
             t.life_cycle = check_lc(t.life_cycle)?;
-            for f in &t.fields {
-                ch_column_type(f).map_err(|e| fail(&key, &format!("fields.{}", e.field), e.reason))?;
-            }
-            if t.order_by.is_empty() {
-                t.order_by = t.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect();
-            }
-            for col in &t.order_by {
-                match t.fields.iter().find(|f| &f.name == col) {
-                    None => return Err(fail(&key, "order_by", format!("`{col}` is not a field of the table"))),
-                    Some(f) if !is_sortable(f) => {
-                        return Err(fail(&key, "order_by", format!("`{col}` must be a non-nullable scalar to be in ORDER BY")))
-                    }
-                    Some(_) => {}
-                }
-            }
+            // Columns, ORDER BY, engine and options: crate::table::options.
+            crate::table::options::normalise(&key, t)?;
         }
         Spec::Transform(t) => {
             require_ref(&key, "source", t.source.as_ref())?;
-            require_ref(&key, "destination", t.destination.as_ref())?;
+            // A multi-transform names its routes instead of one destination.
+            match (&t.destination, t.routes.is_empty()) {
+                (Some(_), false) => return Err(fail(&key, "routes", "a transform has a destination or routes (a multi-transform), not both")),
+                (None, false) => {
+                    for r in &t.routes {
+                        require_ref(&key, "routes", Some(r))?;
+                    }
+                }
+                _ => require_ref(&key, "destination", t.destination.as_ref())?,
+            }
             normalise_function(&key, &mut t.function)?;
         }
         Spec::Consumer(c) => {
@@ -157,6 +147,9 @@ fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
         }
         Spec::IngestApi(i) => {
             require_ref(&key, "destination", i.destination.as_ref())?;
+            if !i.path.is_empty() {
+                i.path = crate::ingest_paths::normalise(&i.path).map_err(|e| fail(&key, "path", e))?;
+            }
         }
     }
     Ok(spec)
@@ -207,17 +200,24 @@ fn normalise_function(key: &ResourceKey, f: &mut Option<millrace_proto::v1::Func
 pub fn check_state(state: &State) -> Result<(), PlanError> {
     let mut physical: HashMap<(bool, String), &ResourceKey> = HashMap::new();
     for (key, r) in state {
-        let name = physical_name(spec(r), "");
+        let mut name = physical_name(spec(r), "");
         if name.is_empty() {
             continue;
         }
         let is_table = key.kind == ResourceKind::Table;
+        // A table's name is unique within its database ("" = the control plane's).
+        if let Spec::Table(t) = spec(r) {
+            if !t.database.is_empty() {
+                name = format!("{}.{name}", t.database);
+            }
+        }
         if let Some(other) = physical.insert((is_table, name.clone()), key) {
             let what = if is_table { "table" } else { "topic" };
             return Err(fail(key, "name", format!("its {what} name `{name}` is also {other}'s")));
         }
     }
     check_function_names(state)?;
+    crate::ingest_paths::check(state)?;
     let resolve = |from: &ResourceKey, field: &str, kind: ResourceKind, r: &ResourceRef| {
         let target = ResourceKey::new(kind, &r.name, &r.version);
         if state.contains_key(&target) {
@@ -239,7 +239,12 @@ pub fn check_state(state: &State) -> Result<(), PlanError> {
             }
             Spec::Transform(t) => {
                 check_source(state, key, t.source.as_ref(), t.dead_letter_queue.as_ref())?;
-                resolve(key, "destination", ResourceKind::Stream, t.destination.as_ref().unwrap_or(&ResourceRef::default()))?;
+                if t.routes.is_empty() {
+                    resolve(key, "destination", ResourceKind::Stream, t.destination.as_ref().unwrap_or(&ResourceRef::default()))?;
+                }
+                for r in &t.routes {
+                    resolve(key, "routes", ResourceKind::Stream, r)?;
+                }
                 if let Some(d) = &t.dead_letter_queue {
                     resolve(key, "dead_letter_queue", ResourceKind::DeadLetterQueue, d)?;
                 }
@@ -340,7 +345,8 @@ fn check_destination_table(
 /// A stream by (name, version).
 type StreamId = (String, String);
 
-/// Transforms are edges between streams; a cycle would loop records forever.
+/// Transforms are edges between streams; a cycle would loop records forever. A multi-transform's routes are not
+/// edges here: the SDK may list every stream of the app as a route when it cannot tell which the function uses.
 fn check_cycles(state: &State) -> Result<(), PlanError> {
     let mut edges: BTreeMap<StreamId, Vec<(&str, StreamId)>> = BTreeMap::new();
     for r in state.values() {
@@ -405,6 +411,7 @@ pub fn referrers<'a>(state: &'a State, target: &ResourceKey) -> Vec<&'a Resource
                 hits(t.source.as_ref(), ResourceKind::Stream)
                     || hits(t.source.as_ref(), ResourceKind::DeadLetterQueue)
                     || hits(t.destination.as_ref(), ResourceKind::Stream)
+                    || t.routes.iter().any(|r| hits(Some(r), ResourceKind::Stream))
                     || hits(t.dead_letter_queue.as_ref(), ResourceKind::DeadLetterQueue)
             }
             Spec::Consumer(c) => {
@@ -442,7 +449,7 @@ mod tests {
             source: r(from),
             destination: r(to),
             function: Some(FunctionRef { name: "f".into(), runtime: String::new() }),
-            dead_letter_queue: None,
+            ..Default::default()
         }
     }
 
@@ -505,6 +512,7 @@ mod tests {
             source: Some(ResourceRef { name: source.into(), version: String::new() }),
             function: Some(FunctionRef { name: "f".into(), runtime: String::new() }),
             dead_letter_queue: dlq.map(|d| ResourceRef { name: d.into(), version: String::new() }),
+            ..Default::default()
         };
         let dlq = |name: &str| millrace_proto::v1::DeadLetterQueue { name: name.into(), ..Default::default() };
         let plan = Plan { dead_letter_queues: vec![dlq("d"), dlq("other")], consumers: vec![consumer("d", None)], ..Default::default() };
@@ -528,7 +536,7 @@ mod tests {
             name: name.into(),
             source: Some(ResourceRef { name: "a".into(), version: String::new() }),
             function: Some(FunctionRef { name: function.into(), runtime: String::new() }),
-            dead_letter_queue: None,
+            ..Default::default()
         };
         let base = Plan { streams: vec![stream("a", ""), stream("b", "")], transforms: vec![transform("a__b", "a", "b")], ..Default::default() };
         let same_name = Plan { consumers: vec![consumer("a__b", "g")], ..base.clone() };

@@ -3,7 +3,7 @@
 
 use crate::plan::DEFAULT_DEAD_LETTER_QUEUE;
 use crate::resource::{physical_name, spec, ResourceKey, State};
-use millrace_proto::v1::{resource::Spec, FunctionRef, ResourceKind, ResourceRef, TableTarget, UnitKind, WorkUnit};
+use millrace_proto::v1::{resource::Spec, FunctionRef, ResourceKind, ResourceRef, Route, Stream, TableTarget, UnitKind, WorkUnit};
 use std::collections::{BTreeMap, HashMap};
 
 /// A unit's placement: the worker holding it (None = unassigned) and its epoch.
@@ -54,16 +54,25 @@ pub fn desired_units(state: &State, names: &Names, partitions: &HashMap<String, 
     let default_dlq = ResourceRef { name: DEFAULT_DEAD_LETTER_QUEUE.into(), version: String::new() };
     let mut out = BTreeMap::new();
     for r in state.values() {
-        let (kind, name, source, destination, function, dlq) = match spec(r) {
-            Spec::Transform(t) => (UnitKind::UnitTransform, &t.name, &t.source, t.destination.as_ref(), &t.function, t.dead_letter_queue.as_ref()),
-            Spec::Consumer(c) => (UnitKind::UnitConsumer, &c.name, &c.source, None, &c.function, c.dead_letter_queue.as_ref()),
+        let (kind, name, source, destination, function, dlq, route_refs) = match spec(r) {
+            Spec::Transform(t) => (UnitKind::UnitTransform, &t.name, &t.source, t.destination.as_ref(), &t.function, t.dead_letter_queue.as_ref(), &t.routes[..]),
+            Spec::Consumer(c) => (UnitKind::UnitConsumer, &c.name, &c.source, None, &c.function, c.dead_letter_queue.as_ref(), &[][..]),
             _ => continue,
         };
+        let key_fields_of = |s: &Stream| -> Vec<String> { s.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect() };
+        let routes: Vec<Route> = route_refs
+            .iter()
+            .filter_map(stream)
+            .map(|s| Route {
+                stream: physical_name(&Spec::Stream(s.clone()), ""),
+                topic: physical_name(&Spec::Stream(s.clone()), topic_namespace),
+                key_fields: key_fields_of(&s),
+            })
+            .collect();
         let Some((source_topic, declared, source_dlq)) = source.as_ref().and_then(source_of) else { continue };
         let dest = destination.and_then(stream);
         let destination_topic = dest.as_ref().map(|d| physical_name(&Spec::Stream(d.clone()), topic_namespace)).unwrap_or_default();
-        let key_fields: Vec<String> =
-            dest.as_ref().map(|d| d.fields.iter().filter(|f| f.key).map(|f| f.name.clone()).collect()).unwrap_or_default();
+        let key_fields: Vec<String> = dest.as_ref().map(key_fields_of).unwrap_or_default();
         // Its own dead letter queue, else its source stream's, else the plan's default one.
         let dead_letter_topic = [dlq, source_dlq.as_ref(), Some(&default_dlq)]
             .into_iter()
@@ -87,6 +96,7 @@ pub fn desired_units(state: &State, names: &Names, partitions: &HashMap<String, 
                     dead_letter_topic: dead_letter_topic.clone(),
                     key_fields: key_fields.clone(),
                     table: None,
+                    routes: routes.clone(),
                 },
             );
         }
@@ -98,7 +108,7 @@ pub fn desired_units(state: &State, names: &Names, partitions: &HashMap<String, 
         let source_topic = physical_name(&Spec::Stream(s.clone()), topic_namespace);
         let dead_letter_topic = [s.dead_letter_queue.as_ref(), Some(&default_dlq)].into_iter().flatten().find_map(dlq_topic).unwrap_or_default();
         let table = TableTarget {
-            database: names.clickhouse_database.clone(),
+            database: if t.database.is_empty() { names.clickhouse_database.clone() } else { t.database.clone() },
             table: physical_name(&Spec::Table(t.clone()), ""),
             columns: t.fields.clone(),
             max_rows: t.sync_max_rows.unwrap_or(SYNC_MAX_ROWS).max(1),
@@ -216,7 +226,7 @@ mod tests {
                 source: r("ext"),
                 destination: r("out"),
                 function: Some(FunctionRef { name: "f".into(), runtime: String::new() }),
-                dead_letter_queue: None,
+                ..Default::default()
             }],
             ..Default::default()
         };
@@ -226,6 +236,28 @@ mod tests {
         assert_eq!(declared["transform/t/0"].dead_letter_topic, "ns_millrace_dead_letters");
         let actual = desired_units(&state, &names(), &HashMap::from([("ns_ext".to_string(), 3)]));
         assert_eq!(actual.keys().collect::<Vec<_>>(), vec!["transform/t/0", "transform/t/1", "transform/t/2"]);
+    }
+
+    #[test]
+    fn a_multi_transforms_units_carry_its_routes_and_a_transform_has_a_destination_or_routes() {
+        use millrace_proto::v1::{field_type::Kind, Field, FieldType, Plan, ScalarType, Stream, Transform};
+        let r = |n: &str| ResourceRef { name: n.into(), version: String::new() };
+        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true };
+        let stream = |n: &str| Stream { name: n.into(), fields: vec![id.clone()], ..Default::default() };
+        let multi = Transform {
+            name: "m".into(),
+            source: Some(r("src")),
+            routes: vec![r("left"), r("right")],
+            function: Some(FunctionRef { name: "f".into(), runtime: String::new() }),
+            ..Default::default()
+        };
+        let plan = |t: Transform| Plan { streams: vec![stream("src"), stream("left"), stream("right")], transforms: vec![t], ..Default::default() };
+        let state = crate::plan::validate(plan(multi.clone())).unwrap();
+        let units = desired_units(&state, &names(), &HashMap::new());
+        let routes: Vec<(&str, &str, &[String])> = units["transform/m/0"].routes.iter().map(|r| (r.stream.as_str(), r.topic.as_str(), &r.key_fields[..])).collect();
+        assert_eq!(routes, vec![("left", "ns_left", &["id".to_string()][..]), ("right", "ns_right", &["id".to_string()][..])]);
+        assert!(crate::plan::validate(plan(Transform { destination: Some(r("left")), ..multi.clone() })).is_err(), "both a destination and routes");
+        assert!(crate::plan::validate(plan(Transform { routes: vec![r("nowhere")], ..multi })).is_err(), "a route that is not a stream");
     }
 
     #[test]

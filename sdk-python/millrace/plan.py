@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -21,6 +22,14 @@ def runtime_name() -> str:
 
 def _ref(r: Any) -> Optional[dict]:
     return None if r is None else {"name": r.name, "version": r.version}
+
+
+def _metadata(cfg: Any) -> Optional[dict]:
+    """moose's `metadata` dict as the contract's string map (values that are not strings as JSON)."""
+    m = getattr(cfg, "metadata", None)
+    if not m:
+        return None
+    return {str(k): v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True) for k, v in m.items()}
 
 
 def _life_cycle(cfg: Any) -> str:
@@ -44,21 +53,11 @@ def build(registry: Optional[resources.Registry] = None) -> resources_pb2.Plan:
                 "destination": _ref(s.config.destination),
                 "dead_letter_queue": _ref(s.config.default_dead_letter_queue),
                 "allow_extra_fields": s.config.allow_extra_fields,
+                "metadata": _metadata(s.config),
             }
         )
     for t in reg.of("table"):
-        plan["tables"].append(
-            {
-                "name": t.name,
-                "version": t.version,
-                "fields": t.fields,
-                "order_by": list(t.config.order_by_fields),
-                "life_cycle": _life_cycle(t.config),
-                "sync_max_rows": t.config.sync_max_rows,
-                "sync_max_bytes": t.config.sync_max_bytes,
-                "sync_max_delay_ms": t.config.sync_max_delay_ms,
-            }
-        )
+        plan["tables"].append({**_table(t), "metadata": _metadata(t.config)})
     for d in reg.of("dead_letter_queue"):
         plan["dead_letter_queues"].append(
             {
@@ -67,11 +66,19 @@ def build(registry: Optional[resources.Registry] = None) -> resources_pb2.Plan:
                 "parallelism": d.config.parallelism,
                 "retention_seconds": d.config.retention_period,
                 "life_cycle": _life_cycle(d.config),
+                "metadata": _metadata(d.config),
             }
         )
     for a in reg.of("ingest_api"):
         plan["ingest_apis"].append(
-            {"name": a.name, "version": a.version, "destination": _ref(a.destination), "dead_letter_queue": _ref(a.dead_letter_queue)}
+            {
+                "name": a.name,
+                "version": a.version,
+                "destination": _ref(a.destination),
+                "dead_letter_queue": _ref(a.dead_letter_queue),
+                "path": a.path or None,
+                "metadata": _metadata(a.config),
+            }
         )
     function = lambda f: {"name": f.name, "runtime": runtime_name()}  # noqa: E731
     for t in reg.transforms:
@@ -80,8 +87,10 @@ def build(registry: Optional[resources.Registry] = None) -> resources_pb2.Plan:
                 "name": t.name,
                 "source": _ref(t.source),
                 "destination": _ref(t.destination),
+                "routes": [_ref(r) for r in t.routes()] if t.multi else None,
                 "function": function(t),
                 "dead_letter_queue": _ref(t.dead_letter_queue),
+                "metadata": _metadata(t.config),
             }
         )
     for c in reg.consumers:
@@ -89,6 +98,41 @@ def build(registry: Optional[resources.Registry] = None) -> resources_pb2.Plan:
             {"name": c.name, "source": _ref(c.source), "function": function(c), "dead_letter_queue": _ref(c.dead_letter_queue)}
         )
     return json_format.ParseDict(_drop_none(plan), resources_pb2.Plan())
+
+
+def _setting(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _table(t: Any) -> dict:
+    """A table's contract: columns, engine and options (validated and rendered by the control plane)."""
+    from .engines import to_contract
+
+    c = t.config
+    return {
+        "name": t.name,
+        "version": t.version,
+        "fields": t.fields,
+        "order_by": list(c.order_by_fields),
+        "order_by_expression": c.order_by_expression,
+        "partition_by": c.partition_by,
+        "sample_by": c.sample_by_expression,
+        "primary_key": c.primary_key_expression,
+        "ttl": c.ttl,
+        "settings": {k: _setting(v) for k, v in (c.settings or {}).items()},
+        "database": c.database,
+        "indexes": [
+            {"name": i.name, "expression": i.expression, "type": i.type, "arguments": list(i.arguments), "granularity": i.granularity}
+            for i in c.indexes
+        ],
+        "engine": to_contract(t.engine),
+        "life_cycle": _life_cycle(c),
+        "sync_max_rows": c.sync_max_rows,
+        "sync_max_bytes": c.sync_max_bytes,
+        "sync_max_delay_ms": c.sync_max_delay_ms,
+    }
 
 
 def _drop_none(v: Any) -> Any:

@@ -5,23 +5,28 @@ the registry into the contract's `Plan`."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
 import inspect
 import linecache
 import re
+import warnings
 from enum import Enum
 from typing import Any, Callable, ClassVar, Generic, Literal, Optional, TypeVar, Union
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from .types import model_fields
 
 T = TypeVar("T", bound=BaseModel)
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Resource names may hold `-` as moose allows (`raw-events`): topic names take it, and SQL quotes it.
+_RESOURCE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")
 _VERSION = re.compile(r"^[0-9A-Za-z_.]{1,32}$")
+_PATH = re.compile(r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64}){0,7}$")
 
 
 class LifeCycle(str, Enum):
@@ -57,22 +62,87 @@ class ConsumerConfig(_Config):
     dead_letter_queue: Optional[Any] = None
 
 
+# OlapConfig's nested classes (OlapConfig.TableIndex, ...), defined here so that its annotations resolve.
+class TableIndex(BaseModel):
+    name: str
+    expression: str
+    type: str
+    arguments: list[str] = []
+    granularity: int = 1
+
+
+class TableProjection(BaseModel):
+    name: str
+    body: str
+
+
+class TableConstraint(BaseModel):
+    name: str
+    expression: str
+    type: Literal["CHECK", "ASSUME"]
+
+
+class SeedFilter(BaseModel):
+    limit: Optional[int] = None
+    where: Optional[str] = None
+
+
 class OlapConfig(_Config):
+    """A table's engine and options, as the reference product names them (docs/python-sdk.md, "Tables")."""
+
+    TableIndex: ClassVar[type] = TableIndex
+    TableProjection: ClassVar[type] = TableProjection
+    TableConstraint: ClassVar[type] = TableConstraint
+    SeedFilter: ClassVar[type] = SeedFilter
+
     order_by_fields: list[str] = []
-    life_cycle: Optional[LifeCycle] = None
+    order_by_expression: Optional[str] = None
+    partition_by: Optional[str] = None
+    sample_by_expression: Optional[str] = None
+    primary_key_expression: Optional[str] = None
+    # An EngineConfig (millrace.engines) or the legacy ClickHouseEngines enum; checked by OlapTable.
+    engine: Optional[Any] = None
     version: Optional[str] = None
     metadata: Optional[dict] = None
+    life_cycle: Optional[LifeCycle] = None
+    # Values are strings in the reference product; numbers and booleans are taken too.
+    settings: Optional[dict[str, Union[bool, int, float, str]]] = None
+    ttl: Optional[str] = None
+    indexes: list[TableIndex] = []
+    database: Optional[str] = None
+    # Accepted so that apps declare them as they do, and refused by OlapTable: Millrace does not provide them.
+    cluster: Optional[str] = None
+    projections: list[TableProjection] = []
+    constraints: list[TableConstraint] = []
+    seed_filter: Optional[SeedFilter] = None
     # Millrace: a stream's sync inserts once a batch has this many rows, bytes, or waited this long (None: the
     # defaults, 100000 rows, 16 MiB, 1000 ms).
     sync_max_rows: Optional[int] = None
     sync_max_bytes: Optional[int] = None
     sync_max_delay_ms: Optional[int] = None
 
+    def model_post_init(self, __context: Any) -> None:
+        if self.order_by_fields and self.order_by_expression:
+            raise ValueError("Provide either order_by_fields or order_by_expression, not both.")
+
 
 class IngestConfig(_Config):
     destination: Optional[Any] = None
     dead_letter_queue: Optional[Any] = None
     version: Optional[str] = None
+    # Served at POST /ingest/<path> in place of /ingest/<name>[/<version>].
+    path: Optional[str] = None
+    metadata: Optional[dict] = None
+
+
+@dataclasses.dataclass
+class IngestConfigWithDestination(Generic[T]):
+    """An ingest API's config with its (required) destination stream, as moose_lib's `IngestApi` takes it."""
+
+    destination: Any
+    dead_letter_queue: Optional[Any] = None
+    version: Optional[str] = None
+    path: Optional[str] = None
     metadata: Optional[dict] = None
 
 
@@ -85,6 +155,17 @@ class IngestPipelineConfig(_Config):
     life_cycle: Optional[LifeCycle] = None
     metadata: Optional[dict] = None
     path: Optional[str] = None
+    # Deprecated (moose_lib too): what `ingest_api` now says; taken when `ingest_api` is not given.
+    ingest: Optional[Union[bool, IngestConfig]] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_ingest(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("ingest") is not None:
+            warnings.warn("IngestPipelineConfig(ingest=...) is deprecated: use ingest_api=...", DeprecationWarning, stacklevel=4)
+            if "ingest_api" not in data:
+                data = {**data, "ingest_api": data["ingest"]}
+        return data
 
 
 class DeclarationError(ValueError):
@@ -92,8 +173,8 @@ class DeclarationError(ValueError):
 
 
 def _check_name(kind: str, name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise DeclarationError(f"{kind} name {name!r}: use letters, digits and _, starting with a letter or _ (at most 128)")
+    if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
+        raise DeclarationError(f"{kind} name {name!r}: use letters, digits, _ and -, starting with a letter or _ (at most 128)")
     return name
 
 
@@ -214,12 +295,17 @@ class Stream(_Typed, Generic[T]):
             raise DeclarationError(f"Stream {self.name!r}: add_transform's transformation must be callable")
         version = _check_version("Transform", self.name, config.version)
         name = _stable_name(self.topic, destination.topic, version.replace(".", "_"))
-        for t in self.transformations:
-            if t.name == name:
+        # Another transform between the same streams runs too (moose keeps only one, silently): named after its
+        # function, as consumers are, so that it keeps its name (and offsets) when the first one goes.
+        if any(t.name == name for t in self.transformations):
+            label = _consumer_label(transformation)
+            same_pair = [t for t in self.transformations if t.destination is destination and (t.config.version or "") == version]
+            name = _stable_name(self.topic, destination.topic, version.replace(".", "_"), label)
+            if any(t.name == name or _consumer_label(t.fn) == label for t in same_pair):
+                what = "an identical lambda" if label.startswith("lambda_") else f"a function named {label!r}"
                 raise DeclarationError(
-                    f"Stream {self.name!r} already has a transform to {destination.name!r}"
-                    + (f" at version {version!r}" if version else "")
-                    + ": give the second one TransformConfig(version=...)"
+                    f"Stream {self.name!r} already has a transform to {destination.name!r} with {what}: "
+                    "give the second one TransformConfig(version=...) or another function"
                 )
         t = Transform(name, self, destination, transformation, config, self._dlq_for(config.dead_letter_queue))
         registry.add_function(t)
@@ -242,6 +328,21 @@ class Stream(_Typed, Generic[T]):
         registry.add_function(c)
         self.consumers.append(c)
 
+    def routed(self, values: Any) -> "RoutedMessage":
+        """Records for this stream, as a multi-transform returns them: one record, a list, or None."""
+        return RoutedMessage(destination=self, values=values)
+
+    def set_multi_transform(self, transformation: Callable[[Any], Any]) -> None:
+        """A transform whose function returns `stream.routed(record)` values, sending each record to the stream it
+        names (several, one or none per input). One per stream."""
+        if not callable(transformation):
+            raise DeclarationError(f"Stream {self.name!r}: set_multi_transform's transformation must be callable")
+        if any(t.multi for t in self.transformations):
+            raise DeclarationError(f"Stream {self.name!r} already has a multi-transform: one function routes to every stream")
+        t = Transform(_stable_name(self.topic, "multi_transform"), self, None, transformation, TransformConfig(), self._dlq_for(None))
+        registry.add_function(t)
+        self.transformations.append(t)
+
     def send(self, values: Any, timeout: float = 30.0) -> None:
         """Write one record or a list of them, keyed by the model's Key fields; returns once the broker acknowledged
         every one, raises otherwise."""
@@ -250,12 +351,40 @@ class Stream(_Typed, Generic[T]):
         send(self, values, timeout)
 
 
+class RoutedMessage:
+    """Records a multi-transform sends to `destination` (made by `destination.routed(values)`)."""
+
+    __slots__ = ("destination", "values")
+
+    def __init__(self, destination: Stream, values: Any):
+        self.destination, self.values = destination, values
+
+
+# moose_lib's name for it.
+_RoutedMessage = RoutedMessage
+
+
 class Transform:
-    def __init__(self, name: str, source: Stream, destination: Stream, fn: Callable, config: TransformConfig, dlq: Any):
+    """A transform; with no destination, a multi-transform (its outputs name their streams)."""
+
+    def __init__(self, name: str, source: Stream, destination: Optional[Stream], fn: Callable, config: TransformConfig, dlq: Any):
         self.name, self.source, self.destination, self.fn, self.config, self.dead_letter_queue = name, source, destination, fn, config, dlq
         self.consumer = False
+        self.multi = destination is None
+
+    def routes(self) -> list[Stream]:
+        """A multi-transform's streams: those its function calls `.routed` on, read from its code; every other stream
+        of the app when the code does not say (say the stream is picked from a dict at run time)."""
+        from .routes import routed_streams
+
+        found = routed_streams(self.fn)
+        if found is None:
+            found = [s for s in registry.of("stream") if s is not self.source]
+        return sorted({id(s): s for s in found}.values(), key=lambda s: s.topic)
 
     def describe(self) -> str:
+        if self.multi:
+            return f"the multi-transform of {self.source.name!r}"
         return f"the transform from {self.source.name!r} to {self.destination.name!r}"
 
 
@@ -324,6 +453,24 @@ class OlapTable(_Typed, Generic[T]):
         for f in self.config.order_by_fields:
             if f not in known:
                 raise DeclarationError(f"OlapTable {name!r}: order_by_fields names {f!r}, which is not a field of {self.model.__name__}")
+        from .engines import engine_config
+
+        try:
+            self.engine = engine_config(self.config.engine, name)
+        except ValueError as e:
+            raise DeclarationError(f"OlapTable {name!r}: {e}") from None
+        unsupported = {
+            "cluster": "ON CLUSTER DDL",
+            "projections": "projections",
+            "constraints": "table constraints",
+            "seed_filter": "`moose seed`",
+        }
+        for option, what in unsupported.items():
+            if getattr(self.config, option):
+                raise DeclarationError(f"OlapTable {name!r}: OlapConfig({option}=...) is not supported: Millrace does not provide {what}; remove it")
+        for index in self.config.indexes:
+            if index.granularity < 1:
+                raise DeclarationError(f"OlapTable {name!r}: index {index.name!r} needs granularity >= 1")
         registry.add("table", self)
 
 
@@ -342,8 +489,8 @@ class DeadLetterModel(BaseModel, Generic[T]):
     topic: str = ""
     partition: int = -1
     offset: int = -1
-    original_record_truncated: Optional[bool] = None
-    original_bytes: Optional[int] = None
+    original_record_truncated: Optional[bool] = Field(default=None, validation_alias=AliasChoices("original_record_truncated", "originalRecordTruncated"))
+    original_bytes: Optional[int] = Field(default=None, validation_alias=AliasChoices("original_bytes", "originalBytes"))
 
     def as_typed(self) -> T:
         """The original record, parsed as the model it was declared with."""
@@ -374,8 +521,12 @@ class DeadLetterQueue(Stream, Generic[T]):
 class IngestApi(_Typed, Generic[T]):
     """An HTTP endpoint, `POST /ingest/<name>[/<version>]`, writing into a stream."""
 
-    def __init__(self, name: str, config: Optional[IngestConfig] = None, **kwargs: Any):
+    def __init__(self, name: str, config: Optional[Union[IngestConfig, IngestConfigWithDestination]] = None, **kwargs: Any):
         self.name = _check_name("IngestApi", name)
+        if isinstance(config, IngestConfigWithDestination):
+            config = IngestConfig(
+                destination=config.destination, dead_letter_queue=config.dead_letter_queue, version=config.version, path=config.path, metadata=config.metadata
+            )
         self.config = config or IngestConfig(**kwargs)
         self.model = self._require_model("IngestApi", name)
         self.version = _check_version("IngestApi", name, self.config.version)
@@ -383,6 +534,9 @@ class IngestApi(_Typed, Generic[T]):
             raise DeclarationError(f"IngestApi {name!r}: IngestConfig(destination=...) must be a Stream")
         self.destination = self.config.destination
         self.dead_letter_queue = self.config.dead_letter_queue
+        self.path = self.config.path.strip("/") if self.config.path else ""
+        if self.config.path is not None and (not _PATH.match(self.path) or {".", ".."} & set(self.path.split("/"))):
+            raise DeclarationError(f"IngestApi {name!r}: path {self.config.path!r} must be 1 to 8 segments of letters, digits, _, . and - (not . or ..) joined by /")
         registry.add("ingest_api", self)
 
 
@@ -418,6 +572,9 @@ class IngestPipeline(_Typed, Generic[T]):
                 updates["version"] = config.version
             if config.life_cycle is not None and "life_cycle" in type(cfg).model_fields and cfg.life_cycle is None:
                 updates["life_cycle"] = config.life_cycle
+            # The pipeline's description describes each part that has none of its own.
+            if config.metadata and "metadata" in type(cfg).model_fields and not cfg.metadata:
+                updates["metadata"] = config.metadata
             return cfg.model_copy(update=updates)
 
         self.table = OlapTable[model](name, inherit(table_cfg)) if table_cfg is not None else None
@@ -437,6 +594,7 @@ class IngestPipeline(_Typed, Generic[T]):
                 update={
                     "destination": self.stream,
                     "dead_letter_queue": api_cfg.dead_letter_queue or self.dead_letter_queue,
+                    "path": api_cfg.path if api_cfg.path is not None else config.path,
                 }
             )
             self.ingest_api = IngestApi[model](name, api_cfg)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 
 from pydantic import BaseModel, Json, TypeAdapter, ValidationError
 
+from .logs import set_function
 from .types import model_fields, wire_model
 
 # A record's outcome: the JSON outputs (empty for a filtered record or a consumer), or (error type, message).
@@ -106,8 +107,12 @@ class Runner:
         consumer: bool,
         call_timeout: Optional[float] = None,
         on_stuck: Optional[Callable[[], None]] = None,
+        routes: Optional[dict[str, type]] = None,
     ):
         self.name, self.fn, self.consumer = name, fn, consumer
+        # A multi-transform's streams (physical name to model): each output is a (stream, JSON) pair.
+        self.routes = routes
+        self._route_adapters: dict[str, tuple[TypeAdapter, Optional[TypeAdapter]]] = {}
         self.in_model, self.out_model = in_model, out_model
         self.call_timeout = call_timeout if call_timeout is not None else call_timeout_s()
         self.on_stuck = on_stuck
@@ -165,6 +170,8 @@ class Runner:
             out = self._run_sync(records, errors, alive)
         if self.wire is not None:
             self._check(out)
+        elif self.routes is not None:
+            self._check_routed(out)
         return out
 
     # Sync functions: called one after another on a thread of the pool, watched from the caller's thread.
@@ -188,6 +195,7 @@ class Runner:
         return out
 
     def _call_all(self, job: _Job) -> None:
+        set_function(self.name)  # log lines of user code name their function (this pool thread runs it now)
         fn, finish, out, errors, records, claim = self.fn, self._finish, job.out, job.errors, job.records, job.answered.setdefault
         # The common cases inline (an instance of the destination's model; a consumer's None): a call less per record.
         out_model, consumer = self.out_model, self.consumer
@@ -278,6 +286,7 @@ class Runner:
             progress[0] = time.monotonic()
 
         async def all_of() -> None:
+            set_function(self.name)  # copied into the tasks gather makes
             gate = asyncio.Semaphore(ASYNC_CONCURRENCY)
 
             async def lane(idx: list[int]) -> None:
@@ -307,8 +316,10 @@ class Runner:
     def _finish_async(self, result: Any) -> list:
         return [] if self.consumer else self._serialise(result)
 
-    def _serialise(self, result: Any) -> list[bytes]:
+    def _serialise(self, result: Any) -> list:
         """A transform's return value as JSON records under the contract's names: None filters, a list fans out."""
+        if self.routes is not None:
+            return self._route(result)
         out_model = self.out_model
         if type(result) is out_model:
             return [result.__pydantic_serializer__.to_json(result, by_alias=True)]
@@ -327,6 +338,67 @@ class Runner:
                 item = self.out_adapter.validate_python(data, by_alias=True, by_name=True)
             out.append(item.__pydantic_serializer__.to_json(item, by_alias=True))
         return out
+
+    def _adapters(self, topic: str) -> tuple[TypeAdapter, Optional[TypeAdapter]]:
+        """A route's model, and what its JSON must hold (None: nothing to check), as adapters made once per stream."""
+        a = self._route_adapters.get(topic)
+        if a is None:
+            model = self.routes[topic]
+            wire = wire_model(model)
+            a = self._route_adapters[topic] = (TypeAdapter(model), TypeAdapter(list[Json[wire]]) if wire is not None else None)
+        return a
+
+    def _route(self, result: Any) -> list[tuple[str, bytes]]:
+        """A multi-transform's return value (`stream.routed(...)` values: one, a list, or None) as (stream, JSON)
+        pairs, each record fitted to its stream's model."""
+        from .resources import RoutedMessage
+
+        if result is None:
+            return []
+        if not isinstance(result, (list, tuple)) and inspect.isawaitable(result):
+            return self._route(self._await(result))
+        out = []
+        for msg in result if isinstance(result, (list, tuple)) else (result,):
+            if msg is None:
+                continue
+            if not isinstance(msg, RoutedMessage):
+                raise TypeError(f"a multi-transform returns `stream.routed(record)` values (or a list of them), not {type(msg).__name__}")
+            topic = msg.destination.topic
+            if topic not in self.routes:
+                known = ", ".join(sorted(self.routes)) or "none"
+                raise ValueError(f"routed to stream {topic!r}, which is not among this multi-transform's routes ({known}): declare it in the app")
+            model, adapter = msg.destination.model, self._adapters(topic)[0]
+            values = msg.values
+            for item in values if isinstance(values, (list, tuple)) else (values,):
+                if item is None:
+                    continue
+                if type(item) is not model:
+                    data = item.model_dump(by_alias=True) if isinstance(item, BaseModel) else item
+                    item = adapter.validate_python(data, by_alias=True, by_name=True)
+                out.append((topic, item.__pydantic_serializer__.to_json(item, by_alias=True)))
+        return out
+
+    def _check_routed(self, out: list[Outcome]) -> None:
+        """`_check` for a multi-transform: each output against its own stream's types."""
+        by_topic: dict[str, list[tuple[int, bytes]]] = {}
+        for i, o in enumerate(out):
+            if type(o) is list:
+                for topic, value in o:
+                    by_topic.setdefault(topic, []).append((i, value))
+        for topic, items in by_topic.items():
+            wire = self._adapters(topic)[1]
+            if wire is None:
+                continue
+            try:
+                wire.validate_python([v for _, v in items])
+                continue
+            except ValidationError as e:
+                for err in e.errors(include_url=False):
+                    loc = err.get("loc") or ()
+                    if loc and isinstance(loc[0], int):
+                        i = items[loc[0]][0]
+                        where = ".".join(str(p) for p in loc[1:] if not str(p).endswith("]"))
+                        out[i] = ("ValidationError", f"an output routed to {topic!r} does not fit its stream: {where}: {err['msg']}")
 
     def _check(self, out: list[Outcome]) -> None:
         """Refuses, as its record's error, every output whose JSON the destination's columns cannot hold."""

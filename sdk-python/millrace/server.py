@@ -49,21 +49,39 @@ def runners(registry: resources.Registry, health: Optional[Health] = None) -> di
     out = {}
     on_stuck = health.recycling.set if health is not None else None
     for name, f in registry.functions().items():
-        out_model = None if f.consumer else f.destination.model
-        out[name] = Runner(name, f.fn, f.source.model, out_model, f.consumer, on_stuck=on_stuck)
+        multi = getattr(f, "multi", False)
+        out_model = None if f.consumer or multi else f.destination.model
+        routes = {s.topic: s.model for s in f.routes()} if multi else None
+        out[name] = Runner(name, f.fn, f.source.model, out_model, f.consumer, on_stuck=on_stuck, routes=routes)
     return out
 
 
 def encode(batch_id: int, outcomes: list) -> fr.ProcessResponse:
-    result = fr.BatchResult(batch_id=batch_id)
-    add = result.results.add
-    for o in outcomes:
+    """A batch's outcomes packed: every output back to back in one buffer, a count per record, and the errors by
+    index (a message object per record costs more than the rest of the answer)."""
+    flat: list = []
+    counts: list[int] = []
+    errors = []
+    extend, count = flat.extend, counts.append
+    for i, o in enumerate(outcomes):
         if type(o) is list:
-            add().ok.values.extend(o)
+            extend(o)
+            count(len(o))
         else:
-            e = add().error
-            e.error_type, e.message = o
-    return fr.ProcessResponse(result=result)
+            count(0)
+            errors.append(fr.IndexedError(index=i, error=fr.RecordError(error_type=o[0], message=o[1])))
+    routes: list[str] = []
+    value_routes: list[int] = []
+    if flat and type(flat[0]) is tuple:  # a multi-transform's (stream, JSON) pairs
+        index: dict[str, int] = {}
+        for topic, _ in flat:
+            value_routes.append(index.setdefault(topic, len(index)))
+        routes = list(index)
+        flat = [v for _, v in flat]
+    packed = fr.PackedResults(
+        values=b"".join(flat), value_lengths=[len(v) for v in flat], output_counts=counts, errors=errors, routes=routes, value_routes=value_routes
+    )
+    return fr.ProcessResponse(result=fr.BatchResult(batch_id=batch_id, packed=packed))
 
 
 def expired(batch_id: int) -> fr.ProcessResponse:

@@ -46,7 +46,7 @@ def test_reference_ingestion_example_takes_posts_and_sends_into_its_stream_and_t
     rows = stack.wait_rows("raw_data", len(want))
     assert {r["id"]: int(r["value"]) for r in rows} == want, "the pipeline's table holds every record once"
     dead = stack.read("raw_dataDeadLetterQueue", 1)
-    assert dead[0]["original_record"] == {"id": "bad", "value": "x"} and dead[0]["source"] == "api"
+    assert dead[0]["originalRecord"] == {"id": "bad", "value": "x"} and dead[0]["source"] == "api"
 
 
 def test_reference_transform_example_doubles_every_value(stack):
@@ -101,11 +101,11 @@ def test_filter_fan_out_chain_consumers_and_dead_letters(stack, tmp_path):
     checked = stack.read("checked", n - len(raising))
     assert {r["id"] for r in checked} == set(range(n)) - raising
     dead = stack.read("events_dlq", len(raising), settle=1.0)
-    assert sorted(d["original_record"]["id"] for d in dead) == sorted(raising), "exactly the raising records"
+    assert sorted(d["originalRecord"]["id"] for d in dead) == sorted(raising), "exactly the raising records"
     for d in dead:
-        assert d["error_type"] == "ValueError" and "ends in 3" in d["error_message"]
+        assert d["errorType"] == "ValueError" and "ends in 3" in d["errorMessage"]
         assert d["source"] == "transform" and d["function"] == "events__checked__1_0"
-        assert d["original_record"]["value"] == d["original_record"]["id"] + 1
+        assert d["originalRecord"]["value"] == d["originalRecord"]["id"] + 1
 
     sync_seen = tmp_path / "sync.txt"
     async_seen = tmp_path / "async.txt"

@@ -73,12 +73,12 @@ def test_hung_exiting_and_ill_typed_functions_condemn_only_their_record(stack, t
     n = 200
     jobs.send([jobs.model(id=i, kind=bad.get(i, "coroutine" if i % 5 == 0 else "ok")) for i in range(n)])
     dead = stack.read("jobs_dlq", len(bad), timeout=90, settle=2.0)
-    assert sorted(d["original_record"]["id"] for d in dead) == sorted(bad), [(d["original_record"], d["error_type"]) for d in dead]
-    by_id = {d["original_record"]["id"]: d for d in dead}
-    assert by_id[7]["error_type"] == "FunctionTimeout"
-    assert by_id[13]["error_type"] == "SystemExit"
-    assert by_id[21]["error_type"] == "ValidationError" and "value" in by_id[21]["error_message"]
-    assert by_id[34]["error_type"] == "ValidationError" and "big" in by_id[34]["error_message"]
+    assert sorted(d["originalRecord"]["id"] for d in dead) == sorted(bad), [(d["originalRecord"], d["errorType"]) for d in dead]
+    by_id = {d["originalRecord"]["id"]: d for d in dead}
+    assert by_id[7]["errorType"] == "FunctionTimeout"
+    assert by_id[13]["errorType"] == "SystemExit"
+    assert by_id[21]["errorType"] == "ValidationError" and "value" in by_id[21]["errorMessage"]
+    assert by_id[34]["errorType"] == "ValidationError" and "big" in by_id[34]["errorMessage"]
     out = stack.read("results", n - len(bad), timeout=60, settle=1.0)
     assert {r["id"] for r in out} == set(range(n)) - set(bad)
     assert all(r["value"] == (2.0 if r["id"] % 5 == 0 else 1.0) for r in out), "coroutines returned are awaited"

@@ -219,7 +219,7 @@ def test_a_batch_past_its_deadline_is_answered_expired_and_not_run():
         got = process(port, "c", batches)
     finally:
         srv.stop(0)
-    assert [(r.result.batch_id, r.result.expired, len(r.result.results)) for r in got] == [(1, False, 1), (2, True, 0), (3, True, 0), (4, True, 0)]
+    assert [(r.result.batch_id, r.result.expired, len(r.result.packed.output_counts)) for r in got] == [(1, False, 1), (2, True, 0), (3, True, 0), (4, True, 0)]
     assert ran == [1]
 
 
@@ -278,3 +278,12 @@ def test_a_function_name_used_twice_in_an_app_is_refused():
     a.add_transform(b, lambda r: r, TransformConfig(version="1"))
     with pytest.raises(millrace.DeclarationError, match="a__b__x__1"):
         c.add_transform(Stream[M]("x"), lambda r: r, TransformConfig(version="1"))
+
+
+def test_a_batch_answer_packs_each_records_outputs_and_errors_by_index():
+    from millrace.server import encode
+
+    p = encode(7, [[b'{"a":1}'], [], ("ValueError", "bad"), [b"x", b"yz"]]).result
+    assert p.batch_id == 7 and not p.results
+    assert (p.packed.values, list(p.packed.value_lengths), list(p.packed.output_counts)) == (b'{"a":1}xyz', [7, 1, 2], [1, 0, 0, 2])
+    assert [(e.index, e.error.error_type, e.error.message) for e in p.packed.errors] == [(2, "ValueError", "bad")]

@@ -52,7 +52,7 @@ where
 {
     fn call(&self, input: &[u8]) -> RecordResult {
         let result = match catch_unwind(AssertUnwindSafe(|| (self.0)(input))) {
-            Ok(Ok(values)) => record_result::Result::Ok(RecordOutputs { values }),
+            Ok(Ok(values)) => record_result::Result::Ok(RecordOutputs { values, ..Default::default() }),
             Ok(Err(e)) => record_result::Result::Error(e),
             Err(panic) => {
                 let message = panic
@@ -245,7 +245,7 @@ impl FunctionRuntime for Runtime {
                 // any later one of the stream: it would run before the expired one is sent again.
                 lapsed = lapsed || expired(batch.deadline_unix_ms);
                 if lapsed {
-                    let msg = ProcessResponse { result: Some(BatchResult { batch_id: batch.batch_id, results: vec![], expired: true }) };
+                    let msg = ProcessResponse { result: Some(BatchResult { batch_id: batch.batch_id, expired: true, ..Default::default() }) };
                     if tx.send(Ok(msg)).await.is_err() {
                         return;
                     }
@@ -255,7 +255,7 @@ impl FunctionRuntime for Runtime {
                 // User code may be slow: keep it off the async threads.
                 let results = tokio::task::spawn_blocking(move || {
                     let results: Vec<RecordResult> = batch.records.iter().map(|r| f.call(&r.value)).collect();
-                    BatchResult { batch_id: batch.batch_id, results, expired: false }
+                    BatchResult { batch_id: batch.batch_id, results, ..Default::default() }
                 })
                 .await;
                 let msg = results.map(|r| ProcessResponse { result: Some(r) }).map_err(|e| Status::internal(e.to_string()));

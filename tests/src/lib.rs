@@ -322,7 +322,7 @@ pub fn transform(name: &str, source: &str, destination: &str, function: &str) ->
         source: Some(rref(source)),
         destination: Some(rref(destination)),
         function: Some(FunctionRef { name: function.into(), runtime: String::new() }),
-        dead_letter_queue: None,
+        ..Default::default()
     }
 }
 

@@ -89,7 +89,7 @@ async fn filters_fan_out_and_consumers() {
             name: "counter".into(),
             source: Some(rref("src")),
             function: Some(FunctionRef { name: "count".into(), runtime: String::new() }),
-            dead_letter_queue: None,
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -145,19 +145,19 @@ async fn failing_records_go_to_the_dead_letter_queue_with_provenance() {
     assert!(got.iter().all(|r| !bad.iter().any(|b| r.value["id"] == format!("id-{b}"))));
     let dlq = env.topic("src_dlq");
     let letters = tokio::task::spawn_blocking(move || read_until(&dlq, 1, Duration::from_secs(30), |r| r.len() >= 4)).await.unwrap();
-    let mut ids: Vec<String> = letters.iter().map(|l| l.value["original_record"]["id"].as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> = letters.iter().map(|l| l.value["originalRecord"]["id"].as_str().unwrap().to_string()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids, vec!["id-17", "id-199", "id-3", "id-42"]);
     for l in &letters {
         let v = &l.value;
-        assert_eq!(v["error_type"], "NegativeValue");
-        assert!(v["error_message"].as_str().unwrap().contains("is negative"));
+        assert_eq!(v["errorType"], "NegativeValue");
+        assert!(v["errorMessage"].as_str().unwrap().contains("is negative"));
         assert_eq!(v["source"], "transform");
         assert_eq!(v["function"], "src_to_out");
         assert_eq!(v["topic"], env.topic("src"));
         assert!(v["partition"].as_i64().unwrap() < 2 && v["offset"].as_i64().unwrap() >= 0);
-        assert!(chrono::DateTime::parse_from_rfc3339(v["failed_at"].as_str().unwrap()).is_ok());
+        assert!(chrono::DateTime::parse_from_rfc3339(v["failedAt"].as_str().unwrap()).is_ok());
     }
 
     // The worker's /metrics shows what happened, per function and per partition.

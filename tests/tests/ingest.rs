@@ -150,9 +150,9 @@ async fn every_bad_request_gets_its_code_and_writes_nothing() {
     // Only the invalid records reach the dead letter queue, with source "api" and the reason.
     let letters = read_topic(env.topic("events_dlq"), 1, |r| r.len() >= 2).await;
     assert_eq!(letters.len(), 2);
-    assert_eq!(letters[0].value["original_record"], serde_json::json!({"id": "b", "value": 300}));
+    assert_eq!(letters[0].value["originalRecord"], serde_json::json!({"id": "b", "value": 300}));
     assert_eq!(letters[0].value["source"], "api");
-    assert!(letters[0].value["error_message"].as_str().unwrap().contains("value: 300 is out of range"));
+    assert!(letters[0].value["errorMessage"].as_str().unwrap().contains("value: 300 is out of range"));
 
     for (path, headers, body, status, words) in [
         ("/ingest/nope", vec![JSON], &br#"{"id":"a"}"#[..], 404, "no ingest API `nope`: declared: events/1, events/2"),
@@ -209,7 +209,7 @@ async fn a_row_clickhouse_refuses_goes_to_the_dead_letter_queue_and_the_rest_to_
     let letters = read_topic(env.topic("events_dlq"), 1, |r| r.len() >= 2).await;
     let mut bad: Vec<(String, String)> = letters
         .iter()
-        .map(|l| (l.value["original_record"]["id"].as_str().unwrap().to_string(), l.value["error_type"].as_str().unwrap().to_string()))
+        .map(|l| (l.value["originalRecord"]["id"].as_str().unwrap().to_string(), l.value["errorType"].as_str().unwrap().to_string()))
         .collect();
     bad.sort();
     assert_eq!(bad, [("p050".to_string(), "ClickHouseRejected".to_string()), ("p120".to_string(), "RowConversionError".to_string())]);

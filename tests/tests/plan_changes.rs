@@ -142,7 +142,7 @@ async fn a_function_its_sidecar_lacks_or_of_the_wrong_kind_is_an_error_on_the_un
         name: "runs_a_transform".into(),
         source: Some(rref("src")),
         function: Some(FunctionRef { name: "double_value".into(), runtime: String::new() }),
-        dead_letter_queue: None,
+        ..Default::default()
     });
     let cp = control_plane_with(&env, &plan).await;
     let sidecar = Sidecar::start().await;

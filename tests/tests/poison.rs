@@ -16,8 +16,8 @@ async fn isolates(env: &TestEnv, cp: &ControlPlane, values: Vec<serde_json::Valu
     assert!(!numbers(&out).contains(&bad), "the bad record was delivered");
     let letters = read_topic(env.topic("src_dlq"), 1, |r| !r.is_empty()).await;
     let letter = letters[0].value.clone();
-    assert_eq!(letter["original_record"]["id"], format!("id-{bad}"), "{letter}");
-    assert_eq!(letter["error_type"], error_type, "{letter}");
+    assert_eq!(letter["originalRecord"]["id"], format!("id-{bad}"), "{letter}");
+    assert_eq!(letter["errorType"], error_type, "{letter}");
     assert_eq!((letter["source"].as_str(), letter["offset"].as_i64()), (Some("transform"), Some(bad)), "{letter}");
     let committed = workers(cp).await.iter().flat_map(|w| &w.assignments).map(|a| a.committed_offset).max();
     let deadline = Instant::now() + WAIT;
@@ -45,7 +45,7 @@ async fn a_100kb_record_in_a_batch_of_1000_goes_to_the_dead_letter_queue_and_the
     let mut values = plain(0..1000);
     values[500]["pad"] = serde_json::Value::String("x".repeat(100_000));
     let letter = isolates(&env, &cp, values, 500, "RecordTooLarge").await;
-    assert_eq!(letter["original_record"]["pad"].as_str().map(str::len), Some(100_000), "the dead letter keeps the record");
+    assert_eq!(letter["originalRecord"]["pad"].as_str().map(str::len), Some(100_000), "the dead letter keeps the record");
     cp.stop().await;
     env.cleanup().await;
 }
@@ -58,7 +58,7 @@ async fn an_output_over_the_brokers_limit_sends_its_input_to_the_dead_letter_que
     let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());
     wait_for_placement(&cp, 1, 1).await;
     let letter = isolates(&env, &cp, plain(0..300), 7, "OutputTooLarge").await;
-    assert!(letter["error_message"].as_str().unwrap().contains("over the broker's limit"), "{letter}");
+    assert!(letter["errorMessage"].as_str().unwrap().contains("over the broker's limit"), "{letter}");
     cp.stop().await;
     env.cleanup().await;
 }
@@ -166,7 +166,7 @@ async fn a_record_that_crashes_a_shared_sidecar_condemns_no_other_partitions_rec
     let out = tokio::task::spawn_blocking(move || read_until(&out_topic, 2, 4 * WAIT, |r| distinct_ids(r).0.len() >= 202)).await.unwrap();
     assert_eq!(distinct_ids(&out).0.len(), 202);
     let letters = read_quiet(env.topic("src_dlq"), 1, Duration::from_secs(2)).await;
-    let ids: Vec<&serde_json::Value> = letters.iter().map(|l| &l.value["original_record"]["id"]).collect();
+    let ids: Vec<&serde_json::Value> = letters.iter().map(|l| &l.value["originalRecord"]["id"]).collect();
     assert_eq!(ids, vec!["id-13"], "only the crashing record is condemned");
     println!("shared sidecar: the poison record isolated after {} crashes", sidecar.restarts.load(std::sync::atomic::Ordering::SeqCst));
     cp.stop().await;

@@ -63,7 +63,7 @@ async fn a_record_too_large_for_the_broker_refuses_its_whole_request() {
     assert_eq!(letters.len(), 3, "one dead letter per refused request");
     let l = &letters[0].value;
     assert_eq!(l["source"], "api");
-    assert_eq!(l["original_record_truncated"], true, "{l}");
+    assert_eq!(l["originalRecordTruncated"], true, "{l}");
     cp.stop().await;
     env.cleanup().await;
 }

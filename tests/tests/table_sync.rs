@@ -80,7 +80,7 @@ async fn rows_clickhouse_took_are_not_inserted_again_while_their_dead_letters_wa
     }
     env.create_topic(&dlq, partitions).await;
     let letters = read_topic(dlq, partitions, |r| !r.is_empty()).await;
-    assert_eq!(letters[0].value["original_record"]["id"], "p0040");
+    assert_eq!(letters[0].value["originalRecord"]["id"], "p0040");
     assert_eq!(letters[0].value["source"], "table");
     // The partition goes on past the batch, and nothing of it was inserted twice.
     wait_rows(&env, 99 + more, WAIT).await;
@@ -100,7 +100,7 @@ async fn a_dead_letter_over_the_brokers_limit_is_cut_to_fit_and_the_partition_go
     produce_values(&producer(), &env.topic("events"), &values).await;
     let dlq = env.topic("events_dlq");
     let letters = read_topic(dlq, 1, |r| !r.is_empty()).await;
-    assert_eq!(letters[0].value["error_type"], "ClickHouseRejected");
+    assert_eq!(letters[0].value["errorType"], "ClickHouseRejected");
     assert_eq!(letters[0].value["offset"], 30);
     wait_rows(&env, 99, WAIT).await;
     stays_exact(&env, 99, Duration::from_secs(3), "rows inserted again after the dead letter was refused").await;
@@ -137,7 +137,7 @@ async fn dates_outside_clickhouses_range_and_malformed_decimals_are_refused_befo
     wait_rows(&env, 3, WAIT).await;
     let mut refused: Vec<(String, String)> = letters
         .iter()
-        .map(|l| (l.value["original_record"]["id"].as_str().unwrap().to_string(), l.value["error_type"].as_str().unwrap().to_string()))
+        .map(|l| (l.value["originalRecord"]["id"].as_str().unwrap().to_string(), l.value["errorType"].as_str().unwrap().to_string()))
         .collect();
     refused.sort();
     let mut want: Vec<(String, String)> = ["before-1970", "after-2105", "no-such-day", "short-date", "two-points", "too-precise", "too-big", "bad-in-array"]
@@ -148,7 +148,7 @@ async fn dates_outside_clickhouses_range_and_malformed_decimals_are_refused_befo
     assert_eq!(refused, want, "{letters:?}");
     for l in &letters {
         assert_eq!(l.value["source"], "table");
-        let message = l.value["error_message"].as_str().unwrap();
+        let message = l.value["errorMessage"].as_str().unwrap();
         assert!(message.starts_with("day:") || message.starts_with("amount:") || message.starts_with("days:"), "{message}");
     }
     // Days since 1970 (ClickHouse 18.16 shows day 0 as 0000-00-00).
@@ -182,7 +182,7 @@ async fn a_batch_over_clickhouses_memory_limit_is_split_and_every_row_goes_in_on
     wait_rows(&env, 5000, WAIT).await;
     assert_eq!(counts(&env).await, (5000, 5000));
     let letters = read_quiet(env.topic("events_dlq"), 1, Duration::from_secs(1)).await;
-    assert!(letters.is_empty(), "rows were dead-lettered for the memory limit: {:?}", letters.first().map(|l| &l.value["error_message"]));
+    assert!(letters.is_empty(), "rows were dead-lettered for the memory limit: {:?}", letters.first().map(|l| &l.value["errorMessage"]));
     env.cleanup().await;
 }
 

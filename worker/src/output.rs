@@ -108,8 +108,10 @@ impl<'de> Visitor<'de> for KeyFields<'_, 'de> {
     }
 }
 
-/// A dead letter, as written to the dead letter topic.
+/// A dead letter, as written to the dead letter topic: under moose's (camelCase) names, so that MooseStack apps'
+/// dead letter consumers read them unchanged.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DeadLetter<'a> {
     /// The input record as it was: embedded JSON when it parses, else a string.
     pub original_record: OriginalRecord<'a>,
@@ -214,8 +216,8 @@ mod tests {
             })
             .unwrap()
         };
-        assert_eq!(dl(br#"{"id":"x"}"#)["original_record"]["id"], "x");
-        assert_eq!(dl(b"\xff garbage")["original_record"], "\u{fffd} garbage");
+        assert_eq!(dl(br#"{"id":"x"}"#)["originalRecord"]["id"], "x");
+        assert_eq!(dl(b"\xff garbage")["originalRecord"], "\u{fffd} garbage");
         assert_eq!(dl(b"{}")["offset"], 5);
     }
 
@@ -237,14 +239,14 @@ mod tests {
         };
         let fits = letter(original.as_bytes()).to_bytes(original.as_bytes(), 1 << 20);
         let v: serde_json::Value = serde_json::from_slice(&fits).unwrap();
-        assert_eq!(v["original_record"]["id"], "big");
-        assert!(v.get("original_record_truncated").is_none());
+        assert_eq!(v["originalRecord"]["id"], "big");
+        assert!(v.get("originalRecordTruncated").is_none());
         let cut = letter(original.as_bytes()).to_bytes(original.as_bytes(), 10_000);
         assert!(cut.len() <= 10_000, "{} bytes", cut.len());
         let v: serde_json::Value = serde_json::from_slice(&cut).unwrap();
-        assert_eq!(v["original_record_truncated"], true);
-        assert_eq!(v["original_bytes"], original.len());
-        assert!(v["original_record"].as_str().unwrap().starts_with(r#"{"id":"big""#));
-        assert_eq!(v["error_type"], "OutputTooLarge");
+        assert_eq!(v["originalRecordTruncated"], true);
+        assert_eq!(v["originalBytes"], original.len());
+        assert!(v["originalRecord"].as_str().unwrap().starts_with(r#"{"id":"big""#));
+        assert_eq!(v["errorType"], "OutputTooLarge");
     }
 }

@@ -3,8 +3,11 @@
 
 use crate::error::Error;
 use crate::names::quote_ch;
+use crate::table::ddl::{self, Statement};
+use crate::table::features::{Server, Version};
 use crate::types::ch_column_type;
 use millrace_proto::v1::Table;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Clone)]
@@ -13,6 +16,13 @@ pub struct ClickHouse {
     url: String,
     database: String,
     timeout: Duration,
+    /// What the server is, learned once (and again after it was unreachable: it may have been upgraded).
+    server: Arc<Mutex<Option<Server>>>,
+}
+
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct VersionRow {
+    v: String,
 }
 
 #[derive(clickhouse::Row, serde::Deserialize)]
@@ -27,29 +37,69 @@ impl ClickHouse {
         if !password.is_empty() {
             client = client.with_password(password);
         }
-        Self { client, url: url.to_string(), database: database.to_string(), timeout }
+        Self { client, url: url.to_string(), database: database.to_string(), timeout, server: Arc::default() }
     }
 
     pub fn database(&self) -> &str {
         &self.database
     }
 
-    fn table_ref(&self, table: &str) -> String {
-        format!("{}.{}", quote_ch(&self.database), quote_ch(table))
+    /// The database a table lives in: its own, else the control plane's.
+    fn database_of<'a>(&'a self, table: &'a Table) -> &'a str {
+        if table.database.is_empty() {
+            &self.database
+        } else {
+            &table.database
+        }
     }
 
     async fn run<T>(&self, what: &str, fut: impl std::future::Future<Output = clickhouse::error::Result<T>>) -> Result<T, Error> {
+        let unreachable = |detail: String| {
+            *self.server.lock().expect("server lock") = None;
+            Err(Error::unavailable("ClickHouse", detail))
+        };
         match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(Error::unavailable("ClickHouse", format!("{}: no answer to {what} within {:?}", self.url, self.timeout))),
-            Ok(Err(clickhouse::error::Error::Network(e))) => Err(Error::unavailable("ClickHouse", format!("{}: {e}", self.url))),
+            Err(_) => unreachable(format!("{}: no answer to {what} within {:?}", self.url, self.timeout)),
+            Ok(Err(clickhouse::error::Error::Network(e))) => unreachable(format!("{}: {e}", self.url)),
             Ok(Err(e)) => Err(Error::Internal(format!("ClickHouse refused {what}: {e}"))),
             Ok(Ok(v)) => Ok(v),
         }
     }
 
     async fn execute(&self, what: &str, sql: &str) -> Result<(), Error> {
-        tracing::debug!(sql, "clickhouse");
-        self.run(what, self.client.query(sql).execute()).await
+        self.run_statement(what, &Statement { sql: sql.to_string(), settings: Vec::new() }).await
+    }
+
+    /// Sent verbatim (`query_raw`): a `?` in a user's expression is not a bind placeholder.
+    async fn run_statement(&self, what: &str, stmt: &Statement) -> Result<(), Error> {
+        tracing::debug!(sql = stmt.sql.as_str(), "clickhouse");
+        let mut query = self.client.query_raw(&stmt.sql);
+        for (k, v) in &stmt.settings {
+            query = query.with_setting(*k, *v);
+        }
+        self.run(what, query.execute()).await
+    }
+
+    /// The server's version and whether it has a keeper, asked once (`SELECT version()`) and kept.
+    pub async fn server(&self) -> Result<Server, Error> {
+        let known = self.server.lock().expect("server lock").clone();
+        if let Some(s) = known {
+            return Ok(s);
+        }
+        let row: VersionRow = self.run("SELECT version()", self.client.query("SELECT version() AS v").fetch_one()).await?;
+        let version = Version::parse(&row.v)
+            .ok_or_else(|| Error::Internal(format!("ClickHouse reported version {:?}, which Millrace cannot read", row.v)))?;
+        // system.zookeeper answers only on a server with ZooKeeper or Keeper configured (18.16 does not even
+        // have the table without one); any refusal means none.
+        let has_keeper = match self.execute("reading system.zookeeper", "SELECT count() FROM system.zookeeper WHERE path = '/'").await {
+            Ok(()) => true,
+            Err(Error::Internal(_)) => false,
+            Err(e) => return Err(e),
+        };
+        let server = Server { version, has_keeper };
+        tracing::info!(version = %row.v, has_keeper, "ClickHouse server");
+        *self.server.lock().expect("server lock") = Some(server.clone());
+        Ok(server)
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
@@ -57,13 +107,13 @@ impl ClickHouse {
     }
 
     /// Current columns (name, type) of a table, or None if it does not exist.
-    pub async fn columns(&self, table: &str) -> Result<Option<Vec<(String, String)>>, Error> {
+    pub async fn columns(&self, database: &str, table: &str) -> Result<Option<Vec<(String, String)>>, Error> {
         let rows: Vec<Column> = self
             .run(
                 "reading system.columns",
                 self.client
                     .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
-                    .bind(&self.database)
+                    .bind(database)
                     .bind(table)
                     .fetch_all(),
             )
@@ -71,32 +121,27 @@ impl ClickHouse {
         Ok(if rows.is_empty() { None } else { Some(rows.into_iter().map(|c| (c.name, c.r#type)).collect()) })
     }
 
-    /// Creates the table, or adds the declared columns it lacks (and drops `drop` ones). A column that exists
-    /// with another type is refused rather than altered: that would rewrite data.
-    pub async fn ensure_table(&self, name: &str, table: &Table, drop: &[String]) -> Result<(), Error> {
-        self.execute("CREATE DATABASE", &format!("CREATE DATABASE IF NOT EXISTS {}", quote_ch(&self.database)))
-            .await?;
+    /// Creates the table, or adds the declared columns it lacks, applies the option changes from `stored` the
+    /// diff allowed (TTL, settings, indexes: `table::ddl`), and drops `drop` columns. A column that exists with
+    /// another type is refused rather than altered: that would rewrite data.
+    pub async fn ensure_table(&self, name: &str, table: &Table, stored: Option<&Table>, drop: &[String], server: &Server) -> Result<(), Error> {
+        let database = self.database_of(table);
+        let table_ref = format!("{}.{}", quote_ch(database), quote_ch(name));
+        self.execute("CREATE DATABASE", &format!("CREATE DATABASE IF NOT EXISTS {}", quote_ch(database))).await?;
         let mut declared = Vec::with_capacity(table.fields.len());
         for f in &table.fields {
             let ty = ch_column_type(f).map_err(|e| Error::InvalidArgument(format!("table `{name}`: field `{}`: {}", e.field, e.reason)))?;
             declared.push((f.name.clone(), ty));
         }
-        match self.columns(name).await? {
+        match self.columns(database, name).await? {
             None => {
-                let cols: Vec<String> = declared.iter().map(|(n, t)| format!("{} {t}", quote_ch(n))).collect();
-                let order = if table.order_by.is_empty() {
-                    "tuple()".to_string()
-                } else {
-                    format!("({})", table.order_by.iter().map(|c| quote_ch(c)).collect::<Vec<_>>().join(", "))
-                };
-                let sql = format!(
-                    "CREATE TABLE IF NOT EXISTS {} ({}) ENGINE = MergeTree() ORDER BY {order}",
-                    self.table_ref(name),
-                    cols.join(", ")
-                );
-                self.execute("CREATE TABLE", &sql).await
+                let stmt = ddl::create_table(database, name, table, server).map_err(|e| Error::InvalidArgument(format!("table `{name}`: {e}")))?;
+                self.run_statement("CREATE TABLE", &stmt).await
             }
             Some(existing) => {
+                if stored.is_none() {
+                    self.check_engine(database, name, table).await?;
+                }
                 for (col, ty) in &declared {
                     match existing.iter().find(|(n, _)| n == col) {
                         Some((_, have)) if !same_column_type(have, ty) => {
@@ -106,13 +151,17 @@ impl ClickHouse {
                         }
                         Some(_) => {}
                         None => {
-                            let sql = format!("ALTER TABLE {} ADD COLUMN {} {ty}", self.table_ref(name), quote_ch(col));
+                            let sql = format!("ALTER TABLE {table_ref} ADD COLUMN {} {ty}", quote_ch(col));
                             self.execute("ALTER TABLE ADD COLUMN", &sql).await?;
                         }
                     }
                 }
+                // After new columns (an index may use them), before dropped ones (an index may have used them).
+                for stmt in stored.map(|s| ddl::alter_options(database, name, table, s, server)).unwrap_or_default() {
+                    self.run_statement("ALTER TABLE", &stmt).await?;
+                }
                 for col in drop.iter().filter(|c| existing.iter().any(|(n, _)| n == *c)) {
-                    let sql = format!("ALTER TABLE {} DROP COLUMN {}", self.table_ref(name), quote_ch(col));
+                    let sql = format!("ALTER TABLE {table_ref} DROP COLUMN {}", quote_ch(col));
                     self.execute("ALTER TABLE DROP COLUMN", &sql).await?;
                 }
                 Ok(())
@@ -120,8 +169,28 @@ impl ClickHouse {
         }
     }
 
-    pub async fn drop_table(&self, name: &str) -> Result<(), Error> {
-        self.execute("DROP TABLE", &format!("DROP TABLE IF EXISTS {}", self.table_ref(name))).await
+    /// A table the plan declares for the first time but that exists already (made by hand, or by a control plane
+    /// with another store) must have the declared engine: Millrace cannot change it.
+    async fn check_engine(&self, database: &str, name: &str, table: &Table) -> Result<(), Error> {
+        let rows: Vec<VersionRow> = self
+            .run(
+                "reading system.tables",
+                self.client.query("SELECT engine AS v FROM system.tables WHERE database = ? AND name = ?").bind(database).bind(name).fetch_all(),
+            )
+            .await?;
+        let declared = table.engine.as_ref().map(ddl::engine_name).unwrap_or_else(|| "MergeTree".into());
+        match rows.first() {
+            Some(have) if have.v != declared => Err(Error::FailedPrecondition(format!(
+                "ClickHouse table `{database}`.`{name}` exists with engine {}, but the plan declares {declared}: declare its engine, or another name or version",
+                have.v
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn drop_table(&self, name: &str, table: &Table) -> Result<(), Error> {
+        let sql = format!("DROP TABLE IF EXISTS {}.{}", quote_ch(self.database_of(table)), quote_ch(name));
+        self.execute("DROP TABLE", &sql).await
     }
 }
 

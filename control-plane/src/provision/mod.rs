@@ -106,7 +106,13 @@ impl Provisioner {
                         .collect(),
                     _ => Vec::new(),
                 };
-                self.clickhouse.ensure_table(&name, t, &drop).await
+                let stored = match p.stored.as_ref().map(spec) {
+                    Some(Spec::Table(old)) => Some(old),
+                    _ => None,
+                };
+                // Known already: the apply checked the plan against the server before it got here.
+                let server = self.clickhouse.server().await?;
+                self.clickhouse.ensure_table(&name, t, stored, &drop, &server).await
             }
             _ => Ok(()),
         }
@@ -116,7 +122,7 @@ impl Provisioner {
         let name = physical_name(s, &self.topic_namespace);
         match s {
             Spec::Stream(_) | Spec::DeadLetterQueue(_) => self.kafka.delete_topic(&name).await,
-            Spec::Table(_) => self.clickhouse.drop_table(&name).await,
+            Spec::Table(t) => self.clickhouse.drop_table(&name, t).await,
             _ => Ok(()),
         }
     }

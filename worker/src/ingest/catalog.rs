@@ -28,10 +28,17 @@ pub struct Endpoint {
     pub schema: Schema,
 }
 
+/// Where each API is served: its own path, or its name (the newest version) and name/version.
+#[derive(Default)]
+struct Routes {
+    by_name: HashMap<String, Vec<Arc<Endpoint>>>,
+    by_path: HashMap<String, Arc<Endpoint>>,
+}
+
 pub struct Catalog {
     client: ControlPlaneClient<Channel>,
     refreshes: prometheus::IntCounter,
-    apis: RwLock<Option<HashMap<String, Vec<Arc<Endpoint>>>>>,
+    apis: RwLock<Option<Routes>>,
     last_refresh: Mutex<Option<Instant>>,
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -94,7 +101,7 @@ impl Catalog {
             };
             by_key.insert(key(kind, name, version), r);
         }
-        let mut apis: HashMap<String, Vec<Arc<Endpoint>>> = HashMap::new();
+        let mut apis = Routes::default();
         for r in &resources {
             let Some(Spec::IngestApi(api)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) else { continue };
             let dest = api.destination.clone().unwrap_or_default();
@@ -105,7 +112,7 @@ impl Catalog {
             let dead_letter_topic = dlq.and_then(|d: &ResourceRef| {
                 by_key.get(&key(ResourceKind::DeadLetterQueue, &d.name, &d.version)).map(|r| r.physical_name.clone())
             });
-            apis.entry(api.name.clone()).or_default().push(Arc::new(Endpoint {
+            let endpoint = Arc::new(Endpoint {
                 name: api.name.clone(),
                 label: if api.version.is_empty() { api.name.clone() } else { format!("{}/{}", api.name, api.version) },
                 version: api.version.clone(),
@@ -113,46 +120,55 @@ impl Catalog {
                 topic: stream.physical_name.clone(),
                 dead_letter_topic,
                 schema: Schema::new(&s.fields, s.allow_extra_fields),
-            }));
+            });
+            // An API with its own path is served there only (the control plane keeps paths distinct).
+            if api.path.is_empty() {
+                apis.by_name.entry(api.name.clone()).or_default().push(endpoint);
+            } else {
+                apis.by_path.insert(api.path.clone(), endpoint);
+            }
         }
-        for versions in apis.values_mut() {
+        for versions in apis.by_name.values_mut() {
             versions.sort_by(|a, b| version_order(&a.version, &b.version));
         }
         *self.apis.write().expect("catalog lock") = Some(apis);
         Ok(())
     }
 
-    fn find(&self, name: &str, version: Option<&str>) -> Found {
+    fn find(&self, path: &str) -> Found {
         let apis = self.apis.read().expect("catalog lock");
         let Some(apis) = apis.as_ref() else { return Found::NotLoaded };
-        let hit = apis.get(name).and_then(|vs| match version {
-            // The bare name is the newest version.
-            None => vs.last().cloned(),
-            Some(v) => vs.iter().find(|e| e.version == v).cloned(),
+        let path = path.trim_matches('/');
+        let hit = apis.by_path.get(path).cloned().or_else(|| {
+            let (name, version) = match path.split_once('/') {
+                Some((n, v)) => (n, Some(v)),
+                None => (path, None),
+            };
+            apis.by_name.get(name).and_then(|vs| match version {
+                // The bare name is the newest version.
+                None => vs.last().cloned(),
+                Some(v) => vs.iter().find(|e| e.version == v).cloned(),
+            })
         });
         match hit {
             Some(e) => Found::Api(e),
             None => {
-                let mut known: Vec<String> = apis
-                    .values()
-                    .flatten()
-                    .map(|e| if e.version.is_empty() { e.name.clone() } else { format!("{}/{}", e.name, e.version) })
-                    .collect();
+                let mut known: Vec<String> = apis.by_name.values().flatten().map(|e| e.label.clone()).chain(apis.by_path.keys().cloned()).collect();
                 known.sort();
                 Found::Unknown { known }
             }
         }
     }
 
-    /// The endpoint for `/ingest/<name>[/<version>]`. On a miss the catalog is read again first (an apply may have
-    /// just added it), so an API is served as soon as its apply has returned.
-    pub async fn lookup(&self, name: &str, version: Option<&str>) -> Found {
+    /// The endpoint for `/ingest/<path>`: an API's own path, or `<name>[/<version>]`. On a miss the catalog is read
+    /// again first (an apply may have just added it), so an API is served as soon as its apply has returned.
+    pub async fn lookup(&self, path: &str) -> Found {
         let asked = Instant::now();
-        match self.find(name, version) {
+        match self.find(path) {
             Found::Api(e) => Found::Api(e),
             _ => {
                 let _ = self.refresh_since(Some(asked)).await;
-                self.find(name, version)
+                self.find(path)
             }
         }
     }

@@ -99,30 +99,23 @@ impl Ingest {
         use axum::routing::post;
         let limit = self.settings.max_body_bytes;
         axum::Router::new()
+            // `<name>`, `<name>/<version>`, or an API's own path.
             .route(
-                "/ingest/{name}",
-                post(|s: State<Arc<Ingest>>, Path(name): Path<String>, h: HeaderMap, b: Result<Bytes, BytesRejection>| async move {
-                    s.0.handle(&name, None, &h, b).await
+                "/ingest/{*path}",
+                post(|s: State<Arc<Ingest>>, Path(path): Path<String>, h: HeaderMap, b: Result<Bytes, BytesRejection>| async move {
+                    s.0.handle(&path, &h, b).await
                 }),
-            )
-            .route(
-                "/ingest/{name}/{version}",
-                post(
-                    |s: State<Arc<Ingest>>, Path((name, version)): Path<(String, String)>, h: HeaderMap, b: Result<Bytes, BytesRejection>| async move {
-                        s.0.handle(&name, Some(&version), &h, b).await
-                    },
-                ),
             )
             // Bodies are read up to the limit; the handler answers 413 with the reason.
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
     }
 
-    async fn handle(&self, name: &str, version: Option<&str>, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    async fn handle(&self, path: &str, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
         let started = Instant::now();
         // Labelled by the API found, never by the path asked for: paths are the client's, and each distinct label
         // is a series kept forever.
-        let (api, result) = match self.find(name, version, headers).await {
+        let (api, result) = match self.find(path, headers).await {
             Ok(api) => {
                 let r = self.ingest(&api, headers, body).await;
                 (Some(api), r)
@@ -143,18 +136,19 @@ impl Ingest {
     }
 
     /// The API a request names, once its key is checked.
-    async fn find(&self, name: &str, version: Option<&str>, headers: &HeaderMap) -> Result<Arc<Endpoint>, IngestError> {
+    async fn find(&self, path: &str, headers: &HeaderMap) -> Result<Arc<Endpoint>, IngestError> {
         if let Some(key) = &self.settings.api_key {
             let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
             if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
                 return Err(IngestError::Unauthorized);
             }
         }
-        match self.catalog.lookup(name, version).await {
+        match self.catalog.lookup(path).await {
             Found::Api(api) => Ok(api),
             Found::Unknown { known } => {
                 let shown = if known.is_empty() { "none is declared".to_string() } else { format!("declared: {}", known.join(", ")) };
-                let asked = version.map(|v| format!("{name}/{v}")).unwrap_or_else(|| name.to_string());
+                // Cut: the path is the client's, and it is echoed back.
+                let asked: String = path.chars().take(200).collect();
                 Err(IngestError::NotFound(format!("`{asked}`"), shown))
             }
             Found::NotLoaded => Err(IngestError::Unavailable("this worker has not yet learned the ingest APIs from the control plane".into())),

@@ -7,6 +7,7 @@ pub(crate) mod pipeline;
 pub(crate) mod probation;
 pub(crate) mod produce;
 pub(crate) mod recovery;
+pub(crate) mod results;
 pub(crate) mod source;
 pub(crate) mod sync;
 

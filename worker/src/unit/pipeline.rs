@@ -9,7 +9,8 @@ use super::source::{consumer, first_record, next_record, size, BatchBuilder, Hel
 use super::{Fence, UnitState, WorkerCtx};
 use crate::output::{output_key, DeadLetter, OriginalRecord};
 use crate::sidecar::SidecarError;
-use millrace_proto::v1::{process_request, record_result, ProcessRequest, RecordBatch, UnitKind};
+use super::results::{outcomes, Answer};
+use millrace_proto::v1::{process_request, ProcessRequest, RecordBatch, Route, UnitKind, WorkUnit};
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use std::sync::atomic::Ordering;
@@ -43,8 +44,8 @@ pub enum UnitError {
     Sidecar(#[from] SidecarError),
     #[error("batch at offset {} ({} records) failed: {}: {}", .0.first, .0.len, .0.kind.error_type(), .0.detail)]
     Batch(BatchFailure),
-    #[error("the sidecar answered batch {got} where batch {want} was expected, or with the wrong record count")]
-    Protocol { want: u64, got: u64 },
+    #[error("{0}: is the sidecar's SDK older or newer than this worker?")]
+    Protocol(String),
     #[error("the lease is lost (or about to be) or the unit was revoked: stopping before producing")]
     Fenced,
     #[error("moving back to the partition's own sidecar process")]
@@ -242,8 +243,8 @@ async fn respond(
     let mut key_buf = Vec::new();
     while let Some(batch) = sent.recv().await {
         let first = batch.records.first_offset();
-        let results = match &batch.condemned {
-            Some(c) => vec![Err((c.kind.error_type().to_string(), c.detail.clone()))],
+        let answer = match &batch.condemned {
+            Some(c) => Answer { outcomes: vec![Err((c.kind.error_type().to_string(), c.detail.clone()))], routes: vec![] },
             None => {
                 let result = session.next().await.map_err(|e| match e.poison() {
                     Some(kind) => UnitError::Batch(BatchFailure { first, len: batch.records.len(), exact: None, kind, detail: e.to_string() }),
@@ -252,19 +253,11 @@ async fn respond(
                 if result.expired && result.batch_id == batch.batch_id {
                     return Err(UnitError::Expired(batch.batch_id));
                 }
-                if result.batch_id != batch.batch_id || result.results.len() != batch.records.len() {
-                    return Err(UnitError::Protocol { want: batch.batch_id, got: result.batch_id });
+                if result.batch_id != batch.batch_id {
+                    return Err(UnitError::Protocol(format!("the sidecar answered batch {} where batch {} was expected", result.batch_id, batch.batch_id)));
                 }
                 ctx.metrics.batch_latency.with_label_values(&label).observe(batch.sent_at.elapsed().as_secs_f64());
-                result
-                    .results
-                    .into_iter()
-                    .map(|r| match r.result {
-                        Some(record_result::Result::Ok(out)) => Ok(out.values),
-                        Some(record_result::Result::Error(e)) => Err((e.error_type, e.message)),
-                        None => Err(("ProtocolError".to_string(), "the sidecar returned no result for the record".to_string())),
-                    })
-                    .collect()
+                outcomes(result, batch.records.len()).map_err(UnitError::Protocol)?
             }
         };
         // Fencing: nothing is produced for a unit this worker may no longer hold by the time it is delivered.
@@ -274,15 +267,21 @@ async fn respond(
         let acks = BatchAcks::new();
         let (mut outputs, mut dead_letters) = (0u64, 0u64);
         let (mut filtered, mut failed) = (0u64, 0u64);
-        for (rec, res) in batch.records.iter().zip(results) {
+        let targets = Targets::new(u, &answer.routes);
+        for (rec, res) in batch.records.iter().zip(answer.outcomes) {
             let source_key = (!rec.key.is_empty()).then_some(rec.key);
-            // An output the broker would refuse sends its input to the dead letter queue instead.
+            // An output the broker would refuse, or routed nowhere this unit may write, sends its input to the dead
+            // letter queue instead: checked before any output of the record is produced.
             let res = match res {
-                Ok(values) if transform && values.iter().any(|v| v.len() + RECORD_OVERHEAD > ctx.max_message_bytes) => {
-                    let biggest = values.iter().map(|v| v.len()).max().unwrap_or(0);
+                Ok(values) if transform && values.iter().any(|v| v.value.len() + RECORD_OVERHEAD > ctx.max_message_bytes) => {
+                    let biggest = values.iter().map(|v| v.value.len()).max().unwrap_or(0);
                     let limit = ctx.max_message_bytes;
                     Err((Poison::OutputTooLarge.error_type().to_string(), format!("an output of {biggest} bytes is over the broker's limit of {limit} bytes")))
                 }
+                Ok(values) if transform => match values.iter().find_map(|v| targets.get(v.route).err()) {
+                    Some(why) => Err(("RouteError".to_string(), why)),
+                    None => Ok(values),
+                },
                 other => other,
             };
             match res {
@@ -291,8 +290,9 @@ async fn respond(
                         filtered += 1;
                     }
                     for v in values {
-                        let key = output_key(&v, &u.key_fields, source_key, &mut key_buf);
-                        send(st, fence, &acks, &origin, &u.destination_topic, key, &v, rec.offset).await?;
+                        let (topic, key_fields) = targets.get(v.route).map_err(UnitError::Protocol)?;
+                        let key = output_key(&v.value, key_fields, source_key, &mut key_buf);
+                        send(st, fence, &acks, &origin, topic, key, &v.value, rec.offset).await?;
                         outputs += 1;
                     }
                 }
@@ -346,4 +346,36 @@ async fn acknowledge(ctx: &WorkerCtx, st: &UnitState, mut pending: mpsc::Receive
         st.safe_offset.store(p.next_offset, Ordering::SeqCst);
     }
     Ok(())
+}
+
+/// Where a transform's outputs go: its destination, or for a multi-transform the route each output names (the
+/// batch's route names resolved once against the unit's routes).
+struct Targets<'a> {
+    unit: &'a WorkUnit,
+    named: Vec<(&'a str, Option<&'a Route>)>,
+}
+
+impl<'a> Targets<'a> {
+    fn new(unit: &'a WorkUnit, routes: &'a [String]) -> Self {
+        let named = routes.iter().map(|name| (name.as_str(), unit.routes.iter().find(|r| r.stream == *name))).collect();
+        Self { unit, named }
+    }
+
+    /// The topic and key fields of an output routed to `route`, or why it cannot go anywhere.
+    fn get(&self, route: Option<u32>) -> Result<(&'a str, &'a [String]), String> {
+        let u = self.unit;
+        match (route, u.routes.is_empty()) {
+            (None, true) => Ok((&u.destination_topic, &u.key_fields)),
+            (None, false) => Err("a multi-transform's output must name its stream: return `stream.routed(record)`".into()),
+            (Some(_), true) => Err("the function routed an output to a stream, but this transform has one destination".into()),
+            (Some(i), false) => match self.named.get(i as usize) {
+                Some((_, Some(r))) => Ok((&r.topic, &r.key_fields)),
+                Some((name, None)) => {
+                    let known: Vec<&str> = u.routes.iter().map(|r| r.stream.as_str()).collect();
+                    Err(format!("routed to stream `{name}`, which is not among this multi-transform's routes ({}): declare it in the app and apply it again", known.join(", ")))
+                }
+                None => Err(format!("route {i} is not in the batch's answer")),
+            },
+        }
+    }
 }

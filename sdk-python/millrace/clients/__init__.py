@@ -1,0 +1,1 @@
+"""moose_lib.clients' module path (`millrace.clients.redis_client` holds MooseCache)."""

@@ -1,0 +1,11 @@
+"""`moose_lib.commons`: the names Millrace provides, re-exported. moose_lib names Millrace lacks raise NotProvidedError;
+names added to the top-level `millrace` package later are forwarded (see `millrace._surface`)."""
+
+from __future__ import annotations
+
+from ._surface import module_getattr
+from .compat import EnhancedJSONEncoder
+from .logs import CliLogData, Logger, cli_log
+
+__all__ = ["cli_log", "CliLogData", "EnhancedJSONEncoder", "Logger"]
+__getattr__ = module_getattr(__name__)

@@ -1,0 +1,10 @@
+"""`moose_lib.dmv2.moose_model`: the names Millrace provides, re-exported. moose_lib names Millrace lacks raise NotProvidedError;
+names added to the top-level `millrace` package later are forwarded (see `millrace._surface`)."""
+
+from __future__ import annotations
+
+from .._surface import module_getattr
+from ..compat import MooseModel
+
+__all__ = ["MooseModel"]
+__getattr__ = module_getattr(__name__)

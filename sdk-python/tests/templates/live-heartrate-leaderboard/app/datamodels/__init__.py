@@ -1,0 +1,1 @@
+# This file makes the directory a Python package

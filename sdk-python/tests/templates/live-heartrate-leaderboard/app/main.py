@@ -1,0 +1,6 @@
+from app.pipelines.pipelines import (
+    rawAntHRPipeline,
+    processedAntHRPipeline,
+    unifiedHRPipeline,
+    bluetoothHRPipeline,
+)
