@@ -11,6 +11,7 @@ pub mod output;
 pub mod rows;
 pub mod schema;
 pub mod sidecar;
+pub mod types;
 pub mod unit;
 
 use anyhow::Context;

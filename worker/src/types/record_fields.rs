@@ -1,20 +1,20 @@
-//! What one record's check keeps track of (see `schema`): its key fields' values, the fields it gave, and their
+//! What the check of one record keeps track of (see `record`): its key fields' values, the fields it gave, and their
 //! names, without allocating for the usual record.
 
-use super::Schema;
+use crate::schema::Schema;
 use serde::de::{self, Deserializer, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
 /// The key fields' values of one record, by field position (most streams have one: kept without allocating).
 #[derive(Default)]
-pub(super) struct Keys<'r> {
+pub(crate) struct Keys<'r> {
     first: Option<(usize, Cow<'r, str>)>,
     rest: Vec<(usize, Cow<'r, str>)>,
 }
 
 impl<'r> Keys<'r> {
-    pub(super) fn set(&mut self, i: usize, text: Cow<'r, str>) {
+    pub(crate) fn set(&mut self, i: usize, text: Cow<'r, str>) {
         match self.first {
             None => self.first = Some((i, text)),
             Some(_) => self.rest.push((i, text)),
@@ -22,7 +22,7 @@ impl<'r> Keys<'r> {
     }
 
     /// Every key field in declaration order, a missing one as empty, joined by `|`.
-    pub(super) fn joined(self, schema: &Schema) -> Option<Cow<'r, [u8]>> {
+    pub(crate) fn joined(self, schema: &Schema) -> Option<Cow<'r, [u8]>> {
         let key_count = schema.fields.iter().filter(|f| f.key).count();
         match (key_count, self.first) {
             (0, _) => None,
@@ -46,7 +46,7 @@ impl<'r> Keys<'r> {
 }
 
 /// A field name, borrowed from the record unless it has escapes.
-pub(super) struct Name<'r>(pub(super) Cow<'r, str>);
+pub(crate) struct Name<'r>(pub(crate) Cow<'r, str>);
 
 impl<'de> de::Deserialize<'de> for Name<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -68,13 +68,13 @@ impl<'de> de::Deserialize<'de> for Name<'de> {
 }
 
 /// Which fields a record gave: bits for up to 64 fields, else a vector.
-pub(super) enum Seen {
+pub(crate) enum Seen {
     Bits(u64),
     Many(Vec<bool>),
 }
 
 impl Seen {
-    pub(super) fn new(n: usize) -> Self {
+    pub(crate) fn new(n: usize) -> Self {
         if n <= 64 {
             Seen::Bits(0)
         } else {
@@ -83,14 +83,14 @@ impl Seen {
     }
 
     /// Marks field `i`; true when it was already marked.
-    pub(super) fn mark(&mut self, i: usize) -> bool {
+    pub(crate) fn mark(&mut self, i: usize) -> bool {
         match self {
             Seen::Bits(b) => std::mem::replace(b, *b | 1 << i) & (1 << i) != 0,
             Seen::Many(v) => std::mem::replace(&mut v[i], true),
         }
     }
 
-    pub(super) fn has(&self, i: usize) -> bool {
+    pub(crate) fn has(&self, i: usize) -> bool {
         match self {
             Seen::Bits(b) => b & (1 << i) != 0,
             Seen::Many(v) => v[i],
