@@ -113,7 +113,9 @@ async fn show(from: impl tokio::io::AsyncRead + Unpin, mut log: std::fs::File) {
     let mut lines = tokio::io::BufReader::new(from).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
         let _ = log.write_all(&line).and_then(|_| log.write_all(b"\n"));
-        println!("{}", dev_project::render(String::from_utf8_lossy(&line).trim_end()));
+        // Never println!: it panics when dev's own output is gone, and the sidecar's pipe would close with it (its
+        // prints would then fail inside user functions).
+        let _ = writeln!(std::io::stdout(), "{}", dev_project::render(String::from_utf8_lossy(&line).trim_end()));
     }
 }
 

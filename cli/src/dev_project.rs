@@ -32,13 +32,11 @@ impl Project {
         Ok(Some(Project { app, root }))
     }
 
-    /// A path whose parent is the project directory, for the per-app state (`dev_state::resolve` names the state
-    /// after the app's parent): `millrace dev` and `millrace dev app/main.py` share one state.
+    /// The path the per-app state is named after (`dev_state::resolve` names it after the app's directory), as
+    /// before projects: each app directory keeps its own state (`app/main.py`'s is `app`'s, whether given or found),
+    /// and two apps in different directories of one project never plan each other's streams away.
     pub fn state_anchor(&self) -> PathBuf {
-        match self.app.strip_prefix(&self.root).ok().and_then(|r| r.components().next()) {
-            Some(first) => self.root.join(first),
-            None => self.app.clone(),
-        }
+        self.app.clone()
     }
 }
 
@@ -138,7 +136,7 @@ mod tests {
         assert_eq!(root_of(&dir.join("app/ingest/models.py")), dir);
         assert_eq!(root_of(&dir.join("lone.py")), dir);
         let p = Project { app: dir.join("app/main.py"), root: dir.clone() };
-        assert_eq!(p.state_anchor().parent(), Some(dir.as_path()), "the project names the state");
+        assert_eq!(p.state_anchor().parent(), Some(dir.join("app").as_path()), "the app's directory names the state, as before");
         let (files, cut) = snapshot(&dir);
         let names: Vec<String> = files.keys().map(|f| f.strip_prefix(&dir).unwrap().display().to_string()).collect();
         assert!(!cut);

@@ -46,16 +46,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut file = std::fs::File::open(&path).map_err(|e| {
         anyhow::anyhow!("{}: {e}: run `millrace dev` (it writes the sidecar's output there), or give --file", path.display())
     })?;
+    // The tail only: the log is never cut, and may be large.
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(from))?;
     let mut text = Vec::new();
-    file.read_to_end(&mut text)?;
-    for l in last(&String::from_utf8_lossy(&text), args.function.as_deref(), args.n) {
+    file.by_ref().take(len - from).read_to_end(&mut text)?;
+    let text = String::from_utf8_lossy(&text);
+    // Past a cut, the first line is likely partial.
+    let text = if from > 0 { text.split_once('\n').map(|x| x.1).unwrap_or("") } else { &text };
+    for l in last(text, args.function.as_deref(), args.n) {
         println!("{l}");
     }
     if args.follow {
-        follow(&path, file, text.len() as u64, args.function.as_deref()).await?;
+        follow(&path, file, len, args.function.as_deref()).await?;
     }
     Ok(())
 }
+
+/// How much of the log's end `logs` reads for its last lines.
+const TAIL_BYTES: u64 = 8 << 20;
+/// A line longer than this is shown cut (following a log that never ends its line must not grow without bound).
+const MAX_LINE: usize = 1 << 20;
 
 /// Prints what is appended to the file; starts over when it is replaced or cut (a new `millrace dev`).
 async fn follow(path: &Path, mut file: std::fs::File, mut at: u64, function: Option<&str>) -> anyhow::Result<()> {
@@ -76,6 +88,10 @@ async fn follow(path: &Path, mut file: std::fs::File, mut at: u64, function: Opt
         file.by_ref().take(len - at).read_to_end(&mut chunk)?;
         at += chunk.len() as u64;
         partial.push_str(&String::from_utf8_lossy(&chunk));
+        if partial.len() > MAX_LINE && !partial.contains('\n') {
+            partial.truncate(partial.floor_char_boundary(MAX_LINE));
+            partial.push('\n');
+        }
         // Whole lines only: the rest waits for its end.
         while let Some(i) = partial.find('\n') {
             let line: String = partial.drain(..=i).collect();

@@ -158,6 +158,14 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
                 notes.push(format!("routes [{}] -> [{}]: its units restart", list(&s.routes), list(&d.routes)));
             }
         }
+        (Spec::IngestApi(d), Spec::IngestApi(s)) if d.path != s.path => {
+            let route = |a: &millrace_proto::v1::IngestApi| match (a.path.is_empty(), a.version.is_empty()) {
+                (false, _) => format!("/ingest/{}", a.path),
+                (true, true) => format!("/ingest/{}", a.name),
+                (true, false) => format!("/ingest/{}/{}", a.name, a.version),
+            };
+            notes.push(format!("served at {} instead of {}: the old path stops answering", route(d), route(s)));
+        }
         (Spec::Consumer(d), Spec::Consumer(s)) => {
             unit_changes(&mut notes, (&d.source, &s.source), (&d.function, &s.function), (&d.dead_letter_queue, &s.dead_letter_queue));
         }

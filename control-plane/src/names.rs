@@ -44,15 +44,25 @@ pub fn physical_name(name: &str, version: &str) -> String {
 
 /// A ClickHouse identifier in backquotes. Names are validated first; quoting is the second line of defence.
 pub fn quote_ch(ident: &str) -> String {
-    let mut out = String::with_capacity(ident.len() + 2);
-    out.push('`');
-    for c in ident.chars() {
-        if c == '`' || c == '\\' {
+    quoted(ident, '`')
+}
+
+/// A ClickHouse string literal in single quotes.
+pub fn quote_str(s: &str) -> String {
+    quoted(s, '\'')
+}
+
+/// `s` between `q`s, with `q` and backslashes escaped.
+fn quoted(s: &str, q: char) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(q);
+    for c in s.chars() {
+        if c == q || c == '\\' {
             out.push('\\');
         }
         out.push(c);
     }
-    out.push('`');
+    out.push(q);
     out
 }
 

@@ -21,6 +21,9 @@ pub const MAX_SYNC_BYTES: u64 = 256 << 20;
 /// The most rows of one insert: below ClickHouse's `max_insert_block_size` (1,048,576), so an insert is one block.
 pub const MAX_SYNC_ROWS: u32 = 1_000_000;
 
+/// The most streams one multi-transform may route to: each of its units carries them all.
+pub const MAX_ROUTES: usize = 256;
+
 /// Why a plan is refused: which resource, which of its fields, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanError {
@@ -133,8 +136,15 @@ fn normalise(mut spec: Spec) -> Result<Spec, PlanError> {
             match (&t.destination, t.routes.is_empty()) {
                 (Some(_), false) => return Err(fail(&key, "routes", "a transform has a destination or routes (a multi-transform), not both")),
                 (None, false) => {
+                    if t.routes.len() > MAX_ROUTES {
+                        return Err(fail(&key, "routes", format!("{} routes; at most {MAX_ROUTES}", t.routes.len())));
+                    }
+                    let mut seen = HashSet::new();
                     for r in &t.routes {
                         require_ref(&key, "routes", Some(r))?;
+                        if !seen.insert((&r.name, &r.version)) {
+                            return Err(fail(&key, "routes", format!("{} is listed twice", r.name)));
+                        }
                     }
                 }
                 _ => require_ref(&key, "destination", t.destination.as_ref())?,
@@ -345,17 +355,20 @@ fn check_destination_table(
 /// A stream by (name, version).
 type StreamId = (String, String);
 
-/// Transforms are edges between streams; a cycle would loop records forever. A multi-transform's routes are not
-/// edges here: the SDK may list every stream of the app as a route when it cannot tell which the function uses.
+/// Transforms are edges between streams (a multi-transform one to each of its routes); a cycle would loop records
+/// forever. (When the Python SDK cannot read a multi-transform's routes from its code, it lists every stream its
+/// source does not already feed, so that its guess makes no cycle of its own.)
 fn check_cycles(state: &State) -> Result<(), PlanError> {
     let mut edges: BTreeMap<StreamId, Vec<(&str, StreamId)>> = BTreeMap::new();
     for r in state.values() {
         if let Spec::Transform(t) = spec(r) {
-            let (Some(s), Some(d)) = (&t.source, &t.destination) else { continue };
-            edges
-                .entry((s.name.clone(), s.version.clone()))
-                .or_default()
-                .push((t.name.as_str(), (d.name.clone(), d.version.clone())));
+            let Some(s) = &t.source else { continue };
+            for d in t.destination.iter().chain(&t.routes) {
+                edges
+                    .entry((s.name.clone(), s.version.clone()))
+                    .or_default()
+                    .push((t.name.as_str(), (d.name.clone(), d.version.clone())));
+            }
         }
     }
     // Iterative DFS with colours: 1 = on the current path, 2 = finished.

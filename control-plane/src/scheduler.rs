@@ -257,7 +257,17 @@ mod tests {
         let routes: Vec<(&str, &str, &[String])> = units["transform/m/0"].routes.iter().map(|r| (r.stream.as_str(), r.topic.as_str(), &r.key_fields[..])).collect();
         assert_eq!(routes, vec![("left", "ns_left", &["id".to_string()][..]), ("right", "ns_right", &["id".to_string()][..])]);
         assert!(crate::plan::validate(plan(Transform { destination: Some(r("left")), ..multi.clone() })).is_err(), "both a destination and routes");
-        assert!(crate::plan::validate(plan(Transform { routes: vec![r("nowhere")], ..multi })).is_err(), "a route that is not a stream");
+        assert!(crate::plan::validate(plan(Transform { routes: vec![r("nowhere")], ..multi.clone() })).is_err(), "a route that is not a stream");
+        assert!(crate::plan::validate(plan(Transform { routes: vec![r("left"), r("left")], ..multi.clone() })).is_err(), "a route twice");
+        let mut looped = plan(multi);
+        looped.transforms.push(Transform {
+            name: "back".into(),
+            source: Some(r("left")),
+            destination: Some(r("src")),
+            function: Some(FunctionRef { name: "g".into(), runtime: String::new() }),
+            ..Default::default()
+        });
+        assert!(crate::plan::validate(looped).unwrap_err().to_string().contains("cycle"), "a route back upstream loops");
     }
 
     #[test]

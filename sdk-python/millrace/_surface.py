@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 from importlib.abc import MetaPathFinder
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 COVERS = "Millrace covers streams, functions (transforms and consumers), ingest APIs and tables"
 

@@ -295,18 +295,15 @@ class Stream(_Typed, Generic[T]):
             raise DeclarationError(f"Stream {self.name!r}: add_transform's transformation must be callable")
         version = _check_version("Transform", self.name, config.version)
         name = _stable_name(self.topic, destination.topic, version.replace(".", "_"))
-        # Another transform between the same streams runs too (moose keeps only one, silently): named after its
-        # function, as consumers are, so that it keeps its name (and offsets) when the first one goes.
+        # A second transform between the same streams needs a version of its own: a name derived from the function
+        # or from declaration order would hand one function's committed offsets to another when the app changes.
         if any(t.name == name for t in self.transformations):
-            label = _consumer_label(transformation)
-            same_pair = [t for t in self.transformations if t.destination is destination and (t.config.version or "") == version]
-            name = _stable_name(self.topic, destination.topic, version.replace(".", "_"), label)
-            if any(t.name == name or _consumer_label(t.fn) == label for t in same_pair):
-                what = "an identical lambda" if label.startswith("lambda_") else f"a function named {label!r}"
-                raise DeclarationError(
-                    f"Stream {self.name!r} already has a transform to {destination.name!r} with {what}: "
-                    "give the second one TransformConfig(version=...) or another function"
-                )
+            raise DeclarationError(
+                f"Stream {self.name!r} already has a transform to {destination.name!r}"
+                + (f" at version {version!r}" if version else "")
+                + ": both run when the second has a version of its own, TransformConfig(version=...)"
+                + " (MooseStack would keep only the first, silently)"
+            )
         t = Transform(name, self, destination, transformation, config, self._dlq_for(config.dead_letter_queue))
         registry.add_function(t)
         self.transformations.append(t)
@@ -351,6 +348,26 @@ class Stream(_Typed, Generic[T]):
         send(self, values, timeout)
 
 
+def _upstream_of(stream: Stream) -> set[int]:
+    """ids of the streams whose records reach `stream` through the app's transforms (plain ones, and multi-transforms
+    whose routes their code names)."""
+    from .routes import routed_streams
+
+    feeds: dict[int, list[Stream]] = {}
+    for t in registry.transforms:
+        targets = [t.destination] if not t.multi else (routed_streams(t.fn) or [])
+        for d in targets:
+            feeds.setdefault(id(d), []).append(t.source)
+    seen: set[int] = set()
+    todo = [stream]
+    while todo:
+        for src in feeds.get(id(todo.pop()), []):
+            if id(src) not in seen:
+                seen.add(id(src))
+                todo.append(src)
+    return seen
+
+
 class RoutedMessage:
     """Records a multi-transform sends to `destination` (made by `destination.routed(values)`)."""
 
@@ -379,7 +396,10 @@ class Transform:
 
         found = routed_streams(self.fn)
         if found is None:
-            found = [s for s in registry.of("stream") if s is not self.source]
+            # Every stream the source does not feed already: a route back upstream would loop records forever
+            # (the control plane refuses such cycles).
+            upstream = _upstream_of(self.source)
+            found = [s for s in registry.of("stream") if s is not self.source and id(s) not in upstream]
         return sorted({id(s): s for s in found}.values(), key=lambda s: s.topic)
 
     def describe(self) -> str:

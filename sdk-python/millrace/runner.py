@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Union
 from pydantic import BaseModel, Json, TypeAdapter, ValidationError
 
 from .logs import set_function
-from .types import model_fields, wire_model
+from .types import wire_model
 
 # A record's outcome: the JSON outputs (empty for a filtered record or a consumer), or (error type, message).
 Outcome = Union[list, tuple]

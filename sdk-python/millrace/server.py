@@ -56,6 +56,25 @@ def runners(registry: resources.Registry, health: Optional[Health] = None) -> di
     return out
 
 
+def encode_records(batch_id: int, outcomes: list) -> fr.ProcessResponse:
+    """A batch's outcomes one message per record, for a worker that does not read packed answers (older than the
+    SDK; it says so when it opens the stream)."""
+    result = fr.BatchResult(batch_id=batch_id)
+    add = result.results.add
+    for o in outcomes:
+        if type(o) is list:
+            out = add().ok
+            for v in o:
+                if type(v) is tuple:  # a multi-transform's (stream, JSON)
+                    out.routes.append(v[0])
+                    v = v[1]
+                out.values.append(v)
+        else:
+            e = add().error
+            e.error_type, e.message = o
+    return fr.ProcessResponse(result=result)
+
+
 def encode(batch_id: int, outcomes: list) -> fr.ProcessResponse:
     """A batch's outcomes packed: every output back to back in one buffer, a count per record, and the errors by
     index (a message object per record costs more than the rest of the answer)."""
@@ -105,6 +124,7 @@ class FunctionRuntime(fr_grpc.FunctionRuntimeServicer):
         if runner is None:
             hosted = ", ".join(sorted(self.functions)) or "none"
             context.abort(grpc.StatusCode.NOT_FOUND, f"function {first.open.function!r} is not hosted here (hosted: {hosted}); apply and serve the same app")
+        answer = encode if first.open.packed_results else encode_records
         health = self.health
         if health.recycling.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "this sidecar process is restarting (a call did not return): use another")
@@ -134,7 +154,7 @@ class FunctionRuntime(fr_grpc.FunctionRuntimeServicer):
                     return
                 except Stuck as e:
                     context.abort(grpc.StatusCode.UNAVAILABLE, f"{e}; the sidecar process restarts")
-                yield encode(batch.batch_id, outcomes)
+                yield answer(batch.batch_id, outcomes)
         finally:
             health.opened(-1)
 

@@ -224,24 +224,28 @@ class Stack:
         self._drop()
 
     def _drop(self) -> None:
-        """Forget what the test made: its topics, its databases."""
-        try:
-            from confluent_kafka.admin import AdminClient
+        drop_state(self.namespace, f"millrace_py_{self.id}", f"py_{self.id}")
 
-            admin = AdminClient({"bootstrap.servers": BROKERS})
-            mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(self.namespace)]
-            if mine:
-                for f in admin.delete_topics(mine, operation_timeout=10).values():
-                    f.result(10)
-        except Exception:
-            pass
-        subprocess.run(["psql", POSTGRES + "/postgres", "-qc", f"DROP DATABASE IF EXISTS millrace_py_{self.id}"], capture_output=True, timeout=30)
-        try:
-            import urllib.request
 
-            urllib.request.urlopen(CLICKHOUSE, data=f"DROP DATABASE IF EXISTS py_{self.id}".encode(), timeout=10).read()
-        except Exception:
-            pass
+def drop_state(topic_prefix: str, postgres_db: str, clickhouse_db: str) -> None:
+    """Forget what a test made: its topics (by prefix), its Postgres and ClickHouse databases."""
+    try:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": BROKERS})
+        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(topic_prefix)]
+        if mine:
+            for f in admin.delete_topics(mine, operation_timeout=10).values():
+                f.result(10)
+    except Exception:
+        pass
+    subprocess.run(["psql", POSTGRES + "/postgres", "-qc", f'DROP DATABASE IF EXISTS "{postgres_db}" WITH (FORCE)'], capture_output=True, timeout=30)
+    try:
+        import urllib.request
+
+        urllib.request.urlopen(CLICKHOUSE, data=f"DROP DATABASE IF EXISTS `{clickhouse_db}`".encode(), timeout=10).read()
+    except Exception:
+        pass
 
 
 @pytest.fixture

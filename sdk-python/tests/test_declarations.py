@@ -187,17 +187,8 @@ def test_functions_are_named_from_source_destination_and_version():
     names = sorted(resources.registry.functions())
     assert names[:3] == ["a__b_2_0", "a__b_2_0__1_1", "a__consumer__audit"]
     assert len(names) == 4 and names[3].startswith("a__consumer__lambda_") and len(names[3]) == len("a__consumer__lambda_") + 8
-    with pytest.raises(millrace.DeclarationError, match="identical lambda"):
+    with pytest.raises(millrace.DeclarationError, match="TransformConfig\\(version=...\\)"):
         a.add_transform(b, lambda r: r)
-
-    def enrich(r):
-        return r
-
-    # A second transform between the same streams runs too, named after its function.
-    a.add_transform(b, enrich)
-    assert "a__b_2_0__enrich" in resources.registry.functions()
-    with pytest.raises(millrace.DeclarationError, match="a function named 'enrich'"):
-        a.add_transform(b, enrich)
 
 
 def test_a_stream_without_a_model_or_with_a_bad_name_is_refused():

@@ -75,17 +75,14 @@ def test_a_record_routed_outside_its_routes_or_not_routed_fails_alone():
         id: Key[str]
         n: int
 
-    a, b, c = Stream[R]("a"), Stream[R]("b"), Stream[R]("c")
-
-    def fn(r):
-        return {0: b.routed(r), 1: c.routed(r), 2: r, 3: b.routed({"id": r.id, "n": "x"})}.get(r.n % 4)
+    b, c = Stream[R]("b"), Stream[R]("c")
 
     class Note(BaseModel):
         text: str
 
     notes = Stream[Note]("notes")
 
-    def fn(r):  # noqa: F811 - the one the runner runs
+    def fn(r):
         extra = [notes.routed({"text": "seen"})] if r.n == 0 else []
         return extra + [{0: b.routed(r), 1: c.routed(r), 2: r, 3: b.routed({"id": r.id, "n": "x"})}.get(r.n % 4)]
 
@@ -97,3 +94,42 @@ def test_a_record_routed_outside_its_routes_or_not_routed_fails_alone():
     assert out[3][0] == "ValidationError"
     packed = encode(1, out).result.packed
     assert (list(packed.routes), list(packed.value_routes), list(packed.output_counts)) == (["notes", "b"], [0, 1], [2, 0, 0, 0])
+
+
+def test_routes_follow_the_apps_own_helpers_in_other_modules_and_fall_back_past_the_upstream(tmp_path):
+    import sys
+
+    from conftest import write_app
+
+    resources.reset_registry()
+    write_app(tmp_path, "target = None\n\n\ndef send(x):\n    return target.routed(x)\n", "helper_mod.py")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import helper_mod
+        from pydantic import BaseModel
+
+        class R(BaseModel):
+            id: Key[str]
+
+        up, a, b, c = Stream[R]("up"), Stream[R]("a"), Stream[R]("b"), Stream[R]("c")
+        up.add_transform(a, lambda r: r)
+        helper_mod.target = b
+        a.set_multi_transform(lambda r: helper_mod.send(r))
+        assert [s.name for s in a.transformations[0].routes()] == ["b"], "read through the helper in another module"
+
+        class Router:
+            def go(self, r):
+                return by_name[r.id].routed(r)
+
+        by_name = {"b": b, "c": c}
+        router = Router()
+        c.set_multi_transform(lambda r: router.go(r))
+        # Unknown (a stream picked at run time): every stream but the source and what feeds it.
+        assert routed_streams(c.transformations[0].fn) is None
+        assert [s.name for s in c.transformations[0].routes()] == ["a", "b", "up"]
+        # Branches meeting before `.routed`: unsure, not wrong.
+        up.set_multi_transform(lambda r: (b if r.id else c).routed(r))
+        assert routed_streams(up.transformations[-1].fn) is None
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("helper_mod", None)

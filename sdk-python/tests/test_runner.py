@@ -219,7 +219,7 @@ def test_a_batch_past_its_deadline_is_answered_expired_and_not_run():
         got = process(port, "c", batches)
     finally:
         srv.stop(0)
-    assert [(r.result.batch_id, r.result.expired, len(r.result.packed.output_counts)) for r in got] == [(1, False, 1), (2, True, 0), (3, True, 0), (4, True, 0)]
+    assert [(r.result.batch_id, r.result.expired, len(r.result.results)) for r in got] == [(1, False, 1), (2, True, 0), (3, True, 0), (4, True, 0)]
     assert ran == [1]
 
 
@@ -287,3 +287,13 @@ def test_a_batch_answer_packs_each_records_outputs_and_errors_by_index():
     assert p.batch_id == 7 and not p.results
     assert (p.packed.values, list(p.packed.value_lengths), list(p.packed.output_counts)) == (b'{"a":1}xyz', [7, 1, 2], [1, 0, 0, 2])
     assert [(e.index, e.error.error_type, e.error.message) for e in p.packed.errors] == [(2, "ValueError", "bad")]
+
+
+def test_a_worker_that_does_not_read_packed_answers_gets_one_result_per_record():
+    from millrace.server import encode_records
+
+    p = encode_records(7, [[b'{"a":1}'], [], ("ValueError", "bad"), [("s", b"x"), ("t", b"yz")]]).result
+    assert not p.HasField("packed") and len(p.results) == 4
+    assert list(p.results[0].ok.values) == [b'{"a":1}'] and list(p.results[1].ok.values) == []
+    assert (p.results[2].error.error_type, p.results[2].error.message) == ("ValueError", "bad")
+    assert (list(p.results[3].ok.routes), list(p.results[3].ok.values)) == (["s", "t"], [b"x", b"yz"])

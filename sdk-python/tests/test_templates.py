@@ -20,7 +20,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import BIN, BROKERS, CLICKHOUSE, LOGS, POSTGRES, free_port, port_open, wait_until
+from conftest import BIN, BROKERS, CLICKHOUSE, LOGS, drop_state, free_port, wait_until
 
 TEMPLATES = Path(__file__).parent / "templates"
 # `millrace dev` installs the SDK and starts the stack before anything else: minutes on a cold machine.
@@ -29,7 +29,7 @@ UP = 300.0
 
 class Dev:
     """`millrace dev [app]` run from a copy of a template's project directory, on free ports; its output collected.
-    Stopped with Ctrl-C at the end, and the state it made (named after the project) dropped."""
+    Stopped with Ctrl-C at the end, and the state it made (named after the app's directory) dropped."""
 
     def __init__(self, project: Path, name: str, app: Optional[str]):
         self.project = project
@@ -137,20 +137,7 @@ class Dev:
 
 
 def _drop(postgres: str, clickhouse: str, prefix: str) -> None:
-    try:
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": BROKERS})
-        mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(prefix)]
-        for f in (admin.delete_topics(mine, operation_timeout=10) if mine else {}).values():
-            f.result(10)
-    except Exception:
-        pass
-    subprocess.run(["psql", POSTGRES + "/postgres", "-qc", f'DROP DATABASE IF EXISTS "{postgres}" WITH (FORCE)'], capture_output=True, timeout=30)
-    try:
-        urllib.request.urlopen(CLICKHOUSE, data=f"DROP DATABASE IF EXISTS `{clickhouse}`".encode(), timeout=10).read()
-    except Exception:
-        pass
+    drop_state(prefix, postgres, clickhouse)
 
 
 @pytest.fixture
@@ -217,7 +204,7 @@ def test_the_templates_load_with_their_data_file_read_from_beside_the_app(tmp_pa
 
 def test_the_python_template_runs_its_transform_cache_consumer_and_dead_letter_consumer(dev):
     d = dev("python", "app/main.py")
-    assert d.state[2].startswith("python_"), "the state is named after the project directory, not app/"
+    assert d.state[2].startswith("app_"), "the state is named after the app's directory, as before projects (its hash tells projects apart)"
     run = uuid.uuid4().hex[:8]
     a, b, bad = f"a-{run}", f"b-{run}", f"bad-{run}"
     try:
@@ -267,7 +254,7 @@ def ant_packet(device_id: int, count: int, previous: int, last: int, beats: int,
 def test_the_heart_rate_template_runs_with_no_app_argument_reading_its_json_and_keeping_device_state(dev):
     d = dev("live-heartrate-leaderboard", None)
     assert "the project's app/main.py" in d.output
-    assert d.state[2].startswith("live_heartrate_leaderboa"), d.state
+    assert d.state[2].startswith("app_"), d.state
     # Joj (device 12345) and Tim (12346) wear ANT+ monitors (mock-user-db.json). A beat count beyond 256 bumps the
     # device's rollover in the function's module dict, so Joj's next count is 256 more; Tim's device has its own.
     for packet in (ant_packet(12345, 0, 1024, 2048, 300, 70), ant_packet(12345, 1, 2048, 3072, 10, 72), ant_packet(12346, 0, 1024, 2048, 10, 80)):

@@ -184,7 +184,7 @@ impl Sidecars {
 
     async fn open_lane(&self, url: String, channel: Channel, function: &str, depth: usize) -> Result<(BatchSender, Streaming<ProcessResponse>), String> {
         let (tx, rx) = mpsc::channel(depth + 1);
-        let open = ProcessRequest { message: Some(process_request::Message::Open(OpenFunction { function: function.into() })) };
+        let open = ProcessRequest { message: Some(process_request::Message::Open(OpenFunction { function: function.into(), packed_results: true })) };
         tx.send(open).await.map_err(|e| format!("{url}: {e}"))?;
         let mut client = client(channel);
         let call = client.process(tokio_stream::wrappers::ReceiverStream::new(rx));

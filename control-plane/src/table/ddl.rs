@@ -16,19 +16,7 @@ pub struct Statement {
     pub settings: Vec<(&'static str, &'static str)>,
 }
 
-/// A string literal in single quotes.
-pub fn quote_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
-}
+pub use crate::names::quote_str;
 
 /// The engine's ClickHouse name: ReplicatedReplacingMergeTree, ...
 pub fn engine_name(e: &TableEngine) -> String {

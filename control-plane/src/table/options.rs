@@ -33,6 +33,10 @@ pub fn normalise(key: &ResourceKey, t: &mut Table) -> Result<(), PlanError> {
     if !t.database.is_empty() && !is_valid_name(&t.database) {
         return Err(fail(key, "database", format!("{:?}: database names must match [A-Za-z_][A-Za-z0-9_]{{0,127}}", t.database)));
     }
+    // ClickHouse's own: a plan must never create, alter or drop tables there.
+    if ["system", "information_schema"].contains(&t.database.to_ascii_lowercase().as_str()) {
+        return Err(fail(key, "database", format!("`{}` is ClickHouse's own database: choose another", t.database)));
+    }
     normalise_order_by(key, t)?;
     for (field, text, wrapped) in [
         ("partition_by", &t.partition_by, true),

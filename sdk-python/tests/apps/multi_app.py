@@ -20,6 +20,8 @@ orders = IngestPipeline[Order]("orders", IngestPipelineConfig(table=False))
 big = IngestPipeline[Order]("big_orders", IngestPipelineConfig(ingest_api=False))
 small = IngestPipeline[Order]("small_orders", IngestPipelineConfig(ingest_api=False))
 audit = Stream[Audit]("order_audit")
+# Not routed to: the routes read from `route`'s code leave it out.
+unrelated = Stream[Audit]("unrelated")
 
 
 def route(order: Order):
@@ -31,8 +33,9 @@ def route(order: Order):
             small.get_stream().routed([order]),
             audit.routed([Audit(id=order.id, note="first"), {"id": order.id, "note": "second"}]),
         ]
-    dest = big if order.amount >= 100 else small
-    return [dest.get_stream().routed(order), audit.routed(None)]
+    if order.amount >= 100:
+        return [big.get_stream().routed(order), audit.routed(None)]
+    return [small.get_stream().routed(order), audit.routed(None)]
 
 
 orders.get_stream().set_multi_transform(route)

@@ -44,7 +44,7 @@ pub enum UnitError {
     Sidecar(#[from] SidecarError),
     #[error("batch at offset {} ({} records) failed: {}: {}", .0.first, .0.len, .0.kind.error_type(), .0.detail)]
     Batch(BatchFailure),
-    #[error("{0}: is the sidecar's SDK older or newer than this worker?")]
+    #[error("{0}: the sidecar and this worker disagree (an SDK of another version, or an app changed but not applied yet): update or apply it; the unit retries")]
     Protocol(String),
     #[error("the lease is lost (or about to be) or the unit was revoked: stopping before producing")]
     Fenced,
@@ -267,21 +267,29 @@ async fn respond(
         let acks = BatchAcks::new();
         let (mut outputs, mut dead_letters) = (0u64, 0u64);
         let (mut filtered, mut failed) = (0u64, 0u64);
+        // More streams named than the unit has routes: some are not its (and resolving them would cost the answer's
+        // size times the routes' on this thread).
+        if answer.routes.len() > u.routes.len() {
+            return Err(UnitError::Protocol(format!("the sidecar routed outputs to {} streams; this transform has {} routes", answer.routes.len(), u.routes.len())));
+        }
         let targets = Targets::new(u, &answer.routes);
+        // A route the plan does not give this unit means the sidecar's app and the applied one differ (a deploy
+        // under way): not the records' fault, so the batch is retried, with the reason as the unit's error, until
+        // they agree. Checked before anything of the batch is produced.
+        if transform {
+            if let Some(why) = answer.outcomes.iter().flatten().flatten().find_map(|v| targets.get(v.route).err()) {
+                return Err(UnitError::Protocol(why));
+            }
+        }
         for (rec, res) in batch.records.iter().zip(answer.outcomes) {
             let source_key = (!rec.key.is_empty()).then_some(rec.key);
-            // An output the broker would refuse, or routed nowhere this unit may write, sends its input to the dead
-            // letter queue instead: checked before any output of the record is produced.
+            // An output the broker would refuse sends its input to the dead letter queue instead.
             let res = match res {
                 Ok(values) if transform && values.iter().any(|v| v.value.len() + RECORD_OVERHEAD > ctx.max_message_bytes) => {
                     let biggest = values.iter().map(|v| v.value.len()).max().unwrap_or(0);
                     let limit = ctx.max_message_bytes;
                     Err((Poison::OutputTooLarge.error_type().to_string(), format!("an output of {biggest} bytes is over the broker's limit of {limit} bytes")))
                 }
-                Ok(values) if transform => match values.iter().find_map(|v| targets.get(v.route).err()) {
-                    Some(why) => Err(("RouteError".to_string(), why)),
-                    None => Ok(values),
-                },
                 other => other,
             };
             match res {

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use millrace_proto::v1::{record_result, BatchResult, PackedResults};
+use std::collections::HashMap;
 
 /// One output: its JSON and, for a multi-transform, the index of the stream it is routed to in `Answer::routes`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,7 @@ pub fn outcomes(result: BatchResult, n: usize) -> Result<Answer, String> {
         None if result.results.len() != n => Err(format!("the sidecar answered {} results for {n} records", result.results.len())),
         None => {
             let mut routes: Vec<String> = Vec::new();
+            let mut index = HashMap::new();
             let mut outcomes = Vec::with_capacity(n);
             for r in result.results {
                 outcomes.push(match r.result {
@@ -36,7 +38,7 @@ pub fn outcomes(result: BatchResult, n: usize) -> Result<Answer, String> {
                         if !out.routes.is_empty() && out.routes.len() != out.values.len() {
                             return Err(format!("the sidecar sent {} routes for {} outputs of a record", out.routes.len(), out.values.len()));
                         }
-                        let mut named = out.routes.into_iter().map(|name| intern(&mut routes, name));
+                        let mut named = out.routes.into_iter().map(|name| intern(&mut routes, &mut index, name));
                         Ok(out.values.into_iter().map(|value| Output { value, route: named.next() }).collect())
                     }
                     Some(record_result::Result::Error(e)) => Err((e.error_type, e.message)),
@@ -48,14 +50,11 @@ pub fn outcomes(result: BatchResult, n: usize) -> Result<Answer, String> {
     }
 }
 
-fn intern(routes: &mut Vec<String>, name: String) -> u32 {
-    match routes.iter().position(|r| *r == name) {
-        Some(i) => i as u32,
-        None => {
-            routes.push(name);
-            (routes.len() - 1) as u32
-        }
-    }
+fn intern(routes: &mut Vec<String>, index: &mut HashMap<String, u32>, name: String) -> u32 {
+    *index.entry(name).or_insert_with_key(|name| {
+        routes.push(name.clone());
+        (routes.len() - 1) as u32
+    })
 }
 
 fn unpack(p: PackedResults, n: usize) -> Result<Answer, String> {
