@@ -64,6 +64,7 @@ def encode_records(batch_id: int, outcomes: list) -> fr.ProcessResponse:
     for o in outcomes:
         if type(o) is list:
             out = add().ok
+            out.SetInParent()  # a filtered record's empty outputs are still its answer
             for v in o:
                 if type(v) is tuple:  # a multi-transform's (stream, JSON)
                     out.routes.append(v[0])

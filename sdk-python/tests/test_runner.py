@@ -294,6 +294,7 @@ def test_a_worker_that_does_not_read_packed_answers_gets_one_result_per_record()
 
     p = encode_records(7, [[b'{"a":1}'], [], ("ValueError", "bad"), [("s", b"x"), ("t", b"yz")]]).result
     assert not p.HasField("packed") and len(p.results) == 4
+    assert [r.WhichOneof("result") for r in p.results] == ["ok", "ok", "error", "ok"], "a filtered record is answered too"
     assert list(p.results[0].ok.values) == [b'{"a":1}'] and list(p.results[1].ok.values) == []
     assert (p.results[2].error.error_type, p.results[2].error.message) == ("ValueError", "bad")
     assert (list(p.results[3].ok.routes), list(p.results[3].ok.values)) == (["s", "t"], [b"x", b"yz"])
