@@ -430,6 +430,12 @@ fn sample_type(t: &millrace_proto::v1::FieldType) -> serde_json::Value {
             _ => 1.into(),
         },
         Some(Kind::Decimal(_)) => "1".into(),
+        // Its first member, as records carry it.
+        Some(Kind::Enumeration(e)) => match e.members.first() {
+            Some(m) if e.numbers => m.number.into(),
+            Some(m) => m.label.clone().into(),
+            None => serde_json::Value::Null,
+        },
         Some(Kind::Array(inner)) => serde_json::Value::Array(vec![sample_type(inner)]),
         Some(Kind::Record(r)) => serde_json::Value::Object(r.fields.iter().map(|f| (f.name.clone(), sample(f))).collect()),
         Some(Kind::Optional(_)) | None => serde_json::Value::Null,

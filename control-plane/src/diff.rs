@@ -268,6 +268,10 @@ fn kind_name(t: &millrace_proto::v1::FieldType) -> String {
             .map(|s| s.as_str_name().to_ascii_lowercase())
             .unwrap_or_else(|_| "?".into()),
         Some(Kind::Decimal(d)) => format!("decimal({}, {})", d.precision, d.scale),
+        Some(Kind::Enumeration(e)) => {
+            let members: Vec<String> = e.members.iter().map(|m| format!("{}={}", m.label, m.number)).collect();
+            format!("enum({})", members.join(", "))
+        }
         Some(Kind::Array(inner)) => format!("list of {}", kind_name(inner)),
         Some(Kind::Optional(inner)) => format!("optional {}", kind_name(inner)),
         Some(Kind::Record(r)) => {

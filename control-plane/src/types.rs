@@ -1,7 +1,7 @@
 //! Field types: their validation, and the ClickHouse column type each maps to (docs/types.md has the table).
 //! The mapping keeps to types ClickHouse 18.16 has, which newer servers read the same way.
 
-use millrace_proto::v1::{field_type::Kind, Field, FieldType, ScalarType};
+use millrace_proto::v1::{field_type::Kind, EnumMember, EnumType, Field, FieldType, ScalarType};
 use std::collections::HashSet;
 
 /// Deeper nesting than this is refused: no real schema needs it, and hostile ones should not recurse forever.
@@ -63,7 +63,7 @@ fn validate_type(ty: &FieldType, path: &str, depth: usize) -> Result<(), FieldEr
         return Err(err(path, format!("types nest deeper than {MAX_DEPTH} levels")));
     }
     match &ty.kind {
-        None => Err(err(path, "the type has no kind (set scalar, decimal, array, record or optional)")),
+        None => Err(err(path, "the type has no kind (set scalar, decimal, array, record, optional or enumeration)")),
         Some(Kind::Scalar(s)) => match ScalarType::try_from(*s) {
             Ok(ScalarType::Unspecified) => Err(err(path, "scalar type is unspecified")),
             Ok(_) => Ok(()),
@@ -89,7 +89,36 @@ fn validate_type(ty: &FieldType, path: &str, depth: usize) -> Result<(), FieldEr
             }
             validate_list(&r.fields, &format!("{path}."), depth + 1, false)
         }
+        Some(Kind::Enumeration(e)) => validate_enum(e, path),
     }
+}
+
+fn validate_enum(e: &EnumType, path: &str) -> Result<(), FieldError> {
+    if e.members.is_empty() || e.members.len() > 65_536 {
+        return Err(err(path, format!("an enum needs 1 to 65536 members, not {}", e.members.len())));
+    }
+    let (mut labels, mut numbers) = (HashSet::new(), HashSet::new());
+    for m in &e.members {
+        if m.label.is_empty() || m.label.len() > 1024 || m.label.chars().any(char::is_control) {
+            return Err(err(path, format!("enum label {:?}: 1 to 1024 characters, no control characters", m.label)));
+        }
+        if !(i16::MIN as i32..=i16::MAX as i32).contains(&m.number) {
+            return Err(err(path, format!("enum member {:?}: its number {} is outside Int16 (ClickHouse's Enum16)", m.label, m.number)));
+        }
+        if !labels.insert(&m.label) || !numbers.insert(m.number) {
+            return Err(err(path, format!("enum member {:?} = {}: labels and numbers must be distinct", m.label, m.number)));
+        }
+    }
+    Ok(())
+}
+
+/// `Enum8('a' = 1, 'b' = 2)` (Enum16 when a number is outside Int8), members by number as ClickHouse lists them.
+fn enum_ch(e: &EnumType) -> String {
+    let mut members: Vec<&EnumMember> = e.members.iter().collect();
+    members.sort_by_key(|m| m.number);
+    let width = if members.iter().all(|m| i8::try_from(m.number).is_ok()) { 8 } else { 16 };
+    let list: Vec<String> = members.iter().map(|m| format!("{} = {}", crate::names::quote_str(&m.label), m.number)).collect();
+    format!("Enum{width}({})", list.join(", "))
 }
 
 fn scalar_ch(s: ScalarType) -> &'static str {
@@ -127,7 +156,7 @@ pub fn ch_column_type(f: &Field) -> Result<String, FieldError> {
 
 fn nullable(inner: String, ty: &FieldType, path: &str) -> Result<String, FieldError> {
     match ty.kind {
-        Some(Kind::Scalar(_)) | Some(Kind::Decimal(_)) => Ok(format!("Nullable({inner})")),
+        Some(Kind::Scalar(_)) | Some(Kind::Decimal(_)) | Some(Kind::Enumeration(_)) => Ok(format!("Nullable({inner})")),
         _ => Err(err(path, "ClickHouse cannot store a nullable array or record: make the field required, or make its elements optional")),
     }
 }
@@ -137,6 +166,7 @@ fn ch_type(ty: &FieldType, path: &str) -> Result<String, FieldError> {
         None => Err(err(path, "the type has no kind")),
         Some(Kind::Scalar(s)) => Ok(scalar_ch(ScalarType::try_from(*s).unwrap_or(ScalarType::Unspecified)).to_string()),
         Some(Kind::Decimal(d)) => Ok(format!("Decimal({}, {})", d.precision, d.scale)),
+        Some(Kind::Enumeration(e)) => Ok(enum_ch(e)),
         Some(Kind::Optional(inner)) => nullable(ch_type(inner, path)?, inner, path),
         Some(Kind::Array(inner)) => {
             if contains_record(inner) {
@@ -211,6 +241,17 @@ mod tests {
         let mut n = field("n", scalar(ScalarType::Int64));
         n.nullable = true;
         assert_eq!(ch_column_type(&n).unwrap(), "Nullable(Int64)");
+    }
+
+    #[test]
+    fn an_enum_is_an_enum8_or_enum16_column_and_bad_members_are_refused() {
+        let m = |label: &str, number| EnumMember { label: label.into(), number };
+        let en = |members: Vec<EnumMember>| field("e", FieldType { kind: Some(Kind::Enumeration(EnumType { members, ..Default::default() })) });
+        assert_eq!(ch_column_type(&en(vec![m("b", 2), m("it's", 1)])).unwrap(), "Enum8('it\\'s' = 1, 'b' = 2)");
+        assert_eq!(ch_column_type(&en(vec![m("a", 1), m("b", 300)])).unwrap(), "Enum16('a' = 1, 'b' = 300)");
+        for bad in [vec![], vec![m("a", 1), m("a", 2)], vec![m("a", 1), m("b", 1)], vec![m("", 1)], vec![m("a", 40_000)]] {
+            assert!(validate_fields(&[en(bad.clone())]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -170,12 +170,7 @@ def field_type(t: Any, where: str, depth: int = 0) -> tuple[dict, bool, bool]:
             return _scalar("INT64"), False, key
         raise AnnotationError(f"{where}: a Literal must list only strings or only integers")
     if isinstance(t, type) and issubclass(t, enum.Enum):
-        values = [m.value for m in t]
-        if all(isinstance(v, str) for v in values):
-            return _scalar("STRING"), False, key
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            return _scalar("INT64"), False, key
-        raise AnnotationError(f"{where}: enum {t.__name__} must have only string or only integer values")
+        return _enum(t, where), False, key
     if _is_model(t):
         return {"record": {"fields": model_fields(t, depth + 1)}}, False, key
     shown = getattr(t, "__name__", None) or repr(t)
@@ -183,6 +178,28 @@ def field_type(t: Any, where: str, depth: int = 0) -> tuple[dict, bool, bool]:
         f"{where}: type {shown} has no column type; use str, int (or Int8..UInt64), float, bool, datetime, date, "
         "Decimal, UUID, list[T], Optional[T], an Enum, a Literal or a nested model"
     )
+
+
+def _enum(t: type, where: str) -> dict:
+    """An Enum as moose maps it (ClickHouse Enum8/Enum16): a string Enum's records carry its values, numbered in
+    order; an IntEnum's carry its numbers, labelled by member name (and, with StringToEnumMixin, the names too)."""
+    from .compat import StringToEnumMixin
+
+    members = list(t)
+    values = [m.value for m in members]
+    if values and all(isinstance(v, str) for v in values):
+        return {"enumeration": {"members": [{"label": v, "number": i + 1} for i, v in enumerate(values)]}}
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if any(not -32768 <= v <= 32767 for v in values):
+            raise AnnotationError(f"{where}: enum {t.__name__} has a value outside Int16 (ClickHouse's Enum16): use int instead")
+        return {
+            "enumeration": {
+                "members": [{"label": m.name, "number": m.value} for m in members],
+                "numbers": True,
+                "labels_too": issubclass(t, StringToEnumMixin),
+            }
+        }
+    raise AnnotationError(f"{where}: enum {t.__name__} must have only string or only integer values")
 
 
 def model_fields(model: type[BaseModel], depth: int = 0) -> list[dict]:

@@ -83,7 +83,7 @@ def test_every_annotation_maps_to_its_contract_type():
             {"name": "y", "type": scalar("FLOAT32")},
             {"name": "label", "type": scalar("STRING"), "nullable": True},
         ]}}},  # fmt: skip
-        "colour": scalar("STRING"),
+        "colour": {"enumeration": {"members": [{"label": "red", "number": 1}, {"label": "green", "number": 2}]}},
         "size": scalar("STRING"),
     }
     assert {k: v["type"] for k, v in f.items()} == expected

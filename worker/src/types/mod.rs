@@ -8,6 +8,7 @@ mod array;
 mod boolean;
 mod datetime;
 mod decimal;
+mod enumeration;
 mod float;
 mod integer;
 mod optional;
@@ -24,6 +25,7 @@ pub use array::Array;
 pub use boolean::Bool;
 pub use datetime::{check_date, check_datetime, datetime_seconds, Date, DateTime};
 pub use decimal::{check_decimal, Decimal};
+pub use enumeration::Enum;
 pub use float::Float;
 pub use integer::Int;
 pub use optional::Optional;
@@ -144,6 +146,7 @@ families! {
     Date(Date),
     Uuid(Uuid),
     Decimal(Decimal),
+    Enum(Enum),
     Array(Array),
     Record(Schema),
     Optional(Optional),
@@ -186,6 +189,7 @@ pub fn compile(t: &FieldType) -> Ty {
             ScalarType::String | ScalarType::Unspecified => Ty::Str(Str),
         },
         Some(Kind::Decimal(d)) => Ty::Decimal(Decimal { precision: d.precision, scale: d.scale }),
+        Some(Kind::Enumeration(e)) => Ty::Enum(Enum::new(e)),
         Some(Kind::Array(inner)) => Ty::Array(Array(Box::new(compile(inner)))),
         Some(Kind::Record(r)) => Ty::Record(Schema::new(&r.fields, false)),
         Some(Kind::Optional(inner)) => compile(inner).nullable(),
