@@ -126,7 +126,7 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
             for f in &d.fields {
                 match s.fields.iter().find(|o| o.name == f.name) {
                     None => notes.push(format!("add column {}", f.name)),
-                    Some(o) if !same_type(o, f) => {
+                    Some(o) if !same_column(o, f) => {
                         return Err(format!(
                             "column `{}` cannot change type: declare a new version of the table instead",
                             f.name
@@ -279,6 +279,14 @@ fn kind_name(t: &millrace_proto::v1::FieldType) -> String {
             format!("record {{{}}}", fields.join(", "))
         }
         None => "?".into(),
+    }
+}
+
+/// The same ClickHouse column (an enum whose members were only reordered, or which now also takes labels, is).
+fn same_column(a: &Field, b: &Field) -> bool {
+    match (crate::types::ch_column_type(a), crate::types::ch_column_type(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => same_type(a, b),
     }
 }
 

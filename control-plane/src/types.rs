@@ -55,7 +55,8 @@ fn validate_list(fields: &[Field], prefix: &str, depth: usize, top: bool) -> Res
 
 /// A field that can be a key or an ORDER BY column: a non-nullable scalar or decimal.
 pub fn is_sortable(f: &Field) -> bool {
-    !f.nullable && matches!(f.r#type.as_ref().and_then(|t| t.kind.as_ref()), Some(Kind::Scalar(_)) | Some(Kind::Decimal(_)))
+    !f.nullable
+        && matches!(f.r#type.as_ref().and_then(|t| t.kind.as_ref()), Some(Kind::Scalar(_)) | Some(Kind::Decimal(_)) | Some(Kind::Enumeration(_)))
 }
 
 fn validate_type(ty: &FieldType, path: &str, depth: usize) -> Result<(), FieldError> {
@@ -109,8 +110,15 @@ fn validate_enum(e: &EnumType, path: &str) -> Result<(), FieldError> {
             return Err(err(path, format!("enum member {:?} = {}: labels and numbers must be distinct", m.label, m.number)));
         }
     }
+    // ClickHouse refuses statements past its max_query_size (256 KiB by default): keep room for the rest of them.
+    let rendered = enum_ch(e).len();
+    if rendered > MAX_ENUM_DDL {
+        return Err(err(path, format!("the enum's column type is {rendered} bytes of DDL; at most {MAX_ENUM_DDL}: use fewer or shorter members, or a string")));
+    }
     Ok(())
 }
+
+const MAX_ENUM_DDL: usize = 64 << 10;
 
 /// `Enum8('a' = 1, 'b' = 2)` (Enum16 when a number is outside Int8), members by number as ClickHouse lists them.
 fn enum_ch(e: &EnumType) -> String {

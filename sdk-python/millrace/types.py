@@ -169,6 +169,8 @@ def field_type(t: Any, where: str, depth: int = 0) -> tuple[dict, bool, bool]:
         if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return _scalar("INT64"), False, key
         raise AnnotationError(f"{where}: a Literal must list only strings or only integers")
+    if isinstance(t, type) and issubclass(t, enum.Flag):  # any combination of its bits is a value: not a list
+        return _scalar("INT64"), False, key
     if isinstance(t, type) and issubclass(t, enum.Enum):
         return _enum(t, where), False, key
     if _is_model(t):
@@ -188,6 +190,8 @@ def _enum(t: type, where: str) -> dict:
     members = list(t)
     values = [m.value for m in members]
     if values and all(isinstance(v, str) for v in values):
+        if len(values) > 32767:
+            raise AnnotationError(f"{where}: enum {t.__name__} has {len(values)} members; ClickHouse's Enum16 holds 32767: use str instead")
         return {"enumeration": {"members": [{"label": v, "number": i + 1} for i, v in enumerate(values)]}}
     if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if any(not -32768 <= v <= 32767 for v in values):
@@ -265,6 +269,12 @@ def _wire_type(ty: dict, where: str) -> Any:
         return list[inner] if inner is not None else None
     if "record" in ty:
         return _wire_record(ty["record"]["fields"], where)
+    if "enumeration" in ty:  # an instance can be given any value after validation: only members leave
+        e = ty["enumeration"]
+        allowed = [m["number"] for m in e["members"]] if e.get("numbers") else [m["label"] for m in e["members"]]
+        if e.get("labels_too"):
+            allowed += [m["label"] for m in e["members"]]
+        return Literal[tuple(allowed)]
     return None
 
 

@@ -9,7 +9,11 @@ import json
 from conftest import write_app
 from test_tables import ch, ddl, start_without_sidecar
 
-from millrace import loader
+import enum
+
+from pydantic import BaseModel
+
+from millrace import Key, loader
 from millrace.plan import build
 
 APP = '''
@@ -87,3 +91,41 @@ def test_enum_columns_run_on_modern_clickhouse_in_chdb(tmp_path):
         assert json.loads(answer.splitlines()[0]) == {"colour": "it's green", "level": "HIGH", "status": "GONE"}
     finally:
         sess.close()
+
+
+class PaintColour(str, enum.Enum):
+    RED = "red"
+
+
+class PaintRow(BaseModel):
+    id: Key[str]
+    colour: PaintColour
+
+
+def test_an_output_whose_enum_was_set_to_a_non_member_is_refused_by_the_sidecar(tmp_path):
+    from millrace.runner import Runner
+
+
+    def paint(r: PaintRow) -> PaintRow:
+        r.colour = "blue"  # pydantic does not check assignments
+        return r
+
+    out = Runner("paint", paint, PaintRow, PaintRow, False).run([b'{"id": "a", "colour": "red"}'])
+    assert out[0][0] == "ValidationError" and "colour" in out[0][1], out
+
+
+def test_an_enum_may_be_a_key_and_a_flag_stays_an_integer(tmp_path):
+    registry = loader.load(
+        str(
+            write_app(
+                tmp_path,
+                "import enum\nfrom millrace import Key, OlapTable\nfrom pydantic import BaseModel\n\n\n"
+                "class C(str, enum.Enum):\n    A = 'a'\n\n\nclass F(enum.IntFlag):\n    X = 1\n    Y = 2\n\n\n"
+                "class R(BaseModel):\n    c: Key[C]\n    f: F\n\n\nOlapTable[R]('keyed')\n",
+            )
+        )
+    )
+    d = ddl(registry)["keyed"]
+    assert d["refused"] is None and "ORDER BY" in d["create"] and "`c`" in d["create"].split("ORDER BY")[1], d
+    fields = {f.name: f.type for f in build(registry).tables[0].fields}
+    assert fields["f"].WhichOneof("kind") == "scalar" and fields["c"].WhichOneof("kind") == "enumeration"
