@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The local stack Millrace runs on: PostgreSQL, a Kafka-protocol broker (Tansu), ClickHouse and Redis (for apps'
-# MooseCache), all on localhost.
+# The local stack Millrace runs on: PostgreSQL, a Kafka-protocol broker (Tansu), ClickHouse with a ZooKeeper (for
+# Replicated* table engines; ClickHouse has the macros shard=01, replica=r1) and Redis (for apps' MooseCache), all on
+# localhost.
 #
 #   scripts/stack.sh start    install what is missing, start what is not running, wait until each answers
-#   scripts/stack.sh stop [tansu|clickhouse|redis]   stop what this script started (a PostgreSQL or Redis it found
-#                                                     running is left alone)
+#   scripts/stack.sh stop [tansu|clickhouse|zookeeper|redis]   stop what this script started (a PostgreSQL, Redis
+#                                                     or ZooKeeper it found running is left alone)
 #   scripts/stack.sh status   one line per component
 #   scripts/stack.sh env      the connection settings, as shell exports
 #
@@ -19,6 +20,7 @@ KAFKA_PORT=${MILLRACE_KAFKA_PORT:-9092}
 CH_HTTP_PORT=${MILLRACE_CH_HTTP_PORT:-8123}
 CH_TCP_PORT=${MILLRACE_CH_TCP_PORT:-9000}
 REDIS_PORT=${MILLRACE_REDIS_PORT:-6379}
+ZK_PORT=${MILLRACE_ZK_PORT:-2181}
 # sqlite://FILE keeps topics across a broker restart; memory:// is faster.
 TANSU_STORAGE=${MILLRACE_TANSU_STORAGE:-memory://tansu/}
 TANSU_VERSION=0.6.0
@@ -122,9 +124,55 @@ start_tansu() {
   wait_for tansu 30 port_open "$KAFKA_PORT"
 }
 
+# ZooKeeper from Debian's `zookeeper` package (the jars and Java; not `zookeeperd`, whose service would listen on
+# every interface), run by us: standalone, on 127.0.0.1 only, without its admin web server, with a small heap.
+ZK_JAR=/usr/share/java/zookeeper.jar
+
+# Any ZooKeeper serving there will do: the srvr four-letter word (the one every 3.5+ server allows by default)
+# answers "Zookeeper version: ..." once it serves. Plain bash, like redis_ping.
+zookeeper_ping() (
+  exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" || exit 1
+  printf 'srvr' >&3
+  read -r -t 2 reply <&3 || true
+  [[ $reply == "Zookeeper version:"* ]]
+)
+
+ZK_STARTED=
+start_zookeeper() {
+  if zookeeper_ping 2>/dev/null; then return; fi
+  if [ ! -f "$ZK_JAR" ] || ! command -v java >/dev/null; then
+    log "installing zookeeper from Debian (with Java if missing)"
+    apt_install zookeeper
+  fi
+  local dir=$RUN/zookeeper
+  mkdir -p "$dir/data"
+  cat >"$dir/zoo.cfg" <<CFG
+tickTime=2000
+dataDir=$dir/data
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr
+autopurge.snapRetainCount=3
+autopurge.purgeInterval=1
+CFG
+  cat >"$dir/log4j.properties" <<'CFG'
+log4j.rootLogger=WARN, CONSOLE
+log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender
+log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout
+log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{1}: %m%n
+CFG
+  log "starting zookeeper on 127.0.0.1:$ZK_PORT"
+  daemon "$dir" "$RUN/zookeeper.log" "$RUN/zookeeper.pid" java -Xms32m -Xmx256m -XX:+UseSerialGC \
+      -Djava.net.preferIPv4Stack=true -cp "$dir:$ZK_JAR:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar" \
+      org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg"
+  wait_for zookeeper 30 zookeeper_ping
+  ZK_STARTED=1
+}
+
 write_clickhouse_config() {
   local dir=$RUN/clickhouse
-  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log"
+  mkdir -p "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas" "$dir/log" "$dir/config.d"
   cat >"$dir/config.xml" <<XML
 <yandex>
     <logger><level>warning</level><log>$dir/log/server.log</log><errorlog>$dir/log/error.log</errorlog>
@@ -144,6 +192,13 @@ write_clickhouse_config() {
     <timezone>UTC</timezone>
 </yandex>
 XML
+  # Merged into config.xml by the server: the keeper and the macros Replicated* engines' default paths use.
+  cat >"$dir/config.d/zookeeper.xml" <<XML
+<yandex>
+    <zookeeper><node><host>127.0.0.1</host><port>$ZK_PORT</port></node></zookeeper>
+    <macros><shard>01</shard><replica>r1</replica></macros>
+</yandex>
+XML
   cat >"$dir/users.xml" <<XML
 <yandex>
     <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
@@ -156,8 +211,27 @@ XML
 
 clickhouse_ping() { curl -sf "http://127.0.0.1:$CH_HTTP_PORT/ping" >/dev/null; }
 
+# 18.16 has a system.zookeeper table only when it was started with a <zookeeper> configuration.
+clickhouse_has_keeper() {
+  [ "$(curl -sf "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary 'EXISTS TABLE system.zookeeper')" = 1 ]
+}
+
 start_clickhouse() {
-  if clickhouse_ping; then return; fi
+  if clickhouse_ping; then
+    # A server started before the keeper was part of the stack lacks its configuration; one that outlived its
+    # ZooKeeper holds expired sessions that its Replicated tables take up to a minute to renew. Ours is restarted.
+    local why
+    if ! clickhouse_has_keeper; then why="to give it the ZooKeeper configuration"
+    elif [ -n "$ZK_STARTED" ]; then why="to renew its ZooKeeper sessions (ZooKeeper was restarted)"
+    else return 0
+    fi
+    if ! pid_alive "$RUN/clickhouse.pid"; then
+      log "warning: the ClickHouse on 127.0.0.1:$CH_HTTP_PORT was not started by this script, so it is left alone; restart it $why"
+      return 0
+    fi
+    log "restarting clickhouse $why"
+    stop_pidfile clickhouse
+  fi
   install_clickhouse
   write_clickhouse_config
   log "starting clickhouse on 127.0.0.1:$CH_HTTP_PORT (http) and $CH_TCP_PORT (native)"
@@ -219,6 +293,7 @@ status() {
   port_open "$KAFKA_PORT" && echo "tansu      up   127.0.0.1:$KAFKA_PORT" || echo "tansu      down 127.0.0.1:$KAFKA_PORT"
   clickhouse_ping && echo "clickhouse up   127.0.0.1:$CH_HTTP_PORT" || echo "clickhouse down 127.0.0.1:$CH_HTTP_PORT"
   redis_ping 2>/dev/null && echo "redis      up   127.0.0.1:$REDIS_PORT" || echo "redis      down 127.0.0.1:$REDIS_PORT"
+  zookeeper_ping 2>/dev/null && echo "zookeeper  up   127.0.0.1:$ZK_PORT" || echo "zookeeper  down 127.0.0.1:$ZK_PORT"
 }
 
 mkdir -p "$RUN"
@@ -226,12 +301,13 @@ case "${1:-}" in
   start)
     command -v curl >/dev/null || apt_install curl
     start_postgres
+    start_zookeeper
     start_clickhouse
     start_redis
     install_tools
     start_tansu
     status ;;
-  stop) shift; for s in ${@:-tansu clickhouse redis}; do stop_pidfile "$s"; done ;;
+  stop) shift; for s in ${@:-tansu clickhouse zookeeper redis}; do stop_pidfile "$s"; done ;;
   restart-broker) stop_pidfile tansu; start_tansu ;;
   status) status ;;
   env) print_env ;;

@@ -132,7 +132,7 @@ fn update(d: &Spec, s: &Spec) -> Result<String, String> {
                             f.name
                         ))
                     }
-                    Some(_) => {}
+                    Some(o) => notes.extend(crate::table::columns::attribute_changes(f, o)?),
                 }
             }
             let protected = life_cycle(&Spec::Table(d.clone())) == LifeCycle::DeletionProtected;
@@ -240,6 +240,10 @@ fn field_changes(desired: &[Field], stored: &[Field]) -> Vec<String> {
                 if o.key != f.key {
                     notes.push(format!("field {}: {}", f.name, if f.key { "now part of the key" } else { "no longer part of the key" }));
                 }
+                let may_omit = |x: &Field| !x.default_expression.is_empty() || crate::types::column::is_computed(x);
+                if may_omit(o) != may_omit(f) {
+                    notes.push(format!("field {}: records {}", f.name, if may_omit(f) { "may now leave it out" } else { "must now carry it" }));
+                }
             }
         }
     }
@@ -272,6 +276,14 @@ fn kind_name(t: &millrace_proto::v1::FieldType) -> String {
             let members: Vec<String> = e.members.iter().map(|m| format!("{}={}", m.label, m.number)).collect();
             format!("enum({})", members.join(", "))
         }
+        Some(Kind::Datetime64(d)) => format!("datetime64({})", d.precision),
+        Some(Kind::FixedString(f)) => format!("fixed string({})", f.size),
+        Some(Kind::Map(m)) => format!(
+            "map of {} to {}",
+            m.key.as_deref().map(kind_name).unwrap_or_else(|| "?".into()),
+            m.value.as_deref().map(kind_name).unwrap_or_else(|| "?".into())
+        ),
+        Some(Kind::Json(_)) => "JSON object".into(),
         Some(Kind::Array(inner)) => format!("list of {}", kind_name(inner)),
         Some(Kind::Optional(inner)) => format!("optional {}", kind_name(inner)),
         Some(Kind::Record(r)) => {
@@ -284,7 +296,9 @@ fn kind_name(t: &millrace_proto::v1::FieldType) -> String {
 
 /// The same ClickHouse column (an enum whose members were only reordered, or which now also takes labels, is).
 fn same_column(a: &Field, b: &Field) -> bool {
-    match (crate::types::ch_column_type(a), crate::types::ch_column_type(b)) {
+    // LowCardinality is a storage hint: adding or removing it is no type change (existing columns are kept).
+    let plain = |f: &Field| Field { low_cardinality: false, ..f.clone() };
+    match (crate::types::ch_column_type(&plain(a)), crate::types::ch_column_type(&plain(b))) {
         (Ok(x), Ok(y)) => x == y,
         _ => same_type(a, b),
     }

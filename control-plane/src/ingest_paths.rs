@@ -80,7 +80,7 @@ mod tests {
 
     fn plan(apis: &[(&str, &str, &str)]) -> millrace_proto::v1::Plan {
         use millrace_proto::v1::{field_type::Kind, Field, FieldType, IngestApi, Plan, ResourceRef, ScalarType, Stream};
-        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true };
+        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true, ..Default::default() };
         Plan {
             streams: vec![Stream { name: "s".into(), fields: vec![id], ..Default::default() }],
             ingest_apis: apis

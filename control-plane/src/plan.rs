@@ -329,7 +329,8 @@ fn check_source(state: &State, key: &ResourceKey, source: Option<&ResourceRef>, 
     Ok(())
 }
 
-/// Every column of the destination table must be a stream field of the same type, so that sync can fill it.
+/// Every column of the destination table must be a stream field of the same type, so that sync can fill it (a
+/// computed one may be missing), and none may hold aggregation states.
 fn check_destination_table(
     state: &State,
     key: &ResourceKey,
@@ -339,7 +340,20 @@ fn check_destination_table(
     let table_key = ResourceKey::new(ResourceKind::Table, &dest.name, &dest.version);
     let Some(Spec::Table(t)) = state.get(&table_key).map(spec) else { return Ok(()) };
     for col in &t.fields {
+        if col.aggregate.as_ref().is_some_and(|a| !a.simple) {
+            return Err(fail(
+                key,
+                "destination",
+                format!(
+                    "column `{}` of {table_key} holds aggregation states (AggregateFunction), which only ClickHouse writes: \
+                     sync the stream into a plain table and fill {table_key} from it with a materialized view, or make the column simple_aggregated",
+                    col.name
+                ),
+            ));
+        }
         match fields.iter().find(|f| f.name == col.name) {
+            // ClickHouse computes it: the stream need not carry it.
+            None if crate::types::column::is_computed(col) => {}
             None => {
                 return Err(fail(key, "destination", format!("column `{}` of {table_key} is not a field of the stream", col.name)))
             }
@@ -451,7 +465,7 @@ mod tests {
 
     fn stream(name: &str, version: &str) -> Stream {
         let ty = FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) };
-        let id = Field { name: "id".into(), r#type: Some(ty), nullable: false, key: true };
+        let id = Field { name: "id".into(), r#type: Some(ty), nullable: false, key: true, ..Default::default() };
         Stream { name: name.into(), version: version.into(), fields: vec![id], ..Default::default() }
     }
 
@@ -564,7 +578,7 @@ mod tests {
     #[test]
     fn an_unbounded_sync_batch_is_refused() {
         let ty = FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) };
-        let id = Field { name: "id".into(), r#type: Some(ty), nullable: false, key: true };
+        let id = Field { name: "id".into(), r#type: Some(ty), nullable: false, key: true, ..Default::default() };
         let t = |bytes: u64| millrace_proto::v1::Table { name: "t".into(), fields: vec![id.clone()], sync_max_bytes: Some(bytes), ..Default::default() };
         assert!(validate(Plan { tables: vec![t(MAX_SYNC_BYTES)], ..Default::default() }).is_ok());
         let e = validate(Plan { tables: vec![t(u64::MAX)], ..Default::default() }).unwrap_err();

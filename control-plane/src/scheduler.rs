@@ -217,7 +217,7 @@ mod tests {
     fn units_follow_the_topics_real_partitions_and_always_have_a_dead_letter_topic() {
         use millrace_proto::v1::{field_type::Kind, Field, FieldType, Plan, ScalarType, Stream, Transform};
         let r = |n: &str| Some(ResourceRef { name: n.into(), version: String::new() });
-        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true };
+        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true, ..Default::default() };
         let stream = |n: &str| Stream { name: n.into(), fields: vec![id.clone()], ..Default::default() };
         let plan = Plan {
             streams: vec![stream("ext"), stream("out")],
@@ -242,7 +242,7 @@ mod tests {
     fn a_multi_transforms_units_carry_its_routes_and_a_transform_has_a_destination_or_routes() {
         use millrace_proto::v1::{field_type::Kind, Field, FieldType, Plan, ScalarType, Stream, Transform};
         let r = |n: &str| ResourceRef { name: n.into(), version: String::new() };
-        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true };
+        let id = Field { name: "id".into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(ScalarType::String as i32)) }), nullable: false, key: true, ..Default::default() };
         let stream = |n: &str| Stream { name: n.into(), fields: vec![id.clone()], ..Default::default() };
         let multi = Transform {
             name: "m".into(),

@@ -61,6 +61,12 @@ from .resources import SeedFilter, TableConstraint, TableIndex, TableProjection
 
 __all__ += [*_engines.__all__, "SeedFilter", "TableConstraint", "TableIndex", "TableProjection"]
 
+# moose_lib's column annotations (docs/python-sdk.md, "Types").
+from . import columns as _columns
+from .columns import *  # noqa: F401,F403
+
+__all__ += _columns.__all__
+
 # Multi-transforms' routed records, and the standalone ingest API's config.
 from .resources import IngestConfigWithDestination, RoutedMessage, _RoutedMessage  # noqa: F401
 

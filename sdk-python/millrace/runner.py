@@ -389,16 +389,8 @@ class Runner:
             wire = self._adapters(topic)[1]
             if wire is None:
                 continue
-            try:
-                wire.validate_python([v for _, v in items])
-                continue
-            except ValidationError as e:
-                for err in e.errors(include_url=False):
-                    loc = err.get("loc") or ()
-                    if loc and isinstance(loc[0], int):
-                        i = items[loc[0]][0]
-                        where = ".".join(str(p) for p in loc[1:] if not str(p).endswith("]"))
-                        out[i] = ("ValidationError", f"an output routed to {topic!r} does not fit its stream: {where}: {err['msg']}")
+            for j, msgs in _wire_problems(wire, [v for _, v in items]).items():
+                out[items[j][0]] = ("ValidationError", f"an output routed to {topic!r} does not fit its stream: " + "; ".join(msgs))
 
     def _check(self, out: list[Outcome]) -> None:
         """Refuses, as its record's error, every output whose JSON the destination's columns cannot hold."""
@@ -410,22 +402,30 @@ class Runner:
                 owner.extend([i] * len(o))
         if not flat:
             return
-        try:
-            self.wire.validate_python(flat)
-            return
-        except ValidationError as e:
-            problems: dict[int, list[str]] = {}
-            for err in e.errors(include_url=False):
-                loc = err.get("loc") or ()
-                if not loc or not isinstance(loc[0], int):
-                    continue
-                where = ".".join(str(p) for p in loc[1:] if not str(p).endswith("]"))
-                msg = err["msg"]
-                if err.get("input") is None and err["type"] in ("float_type", "float_parsing"):
-                    msg = "NaN or infinity (JSON has no such number; it would arrive as null)"
-                problems.setdefault(owner[loc[0]], []).append(f"{where}: {msg}")
+        problems: dict[int, list[str]] = {}
+        for j, msgs in _wire_problems(self.wire, flat).items():
+            problems.setdefault(owner[j], []).extend(msgs)
         for i, msgs in problems.items():
             out[i] = ("ValidationError", f"an output does not fit {self.out_model.__name__}: " + "; ".join(msgs))
+
+
+def _wire_problems(wire: Any, values: list) -> dict[int, list[str]]:
+    """What is wrong with each of `values` (by index) that `wire` refuses; one validation call for the batch."""
+    try:
+        wire.validate_python(values)
+        return {}
+    except ValidationError as e:
+        problems: dict[int, list[str]] = {}
+        for err in e.errors(include_url=False):
+            loc = err.get("loc") or ()
+            if not loc or not isinstance(loc[0], int):
+                continue
+            where = ".".join(str(p) for p in loc[1:] if not str(p).endswith("]"))
+            msg = err["msg"]
+            if err.get("input") is None and err["type"] in ("float_type", "float_parsing"):
+                msg = "NaN or infinity (JSON has no such number; it would arrive as null)"
+            problems.setdefault(loc[0], []).append(f"{where}: {msg}")
+        return problems
 
 
 class _CallTimeout(Exception):

@@ -1,19 +1,33 @@
 """Field annotations users write (`Key[str]`, `Int32`, `clickhouse_decimal(10, 2)`, ...) and their mapping to the
-contract's field types. The mapping table is in docs/python-sdk.md."""
+contract's field types, and the check a transform's outputs pass (`wire_model`). moose_lib's column annotations
+(`FixedString`, `clickhouse_default`, ...) are in `columns.py`. The mapping table is in docs/python-sdk.md."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import enum
+import ipaddress
 import types as _types
 import typing
 import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel, Strict
+from pydantic import AfterValidator, AliasChoices, BaseModel, Strict
 from pydantic import Field as _PydanticField
 from typing_extensions import TypedDict
+
+from .columns import (
+    GEOMETRY,
+    AnnotationError,
+    ClickHouseJson,
+    ClickhouseFixedStringSize,
+    ClickhousePrecision,
+    ClickhouseSize,
+    column_options,
+    geometry_error,
+    unalias,
+)
 
 
 class _KeyMarker:
@@ -96,10 +110,6 @@ def clickhouse_decimal(precision: int, scale: int) -> Any:
 DEFAULT_DECIMAL = (10, 0)
 
 
-class AnnotationError(TypeError):
-    """An annotation that has no contract type; the message names the model and the field."""
-
-
 def _scalar(name: str) -> dict:
     return {"scalar": name}
 
@@ -115,9 +125,10 @@ def _is_union(origin: Any) -> bool:
 def _strip_annotated(t: Any) -> tuple[Any, list]:
     """The bare type and the metadata of any `Annotated` layers around it."""
     meta: list = []
+    t = unalias(t)
     while get_origin(t) is Annotated:
         args = get_args(t)
-        t, meta = args[0], meta + list(args[1:])
+        t, meta = unalias(args[0]), meta + list(args[1:])
     return t, meta
 
 
@@ -132,13 +143,19 @@ def field_type(t: Any, where: str, depth: int = 0) -> tuple[dict, bool, bool]:
         args = [a for a in get_args(t) if a is not type(None)]
         if len(args) != 1 or len(args) == len(get_args(t)):
             raise AnnotationError(f"{where}: unions other than Optional[T] have no column type; use one type")
-        inner, _, inner_key = field_type(args[0], where, depth + 1)
+        # Annotated[Optional[T], m] is read as Optional[Annotated[T, m]], as moose reads it.
+        inner, _, inner_key = field_type(Annotated[(args[0], *meta)] if meta else args[0], where, depth + 1)
         return inner, True, key or inner_key
     for m in meta:
+        if isinstance(m, str) and m in GEOMETRY:
+            raise geometry_error(where, m)
         if isinstance(m, _DecimalMarker):
             return {"decimal": {"precision": m.precision, "scale": m.scale}}, False, key
         if isinstance(m, str) and m.lower() in _SCALAR_NAMES:
             return _scalar(_SCALAR_NAMES[m.lower()]), False, key
+    special = _column_type(t, meta, where, depth)
+    if special is not None:
+        return special, False, key
     if t is bool:
         return _scalar("BOOL"), False, key
     if t is int:
@@ -165,7 +182,7 @@ def field_type(t: Any, where: str, depth: int = 0) -> tuple[dict, bool, bool]:
     if origin is Literal:
         values = get_args(t)
         if all(isinstance(v, str) for v in values):
-            return _scalar("STRING"), False, key
+            return _scalar("STRING"), False, key  # LowCardinality: see columns.column_options
         if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return _scalar("INT64"), False, key
         raise AnnotationError(f"{where}: a Literal must list only strings or only integers")
@@ -176,10 +193,98 @@ def field_type(t: Any, where: str, depth: int = 0) -> tuple[dict, bool, bool]:
     if _is_model(t):
         return {"record": {"fields": model_fields(t, depth + 1)}}, False, key
     shown = getattr(t, "__name__", None) or repr(t)
+    hint = ", or Annotated[bytes, FixedString(n)]" if t is bytes else ""
     raise AnnotationError(
         f"{where}: type {shown} has no column type; use str, int (or Int8..UInt64), float, bool, datetime, date, "
-        "Decimal, UUID, list[T], Optional[T], an Enum, a Literal or a nested model"
+        "Decimal, UUID, IPv4Address, IPv6Address, list[T], dict[K, V], Any, Optional[T], an Enum, a Literal or a "
+        f"nested model{hint}"
     )
+
+
+# Map keys the contract takes (MapType.key): strings, integers, dates, datetimes, UUIDs, FixedStrings.
+_MAP_KEYS = {"STRING", "DATE", "DATETIME", "UUID", *(n.upper() for n in _INT_RANGES)}
+
+
+def _column_type(t: Any, meta: list, where: str, depth: int) -> Optional[dict]:
+    """The types moose's column annotations add (DateTime64, FixedString, sized dates and floats, IPv4/IPv6, Map,
+    JSON); None for the others."""
+    if t is _dt.datetime:
+        p = next((m.precision for m in meta if isinstance(m, ClickhousePrecision)), None)
+        if p is None:
+            return None
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 9:
+            raise AnnotationError(f"{where}: a DateTime64 precision is 0 to 9 digits after the second, not {p!r}")
+        return {"datetime64": {"precision": p}}
+    if t is str or t is bytes:
+        n = next((m.size for m in meta if isinstance(m, ClickhouseFixedStringSize)), None)
+        if n is None:
+            return None
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 65535:
+            raise AnnotationError(f"{where}: a FixedString size is 1 to 65535 bytes, not {n!r}")
+        return {"fixed_string": {"size": n}}
+    sizes = [m.size for m in meta if isinstance(m, ClickhouseSize)]
+    if t is _dt.date and (sizes or any(m == "Date16" for m in meta if isinstance(m, str))):
+        bad = [s for s in sizes if s not in (2, 4)]
+        if bad:
+            raise AnnotationError(f"{where}: a date is 2 or 4 bytes (Date16 or Date), not {bad[0]!r}")
+        return _scalar("DATE")  # ClickHouse's Date is moose's Date16 too
+    if t is float and sizes:
+        if sizes[0] not in (4, 8):
+            raise AnnotationError(f"{where}: a float is 4 or 8 bytes (Float32 or Float64), not {sizes[0]!r}")
+        return _scalar("FLOAT32" if sizes[0] == 4 else "FLOAT64")
+    if t is ipaddress.IPv4Address:
+        return _scalar("IPV4")
+    if t is ipaddress.IPv6Address:
+        return _scalar("IPV6")
+    options = next((m for m in meta if isinstance(m, ClickHouseJson)), None)
+    if t is Any:
+        return _json(options, [])
+    if get_origin(t) in (dict, typing.Dict):
+        return _map_or_json(t, options, where, depth)
+    if options is not None:
+        if not _is_model(t):
+            raise AnnotationError(f"{where}: ClickHouseJson goes on dict[str, Any] or on a model, not on {getattr(t, '__name__', t)}")
+        if t.model_config.get("extra") != "allow":
+            raise AnnotationError(
+                f"{where}: model {t.__name__} with ClickHouseJson must allow extra fields (its JSON's other paths): "
+                "add model_config = ConfigDict(extra='allow')"
+            )
+        return _json(options, model_fields(t, depth + 1))
+    return None
+
+
+def _map_or_json(t: Any, options: Any, where: str, depth: int) -> dict:
+    args = get_args(t)
+    if len(args) != 2:
+        raise AnnotationError(f"{where}: a dict needs its key and value types, e.g. dict[str, int] (or dict[str, Any] for JSON)")
+    k, v = args
+    if k is str and v is Any:  # moose: any JSON object
+        return _json(options, [])
+    if options is not None:
+        raise AnnotationError(f"{where}: ClickHouseJson goes on dict[str, Any] or on a model, not on a map")
+    key, key_nullable, _ = field_type(k, f"{where}{{key}}", depth + 1)
+    if key_nullable or not (key.get("scalar") in _MAP_KEYS or "fixed_string" in key):
+        raise AnnotationError(
+            f"{where}: a map's keys are str, an integer type, date, datetime, UUID or a FixedString (never None)"
+        )
+    value, value_nullable, _ = field_type(v, f"{where}{{}}", depth + 1)
+    return {"map": {"key": key, "value": {"optional": value} if value_nullable else value}}
+
+
+def _json(options: Optional[ClickHouseJson], typed_paths: list[dict]) -> dict:
+    j: dict = {}
+    if options is not None:
+        for name in ("max_dynamic_paths", "max_dynamic_types"):
+            n = getattr(options, name)
+            if n is not None:
+                j[name] = n
+        if options.skip_paths:
+            j["skip_paths"] = list(options.skip_paths)
+        if options.skip_regexps:
+            j["skip_regexps"] = list(options.skip_regexps)
+    if typed_paths:
+        j["typed_paths"] = typed_paths
+    return {"json": j}
 
 
 def _enum(t: type, where: str) -> dict:
@@ -207,17 +312,22 @@ def _enum(t: type, where: str) -> dict:
 
 
 def model_fields(model: type[BaseModel], depth: int = 0) -> list[dict]:
-    """The contract fields of a pydantic model, in declaration order."""
+    """The contract fields of a pydantic model, in declaration order. `depth` > 0: a nested model's (a record's, or
+    a JSON column's typed paths), whose fields have no column of their own (no DEFAULT, CODEC, ... nor comment)."""
     hints = typing.get_type_hints(model, include_extras=True)
     out = []
     for name, info in model.model_fields.items():
         where = f"{model.__name__}.{name}"
-        ann = hints.get(name, info.annotation)
+        ann = hints.get(name)
+        if ann is None:  # pydantic keeps an Annotated's metadata on the FieldInfo
+            ann = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
         ty, nullable, key = field_type(ann, where, depth)
         # pydantic moves Annotated metadata onto FieldInfo; look there for Key too.
         key = key or any(m is _KEY for m in info.metadata)
         wire = _wire_name(model, name, info)
-        out.append({"name": wire, "type": ty, "nullable": nullable, "key": key})
+        field = {"name": wire, "type": ty, "nullable": nullable, "key": key}
+        field.update(column_options(ann, info, where, key, nested=depth > 0))
+        out.append(field)
     return out
 
 
@@ -249,8 +359,10 @@ _F32_MAX = 3.4028234663852886e38
 
 
 def _wire_type(ty: dict, where: str) -> Any:
-    """The Python type that accepts exactly the JSON the contract allows for a numeric field type (None for the
-    others, whose values pydantic's validation and serialisation already keep in shape)."""
+    """The Python type that accepts exactly the JSON the contract allows for a field type where a value could leave
+    in a shape the worker refuses: numbers, enum members, IP addresses, FixedString lengths, and those inside
+    arrays, maps, records and JSON typed paths (None for the others, whose values pydantic's validation and
+    serialisation already keep in shape; a DateTime64's fraction is cut to its precision by its serializer)."""
     if "scalar" in ty:
         s = ty["scalar"]
         if s.lower() in _INT_RANGES:
@@ -260,7 +372,23 @@ def _wire_type(ty: dict, where: str) -> Any:
             return Annotated[float, _PydanticField(ge=-_F32_MAX, le=_F32_MAX)]
         if s == "FLOAT64":
             return float
+        if s == "IPV4":  # text only: pydantic would take a number, which the worker refuses
+            return Annotated[ipaddress.IPv4Address, Strict()]
+        if s == "IPV6":
+            return Annotated[ipaddress.IPv6Address, Strict()]
         return None
+    if "fixed_string" in ty:
+        return _fixed_string(ty["fixed_string"]["size"])
+    if "map" in ty:  # JSON object keys are text: an integer key is checked as the number it spells
+        key, value = _wire_type(ty["map"]["key"], where + "{key}"), _wire_type(ty["map"]["value"], where + "{}")
+        if key is not None and "scalar" in ty["map"]["key"] and ty["map"]["key"]["scalar"].lower() in _INT_RANGES:
+            lo, hi = _INT_RANGES[ty["map"]["key"]["scalar"].lower()]
+            key = Annotated[int, _PydanticField(ge=lo, le=hi)]
+        if key is None and value is None:
+            return None
+        return dict[key if key is not None else str, value if value is not None else Any]
+    if "json" in ty:  # a JSON object (a bare `Any` could hold a number); its typed paths as a record's fields
+        return _wire_record(ty["json"].get("typed_paths") or [], where) or dict[str, Any]
     if "optional" in ty:
         inner = _wire_type(ty["optional"], where)
         return Optional[inner] if inner is not None else None
@@ -285,8 +413,19 @@ def _wire_record(fields: list[dict], where: str) -> Any:
     for f in fields:
         t = _wire_type(f["type"], f"{where}.{f['name']}")
         if t is not None:
-            defs[f["name"]] = Optional[t] if f.get("nullable") else t
+            # MATERIALIZED and ALIAS fields are None unless given (ClickHouse computes them).
+            computed = f.get("materialized") or f.get("alias")
+            defs[f["name"]] = Optional[t] if f.get("nullable") or computed else t
     return TypedDict(f"{where.split('.')[0]}Wire", defs) if defs else None  # type: ignore[operator]
+
+
+def _fixed_string(size: int) -> Any:
+    def fits(v: str) -> str:
+        if len(v) * 4 > size and len(v.encode()) > size:  # a character is at most 4 bytes of UTF-8
+            raise ValueError(f"{len(v.encode())} bytes do not fit FixedString({size})")
+        return v
+
+    return Annotated[str, Strict(), AfterValidator(fits)]
 
 
 def wire_model(model: type[BaseModel]) -> Any:

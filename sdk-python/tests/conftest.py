@@ -62,11 +62,13 @@ def port_open(port: int) -> bool:
 
 
 class Stack:
-    """One test's control plane, worker and sidecar."""
+    """One test's control plane, worker and sidecar, on the ClickHouse at `clickhouse` (its HTTP interface: the
+    stack's server by default, or `modern_clickhouse`'s)."""
 
-    def __init__(self, tmp: Path, name: str):
+    def __init__(self, tmp: Path, name: str, clickhouse: str = CLICKHOUSE):
         self.id = uuid.uuid4().hex[:10]
         self.tmp, self.name = tmp, name
+        self.clickhouse_url = clickhouse
         self.namespace = f"py{self.id}_"
         self.cp_port = free_port()
         self.control_plane = f"127.0.0.1:{self.cp_port}"
@@ -94,7 +96,7 @@ class Stack:
             "--listen", self.control_plane,
             "--database-url", f"{POSTGRES}/millrace_py_{self.id}",
             "--kafka-brokers", BROKERS,
-            "--clickhouse-url", CLICKHOUSE,
+            "--clickhouse-url", self.clickhouse_url,
             "--clickhouse-database", f"py_{self.id}",
             "--topic-namespace", self.namespace,
         ]  # fmt: skip
@@ -118,6 +120,8 @@ class Stack:
             "--kafka-brokers", BROKERS,
             "--sidecar", f"default=http://127.0.0.1:{self.sidecar_port}",
             "--http-listen", f"127.0.0.1:{self.http_port}",
+            # Table sync inserts there: the worker has its own flag (worker/src/config.rs), not the control plane's.
+            "--clickhouse-url", self.clickhouse_url,
             "--name", f"py-{self.id}",
             "--batch-linger-ms", "10",
             "--progress-interval-ms", "100",
@@ -157,12 +161,14 @@ class Stack:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
-    def clickhouse(self, sql: str) -> list[dict]:
-        """Rows of a query on the test's ClickHouse database."""
+    def clickhouse(self, sql: str, **settings: str) -> list[dict]:
+        """Rows of a query on the test's ClickHouse database (`settings`: ClickHouse settings for this query)."""
+        import urllib.parse
         import urllib.request
 
         sql = sql.replace("{db}", f"py_{self.id}") + " FORMAT JSONEachRow"
-        with urllib.request.urlopen(CLICKHOUSE, data=sql.encode(), timeout=WAIT) as r:
+        url = self.clickhouse_url + ("/?" + urllib.parse.urlencode(settings) if settings else "")
+        with urllib.request.urlopen(url, data=sql.encode(), timeout=WAIT) as r:
             return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
 
     def wait_rows(self, table: str, count: int) -> list[dict]:
@@ -224,10 +230,10 @@ class Stack:
         self._drop()
 
     def _drop(self) -> None:
-        drop_state(self.namespace, f"millrace_py_{self.id}", f"py_{self.id}")
+        drop_state(self.namespace, f"millrace_py_{self.id}", f"py_{self.id}", self.clickhouse_url)
 
 
-def drop_state(topic_prefix: str, postgres_db: str, clickhouse_db: str) -> None:
+def drop_state(topic_prefix: str, postgres_db: str, clickhouse_db: str, clickhouse: str = CLICKHOUSE) -> None:
     """Forget what a test made: its topics (by prefix), its Postgres and ClickHouse databases."""
     try:
         from confluent_kafka.admin import AdminClient
@@ -243,7 +249,7 @@ def drop_state(topic_prefix: str, postgres_db: str, clickhouse_db: str) -> None:
     try:
         import urllib.request
 
-        urllib.request.urlopen(CLICKHOUSE, data=f"DROP DATABASE IF EXISTS `{clickhouse_db}`".encode(), timeout=10).read()
+        urllib.request.urlopen(clickhouse, data=f"DROP DATABASE IF EXISTS `{clickhouse_db}`".encode(), timeout=10).read()
     except Exception:
         pass
 
@@ -251,6 +257,57 @@ def drop_state(topic_prefix: str, postgres_db: str, clickhouse_db: str) -> None:
 @pytest.fixture
 def stack(tmp_path, request):
     s = Stack(tmp_path, request.node.name.replace("[", "_").replace("]", ""))
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def modern_clickhouse(tmp_path):
+    """A modern ClickHouse (chdb's, 26.x) behind ClickHouse's HTTP interface (tests/chdb_http.py), on a free port
+    with its own data directory, for this test alone; its URL. The log is in MILLRACE_TEST_LOGS."""
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"chdb-http-{port}.log"
+    log = open(log_path, "w")
+    # TZ=UTC: DateTime values are rendered and parsed in the server's time zone, as on the stack's server.
+    p = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("chdb_http.py")), "--port", str(port), "--path", str(tmp_path / "chdb")],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, "TZ": "UTC"}, cwd=tmp_path,
+    )  # fmt: skip
+
+    def ready() -> bool:
+        if p.poll() is not None:
+            return True
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=1) as r:
+                return r.read() == b"Ok.\n"
+        except OSError:
+            return False
+
+    try:
+        wait_until("the chdb HTTP shim to answer /ping", ready)  # chdb loads in a few seconds
+        assert p.poll() is None, f"the chdb HTTP shim exited ({p.returncode}): {log_path.read_text()[-2000:]}"
+        yield url
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)  # it closes the chdb session and exits
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        log.close()
+
+
+@pytest.fixture
+def modern_stack(tmp_path, request, modern_clickhouse):
+    """A `stack` whose control plane and worker use `modern_clickhouse` (torn down before it)."""
+    s = Stack(tmp_path, request.node.name.replace("[", "_").replace("]", ""), clickhouse=modern_clickhouse)
     try:
         yield s
     finally:

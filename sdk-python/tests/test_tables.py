@@ -1,11 +1,13 @@
 """Table engines and options (OlapConfig): declared in Python, turned into the contract, rendered to DDL by the
-control plane, and run on both ClickHouses the project meets: Debian's 18.16 (the stack's server: records flow
-through streams and table sync, rows are read back with FINAL) and a modern one in-process (chdb: every
-engine/option combination's DDL from `millrace-ddl`, a JSONEachRow insert, rows read back)."""
+control plane, and run on both ClickHouses the project meets: Debian's 18.16 (the stack's server, with the stack's
+ZooKeeper: records flow through streams and table sync into every engine and its Replicated form, rows are read back
+with FINAL) and a modern one in-process (chdb: every engine/option combination's DDL from `millrace-ddl`, a
+JSONEachRow insert, rows read back)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import textwrap
 import uuid
@@ -60,6 +62,16 @@ REPLICATED = [
     ("t_rep_versioned", "engine=ReplicatedVersionedCollapsingMergeTreeEngine(sign='sign', ver='v')"),
     ("t_rep_legacy", "engine=ClickHouseEngines.ReplicatedMergeTree"),
 ]
+# What FINAL keeps of each Replicated table: what its non-replicated form keeps (t_rep_legacy is a plain MergeTree).
+REPLICATED_KEEPS = {
+    "t_rep_merge": None,
+    "t_rep_replacing": {"a": 5.0, "b": 7.0},
+    "t_rep_summing": {"a": 7.0, "b": 7.0},
+    "t_rep_aggregating": ["a", "b"],
+    "t_rep_collapsing": {"a": 5.0, "b": 7.0},
+    "t_rep_versioned": {"a": 5.0, "b": 7.0},
+    "t_rep_legacy": None,
+}
 
 RECORDS = [
     {"id": "a", "ts": "2026-01-01T00:00:00Z", "v": 1, "sign": 1, "n": 1.0, "gone": False},
@@ -126,6 +138,10 @@ def test_every_merge_tree_engine_and_option_reaches_the_contract(tmp_path):
     rr = tables["t_rep_replacing"].engine
     assert (rr.replicated, rr.keeper_path, rr.replica_name, rr.ver) == (True, "/clickhouse/tables/x/t", "r1", "v")
     assert tables["t_rep_legacy"].engine.replicated and not tables["t_rep_merge"].engine.HasField("keeper_path")
+    # Every engine 18.16 has, in its Replicated form too.
+    kinds = lambda names: {tables[n].engine.kind for n in names}  # noqa: E731
+    assert kinds(n for n, _ in REPLICATED) == kinds(n for n, _, _ in ENGINES_ON_18_16)
+    assert set(REPLICATED_KEEPS) == {n for n, _ in REPLICATED}
 
 
 @pytest.mark.parametrize(
@@ -274,9 +290,22 @@ def ch(sql: str, rows: bool = True) -> list[dict]:
 
 
 def test_every_engine_syncs_records_and_reads_back_with_final_on_clickhouse_18_16(stack, tmp_path, monkeypatch):
+    """Every engine and its Replicated form (on the stack's ZooKeeper, with the server's shard and replica macros)."""
+    keeper = ch("SELECT count() AS c FROM system.tables WHERE database = 'system' AND name = 'zookeeper'")[0]["c"]
+    assert keeper in (1, "1"), "the stack's ClickHouse has no ZooKeeper configured: run `bash scripts/stack.sh start`"
     monkeypatch.setenv("MILLRACE_CONTROL_PLANE", stack.control_plane)
     other_db = f"py_{stack.id}_other"
-    tables = [(n, o + (f", database={other_db!r}" if n == "t_merge" else ""), e) for n, o, e in ENGINES_ON_18_16]
+    # The explicit keeper_path and replica_name: a path of this run's own (the declared one would be every run's)
+    # and a replica name other than the server's {replica} macro, so that the explicit one is seen to be used.
+    explicit = {"t_rep_replacing": (f"/millrace_tests/{stack.id}/t_rep_replacing", "r_explicit")}
+    replicated = []
+    for name, options in REPLICATED:
+        if name in explicit:
+            path, replica = explicit[name]
+            options = options.replace("keeper_path='/clickhouse/tables/x/t', replica_name='r1'", f"keeper_path={path!r}, replica_name={replica!r}")
+            assert path in options, options
+        replicated.append((name, options, REPLICATED_KEEPS[name]))
+    tables = [(n, o + (f", database={other_db!r}" if n == "t_merge" else ""), e) for n, o, e in ENGINES_ON_18_16] + replicated
     app = write_app(tmp_path, app_source(tables))
     try:
         start_without_sidecar(stack, app)
@@ -293,16 +322,29 @@ def test_every_engine_syncs_records_and_reads_back_with_final_on_clickhouse_18_1
         created = ch(f"SHOW CREATE TABLE `{other_db}`.`t_merge`")[0]["statement"]
         for part in ("PARTITION BY", "PRIMARY KEY", "SAMPLE BY", "index_granularity = 4096"):
             assert part in created, created
+        # The Replicated tables: their engine, and each one's replica registered in the keeper, at the default path
+        # (/clickhouse/tables/<database>/{shard}/<table>, {replica}) or at the explicit one.
+        db = f"py_{stack.id}"
+        engines = {r["name"]: r["engine"] for r in ch(f"SELECT name, engine FROM system.tables WHERE database = '{db}'")}
+        replicas = {r["table"]: r for r in ch(f"SELECT table, engine, zookeeper_path, replica_name, is_readonly FROM system.replicas WHERE database = '{db}'")}
+        assert set(replicas) == {n for n, _ in REPLICATED}, replicas
+        for name, options in REPLICATED:
+            engine = re.search(r"Replicated\w*MergeTree", options).group(0)
+            path, replica = explicit.get(name, (f"/clickhouse/tables/{db}/01/{name}", "r1"))
+            r = replicas[name]
+            assert (engines[name], r["engine"]) == (engine, engine), (name, engines[name], r)
+            assert (r["zookeeper_path"], r["replica_name"], int(r["is_readonly"])) == (path, replica, 0), (name, r)
     finally:
         ch(f"DROP DATABASE IF EXISTS `{other_db}`", rows=False)
 
 
 def test_clickhouse_18_16_refuses_what_it_lacks_at_apply_naming_the_version(stack, tmp_path):
     stack.start_control_plane()
+    # (The stack's server has a keeper, so Replicated engines are not refused here: their refusal on a server
+    # without one is checked by features.rs's tests and by the --no-keeper case above.)
     for tables, words in [
         ([ENGINES_MODERN_ONLY[0]], ["TTL", "19.6", "18.16"]),
         ([ENGINES_MODERN_ONLY[1]], ["is_deleted", "23.2"]),
-        ([REPLICATED[1]], ["ReplicatedReplacingMergeTree", "ZooKeeper"]),
     ]:
         app = write_app(tmp_path, app_source(tables, streams=False), f"app_{uuid.uuid4().hex[:6]}.py")
         shown = stack.cli("plan", str(app)).stdout

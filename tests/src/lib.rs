@@ -292,7 +292,7 @@ pub fn scalar(s: ScalarType) -> FieldType {
 }
 
 pub fn field(name: &str, s: ScalarType) -> Field {
-    Field { name: name.into(), r#type: Some(scalar(s)), nullable: false, key: false }
+    Field { name: name.into(), r#type: Some(scalar(s)), nullable: false, key: false, ..Default::default() }
 }
 
 pub fn key(name: &str, s: ScalarType) -> Field {

@@ -11,7 +11,7 @@ use millrace_tests::*;
 use std::time::{Duration, Instant};
 
 fn typed(name: &str, kind: Kind, nullable: bool) -> Field {
-    Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable, key: false }
+    Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable, key: false, ..Default::default() }
 }
 
 /// Every column type the sync must carry exactly.

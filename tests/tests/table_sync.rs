@@ -11,7 +11,7 @@ use millrace_tests::*;
 use std::time::{Duration, Instant};
 
 fn typed(name: &str, kind: Kind) -> Field {
-    Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable: false, key: false }
+    Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable: false, key: false, ..Default::default() }
 }
 
 /// Rows of a ClickHouse query, as JSON objects.

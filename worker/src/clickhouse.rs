@@ -75,10 +75,14 @@ impl ClickHouse {
         Self { client, url: base.trim_end_matches('/').to_string(), timeout }
     }
 
-    /// `INSERT INTO <table> (<columns>) FORMAT JSONEachRow` with `rows` (one JSON object per line).
-    pub async fn insert(&self, statement: &str, rows: Bytes) -> Result<(), InsertError> {
+    /// `INSERT INTO <table> (<columns>) FORMAT JSONEachRow` with `rows` (one JSON object per line), with ClickHouse
+    /// `settings` for this insert only (sent in the URL, as the client's own are).
+    pub async fn insert(&self, statement: &str, settings: &[(&str, &str)], rows: Bytes) -> Result<(), InsertError> {
         let call = async {
             let mut insert = self.client.insert_formatted_with(statement.to_string());
+            for (name, value) in settings {
+                insert = insert.with_setting(*name, *value);
+            }
             insert.send(rows).await?;
             insert.end().await
         };

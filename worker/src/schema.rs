@@ -43,9 +43,16 @@ impl Schema {
         let fields: Vec<FieldSpec> = fields
             .iter()
             .map(|f| {
-                let ty = of_field(f);
+                let mut ty = of_field(f);
+                // A MATERIALIZED or ALIAS column is ClickHouse's to compute: a record may leave it out or null, and a
+                // value it carries is checked (and never written, see `rows`).
+                if (!f.materialized.is_empty() || !f.alias.is_empty()) && !matches!(ty, Ty::Optional(_)) {
+                    ty = ty.nullable();
+                }
                 let optional = matches!(ty, Ty::Optional(_));
-                FieldSpec { name: f.name.clone(), ty, required: !optional, key: f.key }
+                // A DEFAULT column may be left out (not set null, unless nullable): ClickHouse fills it.
+                let required = !optional && f.default_expression.is_empty();
+                FieldSpec { name: f.name.clone(), ty, required, key: f.key }
             })
             .collect();
         let index = fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();

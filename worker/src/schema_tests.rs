@@ -4,7 +4,7 @@ use super::*;
 use millrace_proto::v1::{DecimalType, RecordType};
 
 fn f(name: &str, kind: Kind) -> Field {
-    Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable: false, key: false }
+    Field { name: name.into(), r#type: Some(FieldType { kind: Some(kind) }), nullable: false, key: false, ..Default::default() }
 }
 fn s(t: ScalarType) -> Kind {
     Kind::Scalar(t as i32)

@@ -3,9 +3,10 @@
 
 use crate::error::Error;
 use crate::names::quote_ch;
+use crate::table::columns;
 use crate::table::ddl::{self, Statement};
-use crate::table::features::{Server, Version};
-use crate::types::ch_column_type;
+use crate::table::features::{self, Server, Version};
+use crate::types::physical_columns;
 use millrace_proto::v1::Table;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,7 +34,13 @@ struct Column {
 
 impl ClickHouse {
     pub fn new(url: &str, user: &str, password: &str, database: &str, timeout: Duration) -> Self {
-        let mut client = clickhouse::Client::default().with_url(url).with_user(user).with_validation(false);
+        // Uncompressed: the control plane's queries are small, and any server speaking ClickHouse's HTTP interface
+        // answers them (tests run one over chdb for a modern ClickHouse).
+        let mut client = clickhouse::Client::default()
+            .with_url(url)
+            .with_user(user)
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::None);
         if !password.is_empty() {
             client = client.with_password(password);
         }
@@ -128,10 +135,10 @@ impl ClickHouse {
         let database = self.database_of(table);
         let table_ref = format!("{}.{}", quote_ch(database), quote_ch(name));
         self.execute("CREATE DATABASE", &format!("CREATE DATABASE IF NOT EXISTS {}", quote_ch(database))).await?;
+        let invalid = |e: crate::types::FieldError| Error::InvalidArgument(format!("table `{name}`: field `{}`: {}", e.field, e.reason));
         let mut declared = Vec::with_capacity(table.fields.len());
         for f in &table.fields {
-            let ty = ch_column_type(f).map_err(|e| Error::InvalidArgument(format!("table `{name}`: field `{}`: {}", e.field, e.reason)))?;
-            declared.push((f.name.clone(), ty));
+            declared.extend(physical_columns(f).map_err(invalid)?);
         }
         match self.columns(database, name).await? {
             None => {
@@ -143,24 +150,35 @@ impl ClickHouse {
                     self.check_engine(database, name, table).await?;
                 }
                 for (col, ty) in &declared {
-                    match existing.iter().find(|(n, _)| n == col) {
-                        Some((_, have)) if !same_column_type(have, ty) => {
+                    if let Some((_, have)) = existing.iter().find(|(n, _)| n == col) {
+                        if !same_column_type(have, ty) {
                             return Err(Error::FailedPrecondition(format!(
                                 "ClickHouse table `{name}` has column `{col}` of type {have}, but the plan declares {ty}"
-                            )))
-                        }
-                        Some(_) => {}
-                        None => {
-                            let sql = format!("ALTER TABLE {table_ref} ADD COLUMN {} {ty}", quote_ch(col));
-                            self.execute("ALTER TABLE ADD COLUMN", &sql).await?;
+                            )));
                         }
                     }
+                }
+                let settings = features::query_settings(table, server);
+                for f in &table.fields {
+                    for def in columns::additions(f, &existing, server).map_err(|e| Error::InvalidArgument(format!("table `{name}`: {e}")))? {
+                        let stmt = Statement { sql: format!("ALTER TABLE {table_ref} ADD COLUMN {def}"), settings: settings.clone() };
+                        self.run_statement("ALTER TABLE ADD COLUMN", &stmt).await?;
+                    }
+                }
+                let attribute_alters = match stored {
+                    Some(s) => columns::alters(&table.fields, &s.fields, server).map_err(|e| Error::InvalidArgument(format!("table `{name}`: {e}")))?,
+                    None => Vec::new(),
+                };
+                for alter in attribute_alters {
+                    self.execute("ALTER TABLE MODIFY COLUMN", &format!("ALTER TABLE {table_ref} {alter}")).await?;
                 }
                 // After new columns (an index may use them), before dropped ones (an index may have used them).
                 for stmt in stored.map(|s| ddl::alter_options(database, name, table, s, server)).unwrap_or_default() {
                     self.run_statement("ALTER TABLE", &stmt).await?;
                 }
-                for col in drop.iter().filter(|c| existing.iter().any(|(n, _)| n == *c)) {
+                // A dropped Nested field is its arrays (`items.sku`, ...): field names hold no dots, so the prefix is its own.
+                let dropped = |n: &String| drop.iter().any(|c| n == c || n.strip_prefix(c.as_str()).is_some_and(|rest| rest.starts_with('.')));
+                for (col, _) in existing.iter().filter(|(n, _)| dropped(n)) {
                     let sql = format!("ALTER TABLE {table_ref} DROP COLUMN {}", quote_ch(col));
                     self.execute("ALTER TABLE DROP COLUMN", &sql).await?;
                 }
@@ -195,7 +213,61 @@ impl ClickHouse {
 }
 
 /// Column types as ClickHouse reports them. `DateTime` columns made before they were declared `DateTime('UTC')`
-/// hold the same values on a server whose time zone is UTC (ours is), so they count as the same type.
+/// hold the same values on a server whose time zone is UTC (ours is), so they count as the same type. Servers
+/// space and spell parameters their own way (`JSON(max_dynamic_paths = 8)`), so spaces do not count, nor do a JSON
+/// column's parameters, which it reports in its own order.
 fn same_column_type(have: &str, declared: &str) -> bool {
-    have == declared || have.replace("DateTime('UTC')", "DateTime") == declared.replace("DateTime('UTC')", "DateTime")
+    // LowCardinality is how values are stored, not what they are: a server older than 19.0 has the plain column,
+    // and an existing column is not converted.
+    let norm = |t: &str| {
+        let t: String = t.replace("DateTime('UTC')", "DateTime").chars().filter(|c| !c.is_whitespace()).collect();
+        let t = strip_low_cardinality(&t);
+        if t.starts_with("JSON(") {
+            "JSON".to_string()
+        } else {
+            t
+        }
+    };
+    have == declared || norm(have) == norm(declared)
+}
+
+/// `LowCardinality(T)` -> `T`, at any depth.
+fn strip_low_cardinality(t: &str) -> String {
+    let mut out = t.to_string();
+    while let Some(i) = out.find("LowCardinality(") {
+        let inner_start = i + "LowCardinality(".len();
+        let mut depth = 1;
+        let mut end = inner_start;
+        for (j, c) in out[inner_start..].char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = inner_start + j;
+                break;
+            }
+        }
+        if depth != 0 {
+            break;
+        }
+        out = format!("{}{}{}", &out[..i], &out[inner_start..end], &out[end + 1..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_types_compare_as_servers_spell_them() {
+        assert!(same_column_type("DateTime", "DateTime('UTC')"));
+        assert!(same_column_type("String", "LowCardinality(String)"));
+        assert!(same_column_type("Map(String, Nullable(String))", "Map(String, LowCardinality(Nullable(String)))"));
+        assert!(same_column_type("JSON(max_dynamic_paths = 8)", "JSON(max_dynamic_paths=8)"));
+        assert!(!same_column_type("Int64", "Int32"));
+        assert!(!same_column_type("Array(String)", "String"));
+    }
 }

@@ -5,7 +5,6 @@
 
 use super::features::{self, Server};
 use crate::names::quote_ch;
-use crate::types::ch_column_type;
 use millrace_proto::v1::{Table, TableEngine, TableEngineKind, TableIndex};
 use std::collections::BTreeMap;
 
@@ -103,8 +102,7 @@ pub fn order_by(table: &Table) -> String {
 pub fn create_table(database: &str, physical: &str, table: &Table, server: &Server) -> Result<Statement, String> {
     let mut parts = Vec::with_capacity(table.fields.len() + table.indexes.len());
     for f in &table.fields {
-        let ty = ch_column_type(f).map_err(|e| format!("field `{}`: {}", e.field, e.reason))?;
-        parts.push(format!("{} {ty}", quote_ch(&f.name)));
+        parts.push(super::columns::definition(f, server)?);
     }
     parts.extend(table.indexes.iter().map(index_clause));
     let mut sql = format!(
@@ -169,7 +167,7 @@ mod tests {
     use millrace_proto::v1::{field_type::Kind, Field, FieldType, ScalarType};
 
     fn field(name: &str, s: ScalarType) -> Field {
-        Field { name: name.into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(s as i32)) }), nullable: false, key: false }
+        Field { name: name.into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(s as i32)) }), nullable: false, key: false, ..Default::default() }
     }
 
     fn engine(kind: TableEngineKind) -> TableEngine {

@@ -1,7 +1,8 @@
 //! ClickHouse tables' engines and options: their validation (`options`, `expr`), their one rendering to DDL
-//! (`ddl`), how they may change (`changes`) and what each needs of the server (`features`).
+//! (`ddl`, with each column's in `columns`), how they may change (`changes`) and what each needs of the server (`features`).
 
 pub mod changes;
+pub mod columns;
 pub mod ddl;
 pub mod expr;
 pub mod features;

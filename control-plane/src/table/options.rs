@@ -220,7 +220,7 @@ mod tests {
     use millrace_proto::v1::{FieldType, ResourceKind, TableIndex};
 
     fn field(name: &str, s: ScalarType, key: bool) -> Field {
-        Field { name: name.into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(s as i32)) }), nullable: false, key }
+        Field { name: name.into(), r#type: Some(FieldType { kind: Some(Kind::Scalar(s as i32)) }), nullable: false, key, ..Default::default() }
     }
 
     fn table(engine: Option<TableEngine>) -> Table {

@@ -7,10 +7,15 @@
 mod array;
 mod boolean;
 mod datetime;
+mod datetime64;
 mod decimal;
 mod enumeration;
+mod fixed_string;
 mod float;
 mod integer;
+mod ip;
+mod json;
+mod map;
 mod optional;
 mod record;
 mod record_fields;
@@ -24,10 +29,15 @@ mod tests;
 pub use array::Array;
 pub use boolean::Bool;
 pub use datetime::{check_date, check_datetime, datetime_seconds, Date, DateTime};
+pub use datetime64::DateTime64;
 pub use decimal::{check_decimal, Decimal};
 pub use enumeration::Enum;
+pub use fixed_string::FixedString;
 pub use float::Float;
 pub use integer::Int;
+pub use ip::{Ipv4, Ipv6};
+pub use json::Json;
+pub use map::Map;
 pub use optional::Optional;
 pub(crate) use record::{Pick, RecordSeed};
 pub(crate) use record_fields::Keys;
@@ -145,8 +155,14 @@ families! {
     DateTime(DateTime),
     Date(Date),
     Uuid(Uuid),
+    Ipv4(Ipv4),
+    Ipv6(Ipv6),
     Decimal(Decimal),
     Enum(Enum),
+    DateTime64(DateTime64),
+    FixedString(FixedString),
+    Map(Map),
+    Json(Json),
     Array(Array),
     Record(Schema),
     Optional(Optional),
@@ -186,6 +202,8 @@ pub fn compile(t: &FieldType) -> Ty {
             ScalarType::Datetime => Ty::DateTime(DateTime),
             ScalarType::Date => Ty::Date(Date),
             ScalarType::Uuid => Ty::Uuid(Uuid),
+            ScalarType::Ipv4 => Ty::Ipv4(Ipv4),
+            ScalarType::Ipv6 => Ty::Ipv6(Ipv6),
             ScalarType::String | ScalarType::Unspecified => Ty::Str(Str),
         },
         Some(Kind::Decimal(d)) => Ty::Decimal(Decimal { precision: d.precision, scale: d.scale }),
@@ -193,6 +211,13 @@ pub fn compile(t: &FieldType) -> Ty {
         Some(Kind::Array(inner)) => Ty::Array(Array(Box::new(compile(inner)))),
         Some(Kind::Record(r)) => Ty::Record(Schema::new(&r.fields, false)),
         Some(Kind::Optional(inner)) => compile(inner).nullable(),
+        Some(Kind::Datetime64(d)) => Ty::DateTime64(DateTime64 { precision: d.precision.min(9) }),
+        Some(Kind::FixedString(f)) => Ty::FixedString(FixedString { size: f.size as usize }),
+        Some(Kind::Map(m)) => {
+            let part = |t: &Option<Box<FieldType>>| Box::new(t.as_deref().map(compile).unwrap_or(Ty::Str(Str)));
+            Ty::Map(Map { key: part(&m.key), value: part(&m.value) })
+        }
+        Some(Kind::Json(j)) => Ty::Json(Json::new(j)),
         None => Ty::Str(Str),
     }
 }
@@ -206,8 +231,8 @@ pub fn write_value(ty: &Ty, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), Str
     }
     if raw.get() == "null" {
         return match ty {
-            Ty::Optional(_) => {
-                out.extend_from_slice(b"null");
+            Ty::Optional(o) => {
+                out.extend_from_slice(o.null());
                 Ok(())
             }
             _ => Err("null where a value is required".into()),

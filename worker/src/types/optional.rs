@@ -1,5 +1,6 @@
-//! Optional(T), and any nullable field: null or a value of T. In rows a null is written as null, a value as T
-//! writes it (see `write_value`).
+//! Optional(T), and any nullable field: null or a value of T. In rows a null is written as null (as `[]` or `{}`
+//! where T is a list, map or JSON object, which ClickHouse cannot make Nullable), a value as T writes it (see
+//! `write_value`).
 
 use super::value::{At, ValueSeed};
 use super::{write_value, Family, Ty};
@@ -17,12 +18,24 @@ impl Optional {
     }
 }
 
+impl Optional {
+    /// What a null is written as: ClickHouse has no Nullable of a list, map or JSON object, whose columns keep their
+    /// plain type (see the control plane's column types), so a null there is the empty value.
+    pub fn null(&self) -> &'static [u8] {
+        match &*self.0 {
+            Ty::Array(_) => b"[]",
+            Ty::Map(_) | Ty::Json(_) => b"{}",
+            _ => b"null",
+        }
+    }
+}
+
 impl Family for Optional {
     fn want(&self) -> &'static str {
         "a value or null"
     }
     fn verbatim(&self) -> bool {
-        self.0.verbatim()
+        self.0.verbatim() && self.null() == b"null"
     }
     fn write(&self, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
         write_value(&self.0, raw, out)

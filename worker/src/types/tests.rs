@@ -3,7 +3,7 @@
 use crate::rows::RowWriter;
 use crate::schema::{FieldError, Schema};
 use millrace_proto::v1::field_type::Kind;
-use millrace_proto::v1::{DecimalType, Field, FieldType, RecordType, ScalarType};
+use millrace_proto::v1::{DateTime64Type, DecimalType, Field, FieldType, FixedStringType, JsonType, MapType, RecordType, ScalarType};
 
 fn ty(kind: Kind) -> FieldType {
     FieldType { kind: Some(kind) }
@@ -12,7 +12,7 @@ fn scalar(s: ScalarType) -> FieldType {
     ty(Kind::Scalar(s as i32))
 }
 fn field(name: &str, t: Option<FieldType>, nullable: bool) -> Field {
-    Field { name: name.into(), r#type: t, nullable, key: false }
+    Field { name: name.into(), r#type: t, nullable, key: false, ..Default::default() }
 }
 
 /// A field `v` of one type: values ingest takes with their row text, and a value it refuses with where and why.
@@ -77,7 +77,59 @@ fn cases() -> Vec<Case> {
             ("v", "1", "expected an RFC 3339 date-time string, got a number"),
         ),
         nullable_date,
+        case(s(Ipv4), &[(r#""10.0.0.1""#, r#""10.0.0.1""#)], ("v", r#""10.0.0.256""#, r#""10.0.0.256" is not an IPv4 address (like 10.0.0.1)"#)),
+        case(
+            s(Ipv6),
+            &[(r#""2001:DB8:0::7""#, r#""2001:db8::7""#), (r#""::ffff:10.0.0.1""#, r#""::ffff:10.0.0.1""#), (r#""::1""#, r#""::1""#)],
+            ("v", r#""10.0.0.1""#, r#""10.0.0.1" is not an IPv6 address (like 2001:db8::7 or ::ffff:10.0.0.1)"#),
+        ),
+        case(
+            Some(ty(Kind::Datetime64(DateTime64Type { precision: 3 }))),
+            &[(r#""2026-11-25T11:00:00.123456+01:00""#, r#""2026-11-25 10:00:00.123""#), (r#""2026-11-25 10:00:00""#, r#""2026-11-25 10:00:00.000""#)],
+            ("v", r#""2300-01-01T00:00:00Z""#, r#""2300-01-01T00:00:00Z" is outside what a ClickHouse DateTime64 holds (1900-01-01 to 2299-12-31)"#),
+        ),
+        case(Some(fixed(4)), &[(r#""abcd""#, r#""abcd""#), (r#""é""#, r#""é""#), (r#""""#, r#""""#)], ("v", r#""abcdé""#, "is 6 bytes; FixedString(4) holds at most 4")),
+        case(Some(fixed(2)), &[(r#""\u00e9""#, r#""\u00e9""#)], ("v", r#""\u00e9\u00e9""#, "is 4 bytes; FixedString(2) holds at most 2")),
+        case(map(scalar(String), scalar(Int64)), &[(r#"{"a":1,"b":-2}"#, r#"{"a":1,"b":-2}"#), ("{}", "{}")], ("v[\"a\"]", r#"{"a":"x"}"#, "expected an integer, got a string")),
+        case(map(scalar(String), scalar(Int64)), &[], ("v[\"a\"]", r#"{"a":1,"a":2}"#, "map key given twice")),
+        case(map(scalar(String), scalar(Int64)), &[], ("v", "[]", "expected an object, got an array")),
+        case(map(scalar(Uint32), scalar(String)), &[(r#"{"7":"a","0":"b"}"#, r#"{"7":"a","0":"b"}"#)], ("v[\"07\"]", r#"{"07":"a"}"#, r#"map key "07" is not an integer in decimal (like "7")"#)),
+        case(map(scalar(Uint8), scalar(String)), &[], ("v[\"256\"]", r#"{"256":"a"}"#, "map key: 256 is out of range (0 to 255)")),
+        case(map(scalar(Int8), scalar(String)), &[(r#"{"-128":"a"}"#, r#"{"-128":"a"}"#)], ("v[\"+1\"]", r#"{"+1":"a"}"#, r#"map key "+1" is not an integer in decimal (like "7")"#)),
+        case(
+            map(scalar(Datetime), ty(Kind::Array(Box::new(scalar(Bool))))),
+            &[(r#"{"2026-11-25T11:00:00+01:00":[true,false]}"#, r#"{"2026-11-25 10:00:00":[1,0]}"#)],
+            ("v[\"x\"]", r#"{"x":[]}"#, r#"map key: "x" is not an RFC 3339 date-time (like 2026-11-25T10:00:00Z)"#),
+        ),
+        case(map(fixed(2), scalar(Uuid)), &[], ("v[\"abc\"]", r#"{"abc":"0f8fad5b-d9cb-469f-a165-70867728950e"}"#, "map key: is 3 bytes; FixedString(2) holds at most 2")),
+        case(
+            map(scalar(String), map(scalar(Date), ty(Kind::Optional(Box::new(scalar(Int8))))).unwrap()),
+            &[(r#"{"a":{"2026-11-25":null,"2026-11-26":1}}"#, r#"{"a":{"2026-11-25":null,"2026-11-26":1}}"#)],
+            ("v[\"a\"][\"2026-11-25\"]", r#"{"a":{"2026-11-25":300}}"#, "300 is out of range (-128 to 127)"),
+        ),
+        case(
+            json(vec![]),
+            &[(r#"{"a": {"b": [1, {"c": null}]}, "s": "x y\n"}"#, r#"{"a":{"b":[1,{"c":null}]},"s":"x y\n"}"#), ("{}", "{}")],
+            ("v", "[1]", "expected a JSON object, got an array"),
+        ),
+        case(json(vec![]), &[], ("v", r#""{}""#, "expected a JSON object, got a string")),
+        case(
+            json(vec![field("a.b", s(Int8), false), field("ts", s(Datetime), true)]),
+            &[(r#"{"a":{"b":1,"c":"x"},"ts":null}"#, r#"{"a":{"b":1,"c":"x"},"ts":null}"#), (r#"{"a":[{"b":"x"}],"b":{"a":"x"}}"#, r#"{"a":[{"b":"x"}],"b":{"a":"x"}}"#)],
+            ("v.a.b", r#"{"a.b":"1"}"#, "expected an integer, got a string"),
+        ),
+        case(json(vec![field("a.b", s(Int8), false)]), &[], ("v.a.b", r#"{"a":{"b":300}}"#, "300 is out of range (-128 to 127)")),
     ]
+}
+
+fn fixed(size: u32) -> FieldType {
+    ty(Kind::FixedString(FixedStringType { size }))
+}
+fn map(key: FieldType, value: FieldType) -> Option<FieldType> {
+    Some(ty(Kind::Map(Box::new(MapType { key: Some(Box::new(key)), value: Some(Box::new(value)) }))))
+}
+fn json(typed_paths: Vec<Field>) -> Option<FieldType> {
+    Some(ty(Kind::Json(JsonType { typed_paths, ..Default::default() })))
 }
 
 #[test]
@@ -114,4 +166,37 @@ fn null_and_absence_are_taken_only_where_the_type_is_optional() {
     let mut out = Vec::new();
     RowWriter::new(&nullable).write(b"{}", &mut out).unwrap();
     assert_eq!(out, b"{\"v\":null}\n");
+}
+
+#[test]
+fn a_json_value_nested_deeper_than_64_levels_is_refused() {
+    let schema = Schema::new(&[field("v", json(vec![]), false)], false);
+    let nested = |levels: usize| format!(r#"{{"v":{}1{}}}"#, r#"{"a":"#.repeat(levels - 1) + "[", "]".to_string() + &"}".repeat(levels - 1));
+    assert_eq!(schema.check(nested(64).as_bytes()), Ok(None));
+    let errors = schema.check(nested(65).as_bytes()).unwrap_err();
+    assert_eq!(errors, [FieldError { field: "v".into(), reason: "nested deeper than 64 levels".into() }]);
+    let wide = format!(r#"{{"v":{{"x":{0},"y":{0}}}}}"#, "[".repeat(70) + &"]".repeat(70));
+    assert_eq!(schema.check(wide.as_bytes()).unwrap_err().len(), 1, "refused once");
+}
+
+#[test]
+fn column_attributes_that_shape_only_the_column_change_nothing_for_records() {
+    use millrace_proto::v1::AggregateType;
+    let plain = field("v", Some(scalar(ScalarType::String)), false);
+    let mut shaped = plain.clone();
+    shaped.low_cardinality = true;
+    shaped.codec = "ZSTD(3)".into();
+    shaped.ttl = "ts + INTERVAL 1 DAY".into();
+    shaped.comment = "a comment".into();
+    shaped.aggregate = Some(AggregateType { function: "any".into(), arguments: vec![scalar(ScalarType::String)], simple: true });
+    let mut state = plain.clone();
+    state.aggregate = Some(AggregateType { function: "uniqExact".into(), arguments: vec![scalar(ScalarType::String)], simple: false });
+    for f in [&shaped, &state] {
+        let schema = Schema::new(std::slice::from_ref(f), false);
+        assert_eq!(schema, Schema::new(std::slice::from_ref(&plain), false));
+        assert!(schema.check(br#"{"v":1}"#).is_err() && schema.check(b"{}").is_err());
+        let mut out = Vec::new();
+        RowWriter::new(std::slice::from_ref(f)).write(br#"{"v":"x"}"#, &mut out).unwrap();
+        assert_eq!(out, b"{\"v\":\"x\"}\n");
+    }
 }

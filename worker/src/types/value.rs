@@ -13,6 +13,8 @@ pub enum Loc<'a> {
     Root,
     Field(&'a Loc<'a>, &'a str),
     Index(&'a Loc<'a>, usize),
+    /// A map's key: `field["key"]`.
+    Key(&'a Loc<'a>, &'a str),
 }
 
 impl Loc<'_> {
@@ -22,6 +24,7 @@ impl Loc<'_> {
             Loc::Field(Loc::Root, name) => name.to_string(),
             Loc::Field(parent, name) => format!("{}.{name}", parent.render()),
             Loc::Index(parent, i) => format!("{}[{i}]", parent.render()),
+            Loc::Key(parent, key) => format!("{}[{}]", parent.render(), serde_json::Value::from(*key)),
         }
     }
 }

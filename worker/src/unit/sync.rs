@@ -64,6 +64,8 @@ struct Table<'a> {
     target: &'a TableTarget,
     writer: RowWriter,
     statement: String,
+    /// ClickHouse settings of every insert (see `RowWriter::settings`).
+    settings: Vec<(&'static str, &'static str)>,
     max_bytes: u64,
 }
 
@@ -71,7 +73,7 @@ pub async fn run(ctx: &WorkerCtx, st: &Arc<UnitState>, fence: &Fence, start: i64
     let target = st.unit.table.clone().unwrap_or_default();
     let writer = RowWriter::new(&target.columns);
     let max_bytes = batch_bytes(target.max_bytes, ctx.max_in_flight_kib);
-    let table = Table { statement: statement(&target, &writer), writer, target: &target, max_bytes };
+    let table = Table { statement: statement(&target, &writer), settings: writer.settings(), writer, target: &target, max_bytes };
     let consumer = consumer(ctx, st, start)?;
     let mut messages = consumer.stream();
     let mut carry = match first_record(ctx, st, &consumer, &mut messages, start).await? {
@@ -168,7 +170,7 @@ async fn read<'a>(
 async fn finish(ctx: &WorkerCtx, st: &UnitState, fence: &Fence, table: &Table<'_>, p: Prepared) -> Result<(), UnitError> {
     let label = [table.target.table.as_str()];
     let Prepared { held, body, spans, mut refused, _memory } = p;
-    for (i, e) in insert(ctx, st, fence, &table.statement, &body, &spans, &label).await? {
+    for (i, e) in insert(ctx, st, fence, table, &body, &spans, &label).await? {
         refused.push((i, e, "ClickHouseRejected"));
     }
     if !refused.is_empty() {
@@ -194,7 +196,7 @@ async fn insert(
     ctx: &WorkerCtx,
     st: &UnitState,
     fence: &Fence,
-    statement: &str,
+    table: &Table<'_>,
     body: &Bytes,
     spans: &[(usize, Range<usize>)],
     label: &[&str; 1],
@@ -211,7 +213,7 @@ async fn insert(
         }
         let rows = body.slice(spans[part.start].1.start..spans[part.end - 1].1.end);
         let started = Instant::now();
-        match ctx.clickhouse.insert(statement, rows).await {
+        match ctx.clickhouse.insert(&table.statement, &table.settings, rows).await {
             Ok(()) => {
                 ctx.metrics.table_insert_latency.with_label_values(label).observe(started.elapsed().as_secs_f64());
                 ctx.metrics.table_rows_inserted.with_label_values(label).inc_by(part.len() as u64);
