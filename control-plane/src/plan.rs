@@ -493,6 +493,30 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_syncs_into_a_table_without_its_computed_columns_but_never_into_aggregation_states() {
+        use millrace_proto::v1::{AggregateType, Table};
+        let mut s = stream("s", "");
+        s.destination = Some(ResourceRef { name: "t".into(), version: String::new() });
+        let id = s.fields[0].clone();
+        let computed = Field { name: "upper_id".into(), materialized: "upper(id)".into(), ..id.clone() };
+        let computed = Field { key: false, ..computed };
+        let table = |extra: Field| Table { name: "t".into(), fields: vec![id.clone(), extra], ..Default::default() };
+        let plan = |t: Table| Plan { streams: vec![s.clone()], tables: vec![t], ..Default::default() };
+        validate(plan(table(computed.clone()))).expect("a MATERIALIZED column the stream lacks is computed by ClickHouse");
+        let states = Field {
+            name: "uniques".into(),
+            aggregate: Some(AggregateType { function: "uniq".into(), arguments: vec![id.r#type.clone().unwrap()], simple: false }),
+            ..computed.clone()
+        };
+        let states = Field { materialized: String::new(), ..states };
+        let e = validate(plan(table(states))).unwrap_err().to_string();
+        assert!(e.contains("aggregation states") && e.contains("materialized view"), "{e}");
+        let plain = Field { materialized: String::new(), ..computed };
+        let e = validate(plan(table(plain))).unwrap_err().to_string();
+        assert!(e.contains("is not a field of the stream"), "{e}");
+    }
+
+    #[test]
     fn cycles_are_refused_with_their_transforms_named() {
         let plan = Plan {
             streams: vec![stream("a", ""), stream("b", ""), stream("c", "")],
