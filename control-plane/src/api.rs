@@ -55,12 +55,36 @@ fn key_from(kind: i32, name: String, version: String) -> Result<ResourceKey, Err
 }
 
 impl Api {
-    /// Validates, diffs and (unless a dry run) provisions and records a plan, all under the apply lock.
+    /// Validates, diffs and (unless a dry run) provisions and records a plan, all under the apply lock. A dry run
+    /// takes no lock: it reads what is stored and judges the plan against it.
     pub async fn apply(&self, plan: Plan, dry_run: bool, client: &str) -> Result<ApplyPlanResponse, Error> {
         let desired = plan::validate(plan)?;
-        let mut tx = self.store.begin_apply().await?;
+        if dry_run {
+            let stored = Store::load_state(self.store.pool()).await?;
+            let (changes, _, _) = self.judge(&desired, &stored, true).await?;
+            return Ok(ApplyPlanResponse { changes, dry_run, apply_id: 0 });
+        }
+        let (gate, mut tx) = self.store.begin_apply().await?;
         let stored = Store::load_state(&mut *tx).await?;
-        let mut planned = diff(&desired, &stored);
+        let (changes, planned, refused) = self.judge(&desired, &stored, false).await?;
+        if !refused.is_empty() {
+            return Err(Error::FailedPrecondition(format!("the plan was not applied: {}", refused.join("; "))));
+        }
+        self.provisioner.execute(&planned).await?;
+        let apply_id = Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
+        tx.commit().await?;
+        // Dropping topics below takes the gate again.
+        drop(gate);
+        let changed = planned.iter().filter(|p| p.action != ChangeAction::Unchanged).count();
+        tracing::info!(apply_id, client, changed, "plan applied");
+        self.coordinator.plan_applied().await;
+        self.drop_topics_after_their_units(&planned).await?;
+        Ok(ApplyPlanResponse { changes, dry_run, apply_id })
+    }
+
+    /// The plan's changes against what is stored, with notes, and the refusals (each "key: reason").
+    async fn judge(&self, desired: &State, stored: &State, dry_run: bool) -> Result<(Vec<ResourceChange>, Vec<Planned>, Vec<String>), Error> {
+        let mut planned = diff(desired, stored);
         self.note_partition_counts(&mut planned).await;
         self.refuse_what_clickhouse_lacks(&mut planned, dry_run).await?;
         let changes: Vec<ResourceChange> = planned.iter().map(Planned::to_proto).collect();
@@ -75,20 +99,7 @@ impl Api {
                 planned.iter().filter_map(|p| p.resulting().map(|r| (p.key.clone(), r.clone()))).collect();
             plan::check_state(&resulting)?;
         }
-        if dry_run {
-            return Ok(ApplyPlanResponse { changes, dry_run, apply_id: 0 });
-        }
-        if !refused.is_empty() {
-            return Err(Error::FailedPrecondition(format!("the plan was not applied: {}", refused.join("; "))));
-        }
-        self.provisioner.execute(&planned).await?;
-        let apply_id = Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
-        tx.commit().await?;
-        let changed = planned.iter().filter(|p| p.action != ChangeAction::Unchanged).count();
-        tracing::info!(apply_id, client, changed, "plan applied");
-        self.coordinator.plan_applied().await;
-        self.drop_topics_after_their_units(&planned).await?;
-        Ok(ApplyPlanResponse { changes, dry_run, apply_id })
+        Ok((changes, planned, refused))
     }
 
     /// Says where a stream's topic has another partition count than declared: units follow the topic, so every
@@ -136,7 +147,7 @@ impl Api {
 
     /// Deletes one resource as its life cycle allows.
     pub async fn delete(&self, key: ResourceKey, client: &str) -> Result<ResourceChange, Error> {
-        let mut tx = self.store.begin_apply().await?;
+        let (gate, mut tx) = self.store.begin_apply().await?;
         let stored = Store::load_state(&mut *tx).await?;
         if !stored.contains_key(&key) {
             return Err(Error::NotFound(format!("{key} is not declared")));
@@ -157,6 +168,7 @@ impl Api {
         self.provisioner.execute(&planned).await?;
         Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
         tx.commit().await?;
+        drop(gate);
         tracing::info!(%key, client, "resource deleted");
         self.coordinator.plan_applied().await;
         self.drop_topics_after_their_units(&planned).await?;
@@ -176,7 +188,7 @@ impl Api {
         tokio::time::sleep(UNITS_STOP_WITHIN).await;
         let dropped = async {
             // Under the apply lock again: a plan applied meanwhile may have declared the resource anew.
-            let mut tx = self.store.begin_apply().await?;
+            let (_gate, mut tx) = self.store.begin_apply().await?;
             let stored = Store::load_state(&mut *tx).await?;
             let gone: Vec<&Planned> = drops.into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
             self.provisioner.drop_topics(&gone).await

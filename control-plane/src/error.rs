@@ -16,6 +16,9 @@ pub enum Error {
     /// A dependency could not be reached; nothing was recorded.
     #[error("{what} is unreachable: {detail}. Nothing was recorded; retry once it is back")]
     Unavailable { what: &'static str, detail: String },
+    /// Another apply holds the apply lock for longer than an apply waits for it; nothing was recorded.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -28,10 +31,13 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        // statement_timeout (query_canceled) and lock_timeout (lock_not_available): Postgres answered too slowly.
+        let timed_out = matches!(&e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("57014") | Some("55P03")));
         match e {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
                 Error::unavailable("Postgres", e)
             }
+            _ if timed_out => Error::unavailable("Postgres", format!("no answer in time ({e})")),
             other => Error::Internal(format!("Postgres: {other}")),
         }
     }
@@ -44,6 +50,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable { .. } => Code::Unavailable,
+            Error::Busy(_) => Code::Aborted,
             Error::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

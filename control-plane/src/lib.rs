@@ -57,6 +57,9 @@ pub struct Config {
     /// How long a worker's lease lasts without a heartbeat.
     #[arg(long, env = "MILLRACE_LEASE_MS", default_value_t = 10_000)]
     pub lease_ms: u64,
+    /// How long an apply (or delete) waits for one in progress before it answers ABORTED, "try again".
+    #[arg(long, env = "MILLRACE_APPLY_WAIT_MS", default_value_t = 60_000)]
+    pub apply_wait_ms: u64,
 }
 
 impl Config {
@@ -73,7 +76,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
             config.topic_namespace
         )));
     }
-    let store = store::Store::connect(&config.database_url, config.timeout()).await?;
+    let store = store::Store::connect(&config.database_url, config.timeout(), Duration::from_millis(config.apply_wait_ms)).await?;
     let kafka = provision::kafka::Kafka::new(&config.kafka_brokers, config.timeout(), config.replication_factor)?;
     let clickhouse = provision::clickhouse::ClickHouse::new(
         &config.clickhouse_url,
@@ -83,8 +86,9 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         config.timeout(),
     );
     let provisioner = provision::Provisioner { kafka, clickhouse, topic_namespace: config.topic_namespace.clone() };
+    let coordinator_store = store::Store::connect_coordinator(&config.database_url, config.timeout()).await?;
     let coordinator = coordinator::Coordinator::new(
-        store.clone(),
+        coordinator_store,
         provisioner.kafka.clone(),
         Duration::from_millis(config.lease_ms),
         scheduler::Names { topic_namespace: config.topic_namespace.clone(), clickhouse_database: config.clickhouse_database.clone() },

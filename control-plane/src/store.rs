@@ -1,5 +1,5 @@
 //! Declarations and the apply log in Postgres. An apply runs inside one transaction that holds an advisory
-//! lock, so concurrent applies queue up and a failed one records nothing.
+//! lock, so concurrent applies queue up (for a bounded time) and a failed one records nothing.
 
 use crate::diff::Planned;
 use crate::error::Error;
@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use millrace_proto::v1::{ChangeAction, Resource, ResourceChange, ResourceKind};
 use prost::Message;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, Postgres};
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio::sync::OwnedMutexGuard;
 use sqlx::{PgPool, Row, Transaction};
 use std::time::Duration;
 
@@ -35,6 +38,11 @@ pub struct ApplyRow {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Applies of this process queue here, holding no connection while they wait.
+    apply_gate: Arc<tokio::sync::Mutex<()>>,
+    /// How long an apply waits for another one to finish before it answers busy: in memory (one apply per process
+    /// reaches Postgres), and across control planes on the advisory lock.
+    apply_wait: Duration,
 }
 
 /// The URL with any password replaced, for messages and logs.
@@ -52,8 +60,8 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl Store {
-    /// Connects, creating the database if it is missing, and applies migrations.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
+    /// Connects the pool for applies and reads, creating the database if it is missing, and applies migrations.
+    pub async fn connect(url: &str, timeout: Duration, apply_wait: Duration) -> Result<Self, Error> {
         let shown = redact_url(url);
         let unreachable = |e: sqlx::Error| Error::unavailable("Postgres", format!("{shown}: {e}"));
         let exists = tokio::time::timeout(timeout, Postgres::database_exists(url))
@@ -63,28 +71,69 @@ impl Store {
         if !exists {
             Postgres::create_database(url).await.map_err(unreachable)?;
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(timeout)
-            .connect(url)
-            .await
-            .map_err(unreachable)?;
+        let store = Self { apply_wait, ..Self::pool_of(url, timeout, 8).await? };
         sqlx::migrate!("./migrations")
-            .run(&pool)
+            .run(&store.pool)
             .await
             .map_err(|e| Error::Internal(format!("migrating {shown}: {e}")))?;
-        Ok(Self { pool })
+        Ok(store)
+    }
+
+    /// A second pool on the same database, for the coordinator: heartbeats, commits and scheduling rounds never
+    /// wait for a connection an apply holds (applies spend seconds on the broker and ClickHouse).
+    pub async fn connect_coordinator(url: &str, timeout: Duration) -> Result<Self, Error> {
+        Self::pool_of(url, timeout, 16).await
+    }
+
+    /// A pool whose statements and lock waits are bounded by `timeout` (on the server, so a hung query ends and
+    /// frees what waits on it), and whose connections are recycled before a firewall forgets them.
+    async fn pool_of(url: &str, timeout: Duration, size: u32) -> Result<Self, Error> {
+        let shown = redact_url(url);
+        let ms = timeout.as_millis().max(1).to_string();
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| Error::InvalidArgument(format!("--database-url {shown}: {e}")))?
+            .options([("statement_timeout", ms.as_str()), ("lock_timeout", ms.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(size)
+            .acquire_timeout(timeout)
+            .max_lifetime(Duration::from_secs(30 * 60))
+            .idle_timeout(Duration::from_secs(5 * 60))
+            .connect_with(options)
+            .await
+            .map_err(|e| Error::unavailable("Postgres", format!("{shown}: {e}")))?;
+        Ok(Self { pool, apply_gate: Arc::default(), apply_wait: timeout })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    /// Starts an apply: a transaction holding the apply lock.
-    pub async fn begin_apply(&self) -> Result<Transaction<'static, Postgres>, Error> {
+    /// Starts an apply: a transaction holding the apply lock, and this process's apply gate. Waits at most
+    /// `apply_wait` for an apply in progress, then answers busy.
+    pub async fn begin_apply(&self) -> Result<(OwnedMutexGuard<()>, Transaction<'static, Postgres>), Error> {
+        let busy = || {
+            Error::Busy(format!(
+                "another apply has been running for over {:?} (it may be waiting on the broker or ClickHouse): try again when it finishes",
+                self.apply_wait
+            ))
+        };
+        let gate = tokio::time::timeout(self.apply_wait, self.apply_gate.clone().lock_owned()).await.map_err(|_| busy())?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPLY_LOCK).execute(&mut *tx).await?;
-        Ok(tx)
+        let wait = self.apply_wait.as_millis().max(1);
+        for setting in ["lock_timeout", "statement_timeout"] {
+            sqlx::query(&format!("SET LOCAL {setting} = {wait}")).execute(&mut *tx).await?;
+        }
+        match sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPLY_LOCK).execute(&mut *tx).await {
+            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("55P03") | Some("57014")) => return Err(busy()),
+            other => other?,
+        };
+        // Back to the pool's bounds for the apply's own statements.
+        for setting in ["lock_timeout", "statement_timeout"] {
+            sqlx::query(&format!("SET LOCAL {setting} = DEFAULT")).execute(&mut *tx).await?;
+        }
+        // Provisioning runs inside the transaction: the connection idles while the broker and ClickHouse work,
+        // which is no statement, so statement_timeout does not cut it short.
+        Ok((gate, tx))
     }
 
     /// Every declaration, as a state (inside an apply's transaction, or alone with `&pool`).
