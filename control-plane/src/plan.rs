@@ -360,6 +360,14 @@ fn check_destination_table(
             Some(f) if f.r#type != col.r#type || f.nullable != col.nullable => {
                 return Err(fail(key, "destination", format!("field `{}` has a different type in {table_key}", col.name)))
             }
+            // Records may leave such a field out: the table must fill it.
+            Some(f) if !f.default_expression.is_empty() && col.default_expression.is_empty() && !col.nullable => {
+                return Err(fail(
+                    key,
+                    "destination",
+                    format!("records may leave field `{}` out (it has a DEFAULT), but column `{}` of {table_key} has none: give it one", col.name, col.name),
+                ))
+            }
             Some(_) => {}
         }
     }

@@ -166,11 +166,12 @@ impl ClickHouse {
                     }
                 }
                 let attribute_alters = match stored {
-                    Some(s) => columns::alters(&table.fields, &s.fields, server).map_err(|e| Error::InvalidArgument(format!("table `{name}`: {e}")))?,
+                    Some(s) => columns::alters(&table.fields, &s.fields, &existing).map_err(|e| Error::InvalidArgument(format!("table `{name}`: {e}")))?,
                     None => Vec::new(),
                 };
                 for alter in attribute_alters {
-                    self.execute("ALTER TABLE MODIFY COLUMN", &format!("ALTER TABLE {table_ref} {alter}")).await?;
+                    let stmt = Statement { sql: format!("ALTER TABLE {table_ref} {alter}"), settings: settings.clone() };
+                    self.run_statement("ALTER TABLE MODIFY COLUMN", &stmt).await?;
                 }
                 // After new columns (an index may use them), before dropped ones (an index may have used them).
                 for stmt in stored.map(|s| ddl::alter_options(database, name, table, s, server)).unwrap_or_default() {
@@ -222,6 +223,8 @@ fn same_column_type(have: &str, declared: &str) -> bool {
     let norm = |t: &str| {
         let t: String = t.replace("DateTime('UTC')", "DateTime").chars().filter(|c| !c.is_whitespace()).collect();
         let t = strip_low_cardinality(&t);
+        // Aggregate function names and parameters as the server spells them: `Sum` is `sum`, `0.50` is `0.5`.
+        let t = if t.contains("AggregateFunction(") { canonical_numbers(&t.to_ascii_lowercase()) } else { t };
         if t.starts_with("JSON(") {
             "JSON".to_string()
         } else {
@@ -229,6 +232,32 @@ fn same_column_type(have: &str, declared: &str) -> bool {
         }
     };
     have == declared || norm(have) == norm(declared)
+}
+
+/// Every number in `t` written as its shortest form (`0.50` and `.5` are `0.5`, `1e-1` is `0.1`).
+fn canonical_numbers(t: &str) -> String {
+    let bytes = t.as_bytes();
+    let mut out = String::with_capacity(t.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_number = (bytes[i].is_ascii_digit() || (bytes[i] == b'.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)))
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'));
+        if !starts_number {
+            out.push(bytes[i] as char);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.' || ((bytes[i] == b'-' || bytes[i] == b'+') && matches!(bytes[i - 1], b'e'))) {
+            i += 1;
+        }
+        let text = &t[start..i];
+        match text.parse::<f64>() {
+            Ok(v) => out.push_str(&v.to_string()),
+            Err(_) => out.push_str(text),
+        }
+    }
+    out
 }
 
 /// `LowCardinality(T)` -> `T`, at any depth.
@@ -267,6 +296,10 @@ mod tests {
         assert!(same_column_type("String", "LowCardinality(String)"));
         assert!(same_column_type("Map(String, Nullable(String))", "Map(String, LowCardinality(Nullable(String)))"));
         assert!(same_column_type("JSON(max_dynamic_paths = 8)", "JSON(max_dynamic_paths=8)"));
+        assert!(same_column_type("AggregateFunction(sum, Int64)", "AggregateFunction(Sum, Int64)"));
+        assert!(same_column_type("AggregateFunction(quantiles(0.5, 0.9), Float64)", "AggregateFunction(quantiles(0.50, .9), Float64)"));
+        assert!(same_column_type("SimpleAggregateFunction(sum, UInt64)", "SimpleAggregateFunction(SUM, UInt64)"));
+        assert!(!same_column_type("AggregateFunction(quantiles(0.5), Float64)", "AggregateFunction(quantiles(0.9), Float64)"));
         assert!(!same_column_type("Int64", "Int32"));
         assert!(!same_column_type("Array(String)", "String"));
     }

@@ -117,13 +117,15 @@ pub fn attribute_changes(d: &Field, s: &Field) -> Result<Vec<String>, String> {
 }
 
 /// The ALTERs (after `ALTER TABLE <table> `) that take existing columns' attributes from `stored` to `desired`.
-pub fn alters(desired: &[Field], stored: &[Field], server: &Server) -> Result<Vec<String>, String> {
+/// A column keeps its type as the server reports it (`existing`: name, type): MODIFY COLUMN names a type, and
+/// must not convert one (a LowCardinality declared or dropped since, say).
+pub fn alters(desired: &[Field], stored: &[Field], existing: &[(String, String)]) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for d in desired {
         let Some(s) = stored.iter().find(|s| s.name == d.name) else { continue };
         let modified = expression(d) != expression(s) || d.codec != s.codec || d.ttl != s.ttl;
         if modified {
-            let ty = column_type(d, server)?;
+            let Some((_, ty)) = existing.iter().find(|(n, _)| *n == d.name) else { continue };
             out.push(format!("MODIFY COLUMN {} {ty}{}", quote_ch(&d.name), attributes(d, false)));
         }
         if d.comment != s.comment {
@@ -175,14 +177,21 @@ mod tests {
         let s = Field { default_expression: "1".into(), codec: "ZSTD(1)".into(), ..f("n", ScalarType::Int64) };
         let d = Field { default_expression: "2".into(), codec: "ZSTD(3)".into(), comment: "n".into(), ..s.clone() };
         assert_eq!(attribute_changes(&d, &s).unwrap().len(), 3);
+        let have = vec![("n".to_string(), "Int64".to_string())];
         assert_eq!(
-            alters(&[d.clone()], &[s.clone()], &Server::MODERN).unwrap(),
+            alters(&[d.clone()], &[s.clone()], &have).unwrap(),
             vec!["MODIFY COLUMN `n` Int64 DEFAULT (2) CODEC(ZSTD(3))", "COMMENT COLUMN `n` 'n'"]
         );
         let switched = Field { default_expression: String::new(), materialized: "1".into(), ..s.clone() };
         assert!(attribute_changes(&switched, &s).unwrap_err().contains("new version"));
         let no_codec = Field { codec: String::new(), ..s.clone() };
         assert!(attribute_changes(&no_codec, &s).unwrap_err().contains("cannot be removed"));
-        assert!(alters(&[s.clone()], &[s], &Server::MODERN).unwrap().is_empty());
+        assert!(alters(&[s.clone()], &[s], &have).unwrap().is_empty());
+        // The type is the server's: a LowCardinality declared since is no conversion.
+        let lc = Field { low_cardinality: true, codec: "ZSTD(5)".into(), ..f("t", ScalarType::String) };
+        let was = Field { low_cardinality: false, ..lc.clone() };
+        let was = Field { codec: "ZSTD(1)".into(), ..was };
+        let have = vec![("t".to_string(), "String".to_string())];
+        assert_eq!(alters(&[lc], &[was], &have).unwrap(), vec!["MODIFY COLUMN `t` String CODEC(ZSTD(5))"]);
     }
 }

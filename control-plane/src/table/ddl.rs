@@ -129,8 +129,34 @@ pub fn create_table(database: &str, physical: &str, table: &Table, server: &Serv
         let sorted: BTreeMap<&String, &String> = table.settings.iter().collect();
         sql.push_str(&format!(" SETTINGS {}", settings_list(&sorted)));
     }
+    check_size(&sql)?;
     Ok(Statement { sql, settings: features::query_settings(table, server) })
 }
+
+/// ClickHouse refuses statements past max_query_size (256 KiB by default).
+fn check_size(sql: &str) -> Result<(), String> {
+    if sql.len() > MAX_DDL {
+        return Err(format!(
+            "its CREATE TABLE statement is {} bytes; ClickHouse takes at most {MAX_DDL}: use fewer or shorter comments, enum members or JSON paths",
+            sql.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses, when a plan is validated, a table whose CREATE TABLE ClickHouse would refuse for its size (rendered
+/// for a modern server, whose DDL is the longest).
+pub fn check_create_size(table: &Table) -> Result<(), String> {
+    match create_table("database", &table.name, table, &Server::MODERN) {
+        Ok(_) => Ok(()),
+        Err(e) if e.starts_with("its CREATE TABLE") => Err(e),
+        // Other errors are the fields' own, reported by their validation.
+        Err(_) => Ok(()),
+    }
+}
+
+/// The longest CREATE TABLE rendered, leaving room below ClickHouse's default max_query_size (256 KiB).
+const MAX_DDL: usize = 200 << 10;
 
 /// The ALTERs that take the table's options from `stored` to `desired`, where the diff allowed the change (TTL,
 /// settings, indexes); column changes are made apart. Indexes that go are dropped first, and changed ones

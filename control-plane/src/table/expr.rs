@@ -1,7 +1,7 @@
 //! ClickHouse expressions users write (ORDER BY, PARTITION BY, TTL, index expressions, ...) reach DDL as text.
 //! They are not parsed: the user may already create any table, so the check is not about what an expression
 //! computes but that it stays one expression in its own clause. It refuses what could end the statement or the
-//! clause (`;`, comments, an unbalanced quote or bracket, control characters) and, where the expression is not
+//! clause (`;`, comments, an unbalanced quote or bracket, a heredoc, control characters) and, where the expression is not
 //! wrapped in parentheses (TTL), words that would start another clause. ClickHouse then judges the rest.
 
 /// Longest expression accepted: real ones are a few dozen characters.
@@ -31,6 +31,9 @@ pub fn check(text: &str, wrapped: bool) -> Result<(), String> {
         match b {
             b'\'' | b'`' | b'"' => i = skip_quoted(bytes, i).ok_or_else(|| format!("has an unclosed {} quote", b as char))?,
             b';' => return Err("holds `;`: one expression, not statements".into()),
+            // Newer servers read `$$...$$` and `$tag$...$tag$` as strings (heredocs), which would hide quotes and
+            // brackets from this check.
+            b'$' => return Err("holds `$` outside quotes (a heredoc string on newer servers): quote it".into()),
             b'#' => return Err("holds `#` (a comment in ClickHouse) outside quotes".into()),
             b'-' if bytes.get(i + 1) == Some(&b'-') => return Err("holds `--` (a comment) outside quotes".into()),
             b'/' if bytes.get(i + 1) == Some(&b'*') => return Err("holds `/*` (a comment) outside quotes".into()),
@@ -114,6 +117,7 @@ mod tests {
             "concat('it''s', `odd name`, \"x\")",
             "arr[1]",
             "'--not a comment'",
+            "concat('$', x)",
         ] {
             check(ok, true).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
@@ -135,6 +139,8 @@ mod tests {
             ("a\u{0}b", "control"),
             ("  ", "empty"),
             ("[1)", "unbalanced"),
+            ("$$'$$), DROP COLUMN `b`, MODIFY COLUMN `a` String DEFAULT ($$'$$", "heredoc"),
+            ("$x$ ) $x$", "heredoc"),
         ] {
             let e = check(bad, true).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

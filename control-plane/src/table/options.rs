@@ -50,7 +50,8 @@ pub fn normalise(key: &ResourceKey, t: &mut Table) -> Result<(), PlanError> {
     }
     check_settings(key, t)?;
     check_indexes(key, t)?;
-    normalise_engine(key, t)
+    normalise_engine(key, t)?;
+    super::ddl::check_create_size(t).map_err(|e| fail(key, "fields", e))
 }
 
 fn normalise_order_by(key: &ResourceKey, t: &mut Table) -> Result<(), PlanError> {

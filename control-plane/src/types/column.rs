@@ -6,6 +6,12 @@ use super::{err, validate_type, FieldError};
 use crate::table::expr;
 use millrace_proto::v1::{field_type::Kind, AggregateType, Field, ScalarType};
 
+/// The functions ClickHouse allows in a SimpleAggregateFunction column (those whose state is their result).
+const SIMPLE_AGGREGATES: &[&str] = &[
+    "any", "anyLast", "min", "max", "sum", "sumWithOverflow", "groupBitAnd", "groupBitOr", "groupBitXor",
+    "groupArrayArray", "groupUniqArrayArray", "groupArrayLastArray", "sumMap", "minMap", "maxMap", "argMin", "argMax",
+];
+
 /// Longest column comment accepted.
 pub const MAX_COMMENT: usize = 4096;
 
@@ -38,6 +44,9 @@ pub fn validate(f: &Field, path: &str) -> Result<(), FieldError> {
         if !text.is_empty() {
             expr::check(text, true).map_err(|e| err(path, format!("the {what} expression {e}")))?;
         }
+    }
+    if !f.alias.is_empty() && (!f.codec.is_empty() || !f.ttl.is_empty()) {
+        return Err(err(path, "an ALIAS column is not stored: it takes no codec or TTL"));
     }
     if f.key && (!set.is_empty() || !f.ttl.is_empty()) {
         return Err(err(path, "a key field comes from the record: it cannot have a DEFAULT, MATERIALIZED or ALIAS expression, or a TTL"));
@@ -99,6 +108,13 @@ fn validate_aggregate(f: &Field, agg: &AggregateType, path: &str) -> Result<(), 
     if agg.simple && (agg.arguments.len() != 1 || Some(&agg.arguments[0]) != f.r#type.as_ref() || f.nullable) {
         return Err(err(path, "a simple aggregate takes one argument, whose type is the field's own (not optional)"));
     }
+    let name = agg.function.split('(').next().unwrap_or_default();
+    if agg.simple && !SIMPLE_AGGREGATES.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+        return Err(err(
+            path,
+            format!("{name} cannot be a SimpleAggregateFunction (ClickHouse takes {}): use aggregated(...) for it", SIMPLE_AGGREGATES.join(", ")),
+        ));
+    }
     Ok(())
 }
 
@@ -118,6 +134,8 @@ mod tests {
         let f = Field { alias: "upper(a)".into(), key: true, ..string("s") };
         assert!(validate(&f, "s").unwrap_err().reason.contains("key field"));
         assert!(validate(&Field { materialized: "upper(a)".into(), ..string("s") }, "s").is_ok());
+        let f = Field { alias: "upper(a)".into(), codec: "ZSTD(1)".into(), ..string("s") };
+        assert!(validate(&f, "s").unwrap_err().reason.contains("not stored"));
     }
 
     #[test]
@@ -141,6 +159,7 @@ mod tests {
         assert!(validate(&agg("anyLast", true, vec![ty.clone()]), "s").is_ok());
         assert!(validate(&agg("quantiles(0.5, 0.9)", false, vec![ty.clone()]), "s").is_ok());
         assert!(validate(&agg("sum; DROP", false, vec![ty.clone()]), "s").is_err());
+        assert!(validate(&agg("uniq", true, vec![ty.clone()]), "s").unwrap_err().reason.contains("use aggregated"));
         assert!(validate(&agg("sum", false, vec![]), "s").is_err());
         let int = FieldType { kind: Some(Kind::Scalar(ScalarType::Int64 as i32)) };
         assert!(validate(&agg("sum", true, vec![int]), "s").unwrap_err().reason.contains("field's own"));
