@@ -73,6 +73,33 @@ class ClickhouseSize:
 class ClickhouseFixedStringSize:
     size: int
 
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        # Records are JSON: `bytes` travel as text, so only UTF-8 can (pydantic's to_json would fail on the rest).
+        schema = handler(source)
+        if source is not bytes:
+            return schema
+
+        def text(value: Any, write: Any) -> Any:
+            if isinstance(value, bytes):
+                _utf8(value)
+            return write(value)
+
+        return core_schema.no_info_after_validator_function(
+            _utf8, schema, serialization=core_schema.wrap_serializer_function_ser_schema(text, when_used="json")
+        )
+
+
+def _utf8(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{value[:8]!r}... is not UTF-8 text: a FixedString field's bytes travel in JSON records; "
+                "store a binary digest hex-encoded (digest.hex(), FixedString(32) for an MD5)"
+            ) from None
+    return value
+
 
 def FixedString(size: int) -> ClickhouseFixedStringSize:  # noqa: N802 (moose_lib's name)
     """`Annotated[str, FixedString(16)]` (or `bytes`): a FixedString(size) column of at most `size` bytes (UTF-8);
@@ -142,8 +169,14 @@ class ClickhouseDefault:
     expression: str
 
 
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return _null_by_default(source, handler)
+
+
 def clickhouse_default(expression: str) -> ClickhouseDefault:
-    """`Annotated[int, clickhouse_default("0")]`: the column's DEFAULT; a record may leave the field out."""
+    """`Annotated[int, clickhouse_default("0")]`: the column's DEFAULT; a record may leave the field out. The model
+    takes None (the default) for it, as for MATERIALIZED and ALIAS fields, so that records without it validate; a
+    record carrying it null is written without it (ClickHouse fills the DEFAULT). Its column is not Nullable."""
     return ClickhouseDefault(expression=expression)
 
 

@@ -375,8 +375,10 @@ def _wire_type(ty: dict, where: str) -> Any:
         if s == "IPV4":  # text only: pydantic would take a number, which the worker refuses
             return Annotated[ipaddress.IPv4Address, Strict()]
         if s == "IPV6":
-            return Annotated[ipaddress.IPv6Address, Strict()]
+            return Annotated[ipaddress.IPv6Address, Strict(), AfterValidator(_no_zone)]
         return None
+    if "datetime64" in ty:
+        return _datetime64(ty["datetime64"].get("precision", 0))
     if "fixed_string" in ty:
         return _fixed_string(ty["fixed_string"]["size"])
     if "map" in ty:  # JSON object keys are text: an integer key is checked as the number it spells
@@ -413,10 +415,36 @@ def _wire_record(fields: list[dict], where: str) -> Any:
     for f in fields:
         t = _wire_type(f["type"], f"{where}.{f['name']}")
         if t is not None:
-            # MATERIALIZED and ALIAS fields are None unless given (ClickHouse computes them).
-            computed = f.get("materialized") or f.get("alias")
+            # MATERIALIZED, ALIAS and DEFAULT fields are None unless given (ClickHouse computes or fills them).
+            computed = f.get("materialized") or f.get("alias") or f.get("default_expression")
             defs[f["name"]] = Optional[t] if f.get("nullable") or computed else t
     return TypedDict(f"{where.split('.')[0]}Wire", defs) if defs else None  # type: ignore[operator]
+
+
+def _no_zone(v: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    if v.scope_id is not None:
+        raise ValueError(f"{v} has a zone (%{v.scope_id}); ClickHouse's IPv6 holds the address alone: drop the zone")
+    return v
+
+
+# What DateTime64 holds (1900-01-01 to 2299-12-31); DateTime64(9) only to 2262-04-11 23:47:16.854775807 UTC, the
+# last nanosecond an Int64 counts (Python's datetimes stop at the microsecond before it).
+_DT64_MIN = _dt.datetime(1900, 1, 1, tzinfo=_dt.timezone.utc)
+_DT64_MAX = {9: _dt.datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=_dt.timezone.utc)}
+_DT64_END = _dt.datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=_dt.timezone.utc)
+
+
+def _datetime64(precision: int) -> Any:
+    last = _DT64_MAX.get(precision, _DT64_END)
+    shown = "2262-04-11 23:47:16.854775807" if precision == 9 else "2299-12-31 23:59:59"
+
+    def holds(v: _dt.datetime) -> _dt.datetime:
+        t = v if v.tzinfo is not None else v.replace(tzinfo=_dt.timezone.utc)  # no offset: UTC, as the worker reads it
+        if not _DT64_MIN <= t <= last:
+            raise ValueError(f"{v.isoformat()} is outside what a ClickHouse DateTime64({precision}) holds (1900-01-01 to {shown} UTC)")
+        return v
+
+    return Annotated[_dt.datetime, AfterValidator(holds)]
 
 
 def _fixed_string(size: int) -> Any:

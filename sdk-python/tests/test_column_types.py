@@ -341,3 +341,73 @@ def test_outputs_with_values_their_columns_cannot_hold_are_refused_naming_the_fi
     assert json.loads(out[5][0])["by_num"] == {"7": None}
     last = json.loads(out[10][0])
     assert last["code"] == "€" and last["by_num"] == {"255": 1.5} and last["attrs"] == {"name": "n", "hits": 2, "more": "yes"}
+
+
+# --- DEFAULT fields, DateTime64 ranges, values the worker refuses --------------------------------------------------
+
+
+class WithDefault(BaseModel):
+    id: Key[str]
+    retries: Annotated[int, clickhouse_default("3")]
+
+
+def test_a_default_field_is_none_unless_given_while_its_column_is_not_nullable():
+    assert WithDefault.model_validate_json('{"id":"a"}').retries is None
+    assert WithDefault(id="a", retries=2).retries == 2
+    (_, retries) = model_fields(WithDefault)
+    assert retries == {"name": "retries", "type": S("INT64"), "nullable": False, "key": False, "default_expression": "3"}
+    # A transform passes such a record on with the field null (the worker leaves it out of the row).
+    out = Runner("f", lambda r: r, WithDefault, WithDefault, consumer=False).run([b'{"id":"a"}', b'{"id":"b","retries":5}'])
+    assert [json.loads(o[0]) for o in out] == [{"id": "a", "retries": None}, {"id": "b", "retries": 5}]
+
+
+class Late(BaseModel):
+    id: Key[int]
+    ns: clickhouse_datetime64(9)
+    ms: clickhouse_datetime64(3)
+
+
+def test_outputs_with_datetime64_values_beyond_what_the_precision_holds_are_refused():
+    utc = dt.timezone.utc
+    last_ns = dt.datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=utc)
+    cases = [
+        (last_ns, dt.datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=utc)),  # the last each holds
+        (dt.datetime(2262, 4, 11, 23, 47, 17, tzinfo=utc), dt.datetime(2026, 1, 1, tzinfo=utc)),
+        (dt.datetime(2026, 1, 1, tzinfo=utc), dt.datetime(2300, 1, 1, tzinfo=utc)),
+        (dt.datetime(2026, 1, 1, tzinfo=utc), dt.datetime(1899, 12, 31, 23, tzinfo=utc)),
+        (dt.datetime(2262, 4, 12, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))), dt.datetime(2026, 1, 1)),  # 23:00 UTC
+    ]
+
+    def fn(r: In):
+        ns, ms = cases[r.id]
+        return Late(id=r.id, ns=ns, ms=ms)
+
+    out = Runner("f", fn, In, Late, consumer=False).run([b'{"id":%d,"v":0}' % i for i in range(len(cases))])
+    assert json.loads(out[0][0])["ns"] == "2262-04-11T23:47:16.854775Z" and json.loads(out[4][0])["id"] == 4
+    for i, field in [(1, "ns"), (2, "ms"), (3, "ms")]:
+        assert isinstance(out[i], tuple) and out[i][0] == "ValidationError" and field in out[i][1], (i, out[i])
+    assert "DateTime64(9) holds" in out[1][1] and "2262-04-11 23:47:16.854775807" in out[1][1], out[1]
+
+
+class Odd(BaseModel):
+    id: Key[int]
+    ip6: Optional[ipaddress.IPv6Address] = None
+    digest: Optional[Annotated[bytes, FixedString(16)]] = None
+
+
+def test_outputs_the_worker_would_refuse_are_refused_with_a_clear_message():
+    def fn(r: In):
+        if r.v == 1:
+            return Odd(id=r.id, ip6=ipaddress.IPv6Address("fe80::1%eth0"))
+        if r.v == 2:
+            o = Odd(id=r.id)
+            o.digest = bytes(range(240, 256))  # an MD5 digest's bytes: not UTF-8 (assignment is not validated)
+            return o
+        return Odd(id=r.id, ip6=ipaddress.IPv6Address("fe80::1"), digest=b"0123456789abcdef")
+
+    out = Runner("f", fn, In, Odd, consumer=False).run([b'{"id":%d,"v":%d}' % (i, i) for i in range(3)])
+    assert isinstance(out[1], tuple) and "ip6" in out[1][1] and "zone" in out[1][1], out[1]
+    assert isinstance(out[2], tuple) and "not UTF-8" in out[2][1] and "hex" in out[2][1], out[2]
+    assert json.loads(out[0][0]) == {"id": 0, "ip6": "fe80::1", "digest": "0123456789abcdef"}
+    with pytest.raises(ValueError, match="not UTF-8"):
+        Odd(id=1, digest=bytes(range(240, 256)))

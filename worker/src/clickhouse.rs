@@ -34,9 +34,10 @@ pub enum Cause {
 
 /// Parse and conversion errors of the input data (CANNOT_PARSE_*, TYPE_MISMATCH, ARGUMENT_OUT_OF_BOUND,
 /// CANNOT_CONVERT_TYPE, INCORRECT_DATA, TOO_LARGE_STRING_SIZE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN,
-/// DECIMAL_OVERFLOW, ...). Not 32 and 33 (ATTEMPT_TO_READ_AFTER_EOF, CANNOT_READ_ALL_DATA): the rows are whole
-/// JSON lines, so a body that ends early was cut in transit; nor 1001 (a std::exception: anything at all).
-const ROW_ERRORS: &[u32] = &[6, 25, 26, 27, 38, 41, 53, 69, 70, 72, 117, 130, 131, 349, 377, 395, 407, 441, 457];
+/// DECIMAL_OVERFLOW, CANNOT_PARSE_IPV4, CANNOT_PARSE_IPV6, ...). Not 32 and 33 (ATTEMPT_TO_READ_AFTER_EOF,
+/// CANNOT_READ_ALL_DATA): the rows are whole JSON lines, so a body that ends early was cut in transit; nor 1001 (a
+/// std::exception: anything at all).
+const ROW_ERRORS: &[u32] = &[6, 25, 26, 27, 38, 41, 53, 69, 70, 72, 117, 130, 131, 349, 377, 395, 407, 441, 457, 675, 676];
 
 /// MEMORY_LIMIT_EXCEEDED and CANNOT_ALLOCATE_MEMORY.
 const MEMORY_ERRORS: &[u32] = &[241, 173];

@@ -1,14 +1,16 @@
 //! A stream record as a row of its table, in ClickHouse's JSONEachRow: the record's own bytes for most values,
 //! rewritten only where ClickHouse (18.16 and later alike) reads another form: date-times as `YYYY-MM-DD hh:mm:ss`
 //! in UTC, booleans as 0/1, decimals unquoted, records as tuples, a top-level array of records as its Nested
-//! column's arrays. A DEFAULT column a record leaves out is left out of the row (inserted with `DEFAULTS_SETTING`);
+//! column's arrays (a nullable one's null as empty arrays). A DEFAULT column a record leaves out, or sets null where
+//! it is not nullable, is left out of the row (inserted with `DEFAULTS_SETTING`);
 //! MATERIALIZED and ALIAS columns never appear. A value ClickHouse would store as something else
 //! without an error (a date out of its range or not in the calendar, a decimal it reads only in part) is refused
 //! here, so that its record goes to the dead letter queue rather than into the table wrong. Each type's conversion
 //! lives with its family in `types`.
 
 use crate::schema::Schema;
-use crate::types::{of_field, write_value, Array, Optional, Pick, Ty};
+use crate::types::{left_out, of_field, write_value, Array, Optional, Pick, Ty};
+use millrace_proto::v1::field_type::Kind;
 use millrace_proto::v1::Field;
 use serde::de::Deserializer;
 use serde_json::value::RawValue;
@@ -26,8 +28,28 @@ enum Shape {
     Plain,
     /// A Nested column (a top-level array of records): one array per field of the records, `"name.sub": [...]`
     /// (what ClickHouse 18.16 and, flattening Nested, current servers read), with those keys ready to write.
-    /// `single`: an optional record (null or absent: no element; a record: one), as the control plane makes it.
-    Nested { record: Schema, index: HashMap<String, usize>, prefixes: Vec<Vec<u8>>, names: Vec<String>, single: bool },
+    /// `single`: an optional record (a record: one element), as the control plane makes it. `optional`: null or
+    /// absent is no element (an optional record, or a nullable list of records, whose Nested column has no null).
+    Nested { record: Schema, index: HashMap<String, usize>, prefixes: Vec<Vec<u8>>, names: Vec<String>, single: bool, optional: bool },
+}
+
+/// The records of a field the control plane makes a Nested column (its `nested_fields`: a list of records, nullable
+/// or not; a nullable or optional record), and whether it is a single record.
+fn nested_record<'t>(f: &Field, ty: &'t Ty) -> Option<(&'t Schema, bool)> {
+    let declared = f.r#type.as_ref().and_then(|t| t.kind.as_ref());
+    let element = |t: &'t Ty| match t {
+        Ty::Record(r) => Some(r),
+        _ => None,
+    };
+    match (declared, ty) {
+        (Some(Kind::Array(_)), Ty::Array(Array(inner))) => Some((element(inner)?, false)),
+        (Some(Kind::Array(_)), Ty::Optional(Optional(list))) => match &**list {
+            Ty::Array(Array(inner)) => Some((element(inner)?, false)),
+            _ => None,
+        },
+        (Some(Kind::Record(_) | Kind::Optional(_)), Ty::Optional(Optional(inner))) => Some((element(inner)?, true)),
+        _ => None,
+    }
 }
 
 struct Column {
@@ -58,23 +80,19 @@ impl RowWriter {
             .filter(|f| f.materialized.is_empty() && f.alias.is_empty())
             .map(|f| {
                 let ty = of_field(f);
-                let (single, element) = match &ty {
-                    Ty::Array(Array(inner)) => (false, Some(&**inner)),
-                    Ty::Optional(Optional(inner)) => (true, Some(&**inner)),
-                    _ => (false, None),
-                };
-                let shape = match element {
-                    Some(Ty::Record(record)) => {
-                            let names: Vec<String> = record.fields.iter().map(|s| format!("{}.{}", f.name, s.name)).collect();
-                            Shape::Nested {
-                                index: record.fields.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect(),
-                                prefixes: names.iter().map(|n| key_prefix(n)).collect(),
-                                record: record.clone(),
-                                names,
-                                single,
-                            }
+                let shape = match nested_record(f, &ty) {
+                    Some((record, single)) => {
+                        let names: Vec<String> = record.fields.iter().map(|s| format!("{}.{}", f.name, s.name)).collect();
+                        Shape::Nested {
+                            index: record.fields.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect(),
+                            prefixes: names.iter().map(|n| key_prefix(n)).collect(),
+                            record: record.clone(),
+                            names,
+                            single,
+                            optional: matches!(ty, Ty::Optional(_)),
                         }
-                    _ => Shape::Plain,
+                    }
+                    None => Shape::Plain,
                 };
                 Column { prefix: key_prefix(&f.name), name: f.name.clone(), ty, shape, default: !f.default_expression.is_empty() }
             })
@@ -110,7 +128,8 @@ impl RowWriter {
         let result = (|| {
             out.push(b'{');
             for (c, v) in self.columns.iter().zip(&values) {
-                if v.is_none() && c.default {
+                // A DEFAULT field left out, or set null where its column is not Nullable, is ClickHouse's to fill.
+                if c.default && v.is_none_or(|raw| raw.get() == "null" && !matches!(c.ty, Ty::Optional(_))) {
                     continue;
                 }
                 if out.len() > start + 1 {
@@ -121,12 +140,12 @@ impl RowWriter {
                         out.extend_from_slice(&c.prefix);
                         write_value(&c.ty, raw, out).map_err(|e| format!("{}: {e}", c.name))?
                     }
-                    (v, Shape::Nested { record, index, prefixes, single, .. }) if v.is_some() || *single => {
-                        let items: Vec<&RawValue> = match (v, single) {
-                            (Some(raw), false) => serde_json::from_str(raw.get())
+                    (v, Shape::Nested { record, index, prefixes, single, optional, .. }) if v.is_some() || *optional => {
+                        let items: Vec<&RawValue> = match v.filter(|raw| !(*optional && raw.get() == "null")) {
+                            Some(raw) if *single => vec![raw],
+                            Some(raw) => serde_json::from_str(raw.get())
                                 .map_err(|_| format!("{}: expected an array of objects, got {}", c.name, raw.get()))?,
-                            (Some(raw), true) if raw.get() != "null" => vec![*raw],
-                            _ => Vec::new(),
+                            None => Vec::new(),
                         };
                         write_nested(record, index, prefixes, &items, out).map_err(|e| format!("{}{e}", c.name))?
                     }
@@ -148,7 +167,7 @@ impl RowWriter {
 }
 
 /// Records as a Nested column's arrays: for each field of the records, `"name.sub":[...]` with each record's value
-/// (null where one leaves an optional field out). Errors start with what follows the column's name.
+/// (where one leaves an optional field out, its null: [] or {} for a list or map). Errors start with what follows the column's name.
 fn write_nested(record: &Schema, index: &HashMap<String, usize>, prefixes: &[Vec<u8>], items: &[&RawValue], out: &mut Vec<u8>) -> Result<(), String> {
     let mut values: Vec<Vec<Option<&RawValue>>> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -169,7 +188,7 @@ fn write_nested(record: &Schema, index: &HashMap<String, usize>, prefixes: &[Vec
             }
             match v[j] {
                 Some(raw) => write_value(&f.ty, raw, out).map_err(|e| format!("[{i}].{}: {e}", f.name))?,
-                None if !f.required => out.extend_from_slice(b"null"),
+                None if !f.required => out.extend_from_slice(left_out(&f.ty)),
                 None => return Err(format!("[{i}].{}: missing", f.name)),
             }
         }
@@ -236,7 +255,7 @@ mod tests {
             (r#""2026-1-1""#, "1", "day"),
             ("20261125", "1", "day"),
             (r#""2026-11-25""#, r#""1.5.5""#, "amount"),
-            (r#""2026-11-25""#, "1e3", "amount"),
+            (r#""2026-11-25""#, "1e8", "amount"),
             (r#""2026-11-25""#, r#""1.555""#, "amount"),
             (r#""2026-11-25""#, r#""123456789.5""#, "amount"),
             (r#""2026-11-25""#, r#""""#, "amount"),
@@ -293,7 +312,7 @@ mod tests {
         assert!(RowWriter::new(&[f("id", s(ScalarType::String), false)]).settings().is_empty());
         let schema = crate::schema::Schema::new(&[n, f("id", s(ScalarType::String), false)], false);
         assert!(schema.check(br#"{"id":"a"}"#).is_ok(), "a record may leave a DEFAULT field out");
-        assert!(schema.check(br#"{"id":"a","n":"7"}"#).is_err() && schema.check(br#"{"id":"a","n":null}"#).is_err());
+        assert!(schema.check(br#"{"id":"a","n":"7"}"#).is_err(), "a DEFAULT field's value is checked");
     }
 
     #[test]

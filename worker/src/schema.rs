@@ -49,9 +49,12 @@ impl Schema {
                 if (!f.materialized.is_empty() || !f.alias.is_empty()) && !matches!(ty, Ty::Optional(_)) {
                     ty = ty.nullable();
                 }
-                let optional = matches!(ty, Ty::Optional(_));
-                // A DEFAULT column may be left out (not set null, unless nullable): ClickHouse fills it.
-                let required = !optional && f.default_expression.is_empty();
+                // A DEFAULT column may be left out, or set null (as a Python model leaves it unless given, see `rows`):
+                // ClickHouse fills it.
+                if !f.default_expression.is_empty() && !matches!(ty, Ty::Optional(_)) {
+                    ty = ty.nullable();
+                }
+                let required = !matches!(ty, Ty::Optional(_));
                 FieldSpec { name: f.name.clone(), ty, required, key: f.key }
             })
             .collect();

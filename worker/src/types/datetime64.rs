@@ -5,14 +5,16 @@
 //! 9 digits (any of them, whatever p is). Like DATETIME, ingest takes no number, but a row takes one (seconds since
 //! the epoch, a function's output). Unlike DATETIME, ingest also checks the range, so a record is refused at once
 //! rather than dead-lettered by its table sync: DateTime64 holds 1900-01-01 00:00:00 to 2299-12-31 23:59:59.(9s)
-//! on current servers, and outside it a value would be stored wrong without an error.
+//! on current servers, and outside it a value would be stored wrong without an error; DateTime64(9) ends at
+//! 2262-04-11 23:47:16.854775807, the last nanosecond an Int64 counts (ClickHouse refuses later ones,
+//! DECIMAL_OVERFLOW). Rows get the decoded text's instant (JSON escapes included).
 //!
 //! Rows get `YYYY-MM-DD hh:mm:ss.fff` in UTC with exactly p fraction digits (none when p is 0), which ClickHouse
 //! 20.1 and later read for DateTime64(p, 'UTC'). A fraction longer than p is TRUNCATED to p digits, never
 //! refused: Python's datetime carries microseconds, so a model's datetime64(3) field still sends six digits
 //! (pydantic writes them all), and such records must go in. A shorter fraction is padded with zeros.
 
-use super::{Family, Refusal, Scalar};
+use super::{string_of, Family, Refusal, Scalar};
 use serde_json::value::RawValue;
 use std::io::Write;
 
@@ -97,10 +99,21 @@ fn seconds(text: &str) -> Option<Instant> {
     })
 }
 
-fn in_range(t: Instant, shown: &str) -> Result<Instant, String> {
-    match (MIN_SECS..=MAX_SECS).contains(&t.secs) {
-        true => Ok(t),
-        false => Err(format!("{shown} is outside what a ClickHouse DateTime64 holds (1900-01-01 to 2299-12-31)")),
+/// The last instant DateTime64(9) holds: its value is Int64 nanoseconds since the epoch (2262-04-11 23:47:16.854775807
+/// UTC), before 2299; beyond it ClickHouse refuses the row (DECIMAL_OVERFLOW) rather than the ingest API.
+const MAX_NANOS_9: Instant = Instant { secs: 9_223_372_036, nanos: 854_775_807 };
+
+impl DateTime64 {
+    fn in_range(&self, t: Instant, shown: &str) -> Result<Instant, String> {
+        let (max, until) = match self.precision {
+            9 => ((MAX_NANOS_9.secs, MAX_NANOS_9.nanos), "2262-04-11 23:47:16.854775807"),
+            _ => ((MAX_SECS, 999_999_999), "2299-12-31"),
+        };
+        match t.secs >= MIN_SECS && (t.secs, t.nanos) <= max {
+            true => Ok(t),
+            false if self.precision == 9 => Err(format!("{shown} is outside what a ClickHouse DateTime64(9) holds (1900-01-01 to {until})")),
+            false => Err(format!("{shown} is outside what a ClickHouse DateTime64 holds (1900-01-01 to {until})")),
+        }
     }
 }
 
@@ -123,7 +136,7 @@ impl Family for DateTime64 {
     }
     fn check(&self, v: Scalar<'_>) -> Result<(), Refusal> {
         match v {
-            Scalar::Str(s) => parse_datetime64(s).and_then(|t| in_range(t, &format!("{s:?}"))).map(|_| ()).map_err(Refusal::Bad),
+            Scalar::Str(s) => parse_datetime64(s).and_then(|t| self.in_range(t, &format!("{s:?}"))).map(|_| ()).map_err(Refusal::Bad),
             _ => Err(Refusal::Wrong),
         }
     }
@@ -132,11 +145,11 @@ impl Family for DateTime64 {
     }
     fn write(&self, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
         let text = raw.get();
-        let t = match serde_json::from_str::<&str>(text) {
-            Ok(s) => parse_datetime64(s)?,
-            Err(_) => seconds(text).ok_or_else(|| format!("expected a date-time, got {text}"))?,
+        let t = match string_of(raw) {
+            Some(s) => parse_datetime64(&s)?,
+            None => seconds(text).ok_or_else(|| format!("expected a date-time, got {text}"))?,
         };
-        self.format(in_range(t, text)?, out);
+        self.format(self.in_range(t, text)?, out);
         Ok(())
     }
 }

@@ -1,18 +1,30 @@
 //! IPv4 and IPv6 (ClickHouse 19.3): an address as text. IPv4 takes the dotted quad `Ipv4Addr` parses ("10.0.0.1",
-//! no leading zeros), copied into rows as written. IPv6 takes every standard form `Ipv6Addr` parses ("::1",
-//! "2001:DB8::7", "::ffff:10.0.0.1"; not a bare IPv4 address, nor a zone "%eth0"), written in its canonical RFC 5952
-//! form (`Ipv6Addr`'s Display): current servers read every form, and the canonical one is what every server since
-//! 19.3 reads too.
+//! no leading zeros). IPv6 takes every standard form `Ipv6Addr` parses ("::1", "2001:DB8::7", "::ffff:10.0.0.1";
+//! not a bare IPv4 address, nor a zone "%eth0"). Rows get the parsed address as `Ipv4Addr`/`Ipv6Addr` display it
+//! (IPv6 in its canonical RFC 5952 form), never the text as written: ClickHouse parses an address without decoding
+//! JSON escapes (`"10.0.0.\u0031"` is CANNOT_PARSE_IPV4 on current servers), and every server since 19.3 reads these.
 
-use super::{Family, Refusal, Scalar};
+use super::{string_of, Family, Refusal, Scalar};
 use serde_json::value::RawValue;
+use std::fmt::Display;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ipv4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ipv6;
+
+/// The row text of an address: parsed from the string's decoded content, written as its type displays it.
+fn write_addr<A: FromStr + Display>(raw: &RawValue, want: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let s = string_of(raw).ok_or_else(|| format!("expected {want}, got {}", raw.get()))?;
+    let addr: A = s.parse().map_err(|_| format!("{s:?} is not {want}"))?;
+    out.push(b'"');
+    out.extend_from_slice(addr.to_string().as_bytes());
+    out.push(b'"');
+    Ok(())
+}
 
 impl Family for Ipv4 {
     fn want(&self) -> &'static str {
@@ -24,6 +36,12 @@ impl Family for Ipv4 {
             Scalar::Str(s) => Err(Refusal::Bad(format!("{s:?} is not an IPv4 address (like 10.0.0.1)"))),
             _ => Err(Refusal::Wrong),
         }
+    }
+    fn verbatim(&self) -> bool {
+        false
+    }
+    fn write(&self, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
+        write_addr::<Ipv4Addr>(raw, "an IPv4 address", out)
     }
 }
 
@@ -42,12 +60,6 @@ impl Family for Ipv6 {
         false
     }
     fn write(&self, raw: &RawValue, out: &mut Vec<u8>) -> Result<(), String> {
-        let text = raw.get();
-        let s = serde_json::from_str::<&str>(text).map_err(|_| format!("expected an IPv6 address string, got {text}"))?;
-        let addr: Ipv6Addr = s.parse().map_err(|_| format!("{s:?} is not an IPv6 address"))?;
-        out.push(b'"');
-        out.extend_from_slice(addr.to_string().as_bytes());
-        out.push(b'"');
-        Ok(())
+        write_addr::<Ipv6Addr>(raw, "an IPv6 address", out)
     }
 }

@@ -3,11 +3,14 @@
 //! when present, to its field's type (checked as that type is anywhere, with its nullability); a path is met through
 //! nested objects and through dotted keys alike (`{"a":{"b":1}}` and `{"a.b":1}`, as ClickHouse reads both), not
 //! inside arrays. Objects and arrays nested deeper than 64 levels are refused (hostile input), the top object being
-//! level 1. Rows get the object as written, without whitespace outside strings: current servers read an object into
-//! a JSON column in JSONEachRow, typed paths' values included.
+//! level 1. Rows get the object without whitespace outside strings, each typed path's value as its type writes it
+//! (a date-time as `YYYY-MM-DD hh:mm:ss` in UTC, a boolean as 0/1, ...; a value its type would store wrongly, a
+//! date-time past 2105 say, is refused as anywhere else): current servers read an object into a JSON column in
+//! JSONEachRow.
 
+use super::map::Entries;
 use super::value::{At, Loc, ValueSeed};
-use super::{of_field, Family, Ty};
+use super::{of_field, write_value, Family, Ty};
 use crate::schema::FieldError;
 use millrace_proto::v1::JsonType;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -64,9 +67,38 @@ impl Family for Json {
         if !text.starts_with('{') {
             return Err(format!("expected a JSON object, got {}", text.chars().take(40).collect::<String>()));
         }
-        compact(text.as_bytes(), out);
+        match self.paths.children.is_empty() {
+            true => compact(text.as_bytes(), out),
+            false => write_object(&self.paths, raw, "", out)?,
+        }
         Ok(())
     }
+}
+
+/// An object whose typed paths lie at or below `node` (`path`: the dotted path to it): each typed path's value
+/// written as its type writes it (a date-time in ClickHouse's form, a boolean as 0/1, and refused where its type
+/// would store it wrongly), the rest without whitespace.
+fn write_object(node: &Paths, raw: &RawValue, path: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let mut entries = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    de.deserialize_map(Entries(&mut entries)).map_err(|_| format!("{path}: expected an object"))?;
+    out.push(b'{');
+    for (i, (key, value)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, key.as_ref()).expect("writing to a Vec");
+        out.push(b':');
+        match node.descend(key) {
+            Some(Paths { ty: Some(ty), .. }) => write_value(ty, value, out).map_err(|e| format!("{path}{key}: {e}"))?,
+            Some(below) if !below.children.is_empty() && value.get().starts_with('{') => {
+                write_object(below, value, &format!("{path}{key}."), out)?
+            }
+            _ => compact(value.get().as_bytes(), out),
+        }
+    }
+    out.push(b'}');
+    Ok(())
 }
 
 /// JSON text without the whitespace outside its strings.

@@ -101,7 +101,7 @@ impl Family for Map {
 }
 
 /// An object's entries in order, values unparsed.
-struct Entries<'v, 'de>(&'v mut Vec<(Cow<'de, str>, &'de RawValue)>);
+pub(super) struct Entries<'v, 'de>(pub(super) &'v mut Vec<(Cow<'de, str>, &'de RawValue)>);
 
 impl<'de> Visitor<'de> for Entries<'_, 'de> {
     type Value = ();

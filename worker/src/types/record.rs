@@ -3,7 +3,7 @@
 
 use super::record_fields::{Keys, Name, Seen};
 use super::value::{check_raw, At, Loc, ValueSeed};
-use super::{write_value, Family, Ty};
+use super::{left_out, write_value, Family, Ty};
 use crate::schema::{FieldError, Schema};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -34,7 +34,7 @@ impl Family for Schema {
             }
             match v {
                 Some(v) => write_value(&f.ty, v, out).map_err(|e| format!("{}: {e}", f.name))?,
-                None if !f.required => out.extend_from_slice(b"null"),
+                None if !f.required => out.extend_from_slice(left_out(&f.ty)),
                 None => return Err(format!("{}: missing", f.name)),
             }
         }
