@@ -226,6 +226,10 @@ impl Store {
                 })
             })
             .collect();
+        // The log holds changes: an apply that changed nothing leaves no row (0), or it would grow without bound.
+        if changes.is_empty() {
+            return Ok(0);
+        }
         let id: i64 = sqlx::query_scalar("INSERT INTO applies (client, changes) VALUES ($1, $2) RETURNING id")
             .bind(client)
             .bind(serde_json::Value::Array(changes))

@@ -75,5 +75,5 @@ def main(argv: list[str] | None = None) -> int:
         for line in plan.describe(response):
             print(line)
         if args.command == "apply":
-            print(f"applied (apply {response.apply_id})")
+            print(f"applied (apply {response.apply_id})" if response.apply_id else "applied: nothing changed")
     return 0

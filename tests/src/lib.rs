@@ -345,3 +345,4 @@ pub mod dataplane;
 pub mod http;
 pub mod proxy;
 pub mod records;
+pub mod stall;

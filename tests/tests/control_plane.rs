@@ -96,6 +96,24 @@ async fn reapplying_the_same_plan_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_plan_applied_again_unchanged_records_no_apply() {
+    let env = TestEnv::new();
+    let cp = env.start().await;
+    let mut c = cp.client().await;
+    let first = apply(&mut c, &raw_plan(), false).await.unwrap();
+    assert!(first.apply_id > 0);
+    for _ in 0..3 {
+        let again = apply(&mut c, &raw_plan(), false).await.unwrap();
+        assert!(actions(&again).iter().all(|(_, _, a)| *a == ChangeAction::Unchanged));
+        assert_eq!(again.apply_id, 0, "nothing changed, so nothing is recorded");
+    }
+    let applies = c.list_applies(ListAppliesRequest::default()).await.unwrap().into_inner().applies;
+    assert_eq!(applies.len(), 1, "the apply log holds changes only: {applies:?}");
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn dry_run_reports_the_diff_and_changes_nothing() {
     let env = TestEnv::new();
     let cp = env.start().await;
@@ -394,10 +412,11 @@ async fn state_survives_a_control_plane_restart() {
         .into_inner();
     let Some(resource::Spec::Transform(t)) = got.resource.unwrap().resource.unwrap().spec else { panic!("not a transform") };
     assert_eq!(t.function.unwrap().runtime, "default");
+    // The unchanged apply after the restart records nothing: the log holds the first apply alone.
     let applies = c.list_applies(ListAppliesRequest::default()).await.unwrap().into_inner().applies;
-    assert_eq!(applies.len(), 2);
-    assert_eq!(applies[1].client, "tests");
-    assert_eq!(applies[1].changes.len(), 7);
+    assert_eq!(applies.len(), 1);
+    assert_eq!(applies[0].client, "tests");
+    assert_eq!(applies[0].changes.len(), 7);
     cp.stop().await;
     env.cleanup().await;
 }

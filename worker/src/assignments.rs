@@ -22,6 +22,19 @@ type Client = WorkerCoordinatorClient<Channel>;
 /// Bound on every unary call to the control plane, so a host that vanished is noticed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// First wait before trying a heartbeat again that failed or got no answer in time (then doubled, up to an
+/// interval): within the lease, so that a hiccup shorter than the lease costs no unit.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
+
+/// `d` scaled by a random factor in [0.5, 1.5): workers that failed together (a control plane restarting) do not
+/// all come back in the same instant, nor one exactly after the other at the same cadence.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // Each RandomState has fresh keys: a random number without another dependency.
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    d.mul_f64(0.5 + (r % 1024) as f64 / 1024.0)
+}
+
 /// How the worker takes part in the cluster.
 pub struct Settings {
     pub name: String,
@@ -44,10 +57,13 @@ struct Session {
     worker_id: String,
     generation: u64,
     fence: Arc<Fence>,
-    heartbeat: Duration,
     units: Units,
     /// Cancelled when the lease is lost, or once the session is over.
     over: CancellationToken,
+    /// Cancelled when the lease became too short for the session's producer (its delivery timeout was set from
+    /// the lease at registration): the units are handed over and the worker registers again with a producer
+    /// that fits.
+    rejoin: CancellationToken,
 }
 
 /// Registers (again and again, as leases come and go) until `shutdown`.
@@ -65,14 +81,14 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
             Ok(r) => r,
             Err(error) => {
                 tracing::warn!(error, retry_in = ?backoff, "cannot register with the control plane");
-                tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(backoff) => {} }
+                tokio::select! { _ = shutdown.cancelled() => return Ok(()), _ = tokio::time::sleep(jitter(backoff)) => {} }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         backoff = Duration::from_millis(200);
         tracing::info!(worker_id = r.worker_id, generation = r.generation, lease_ms = r.lease_ms, "registered");
-        let lease = Arc::new(Lease::new(sent, Duration::from_millis(r.lease_ms)));
+        let lease = Arc::new(Lease::new(sent, Duration::from_millis(r.lease_ms), Duration::from_millis(r.heartbeat_interval_ms)));
         // Nothing may wait in the producer longer than 30% of the lease (see `Fence`).
         let delivery_timeout = settings.produce_timeout.min(lease.length() * 3 / 10);
         let producer = produce::producer(&ctx.kafka_brokers, delivery_timeout, settings.producer_buffer_kb, ctx.max_message_bytes, 5)
@@ -81,14 +97,17 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
             worker_id: r.worker_id,
             generation: r.generation,
             fence: Arc::new(Fence { lease, producer, delivery_timeout }),
-            heartbeat: Duration::from_millis(r.heartbeat_interval_ms.max(20)),
             units: Arc::default(),
             over: CancellationToken::new(),
+            rejoin: CancellationToken::new(),
         });
         let hb = tokio::spawn(heartbeat(session.clone(), client.clone()));
         let pr = tokio::spawn(progress(session.clone(), client.clone(), settings.progress_every, ctx.clone()));
         follow(&session, &ctx, &mut client, &shutdown).await;
         let clean = shutdown.is_cancelled() && !session.over.is_cancelled();
+        // The lease still holds, but its producer no longer fits it: stop at once (the producer could not deliver
+        // within the lease anyway), commit, and hand the units over now rather than after the lease.
+        let rejoin = !clean && !session.over.is_cancelled() && session.rejoin.is_cancelled();
         let running: Vec<Running> = session.units.lock().expect("units lock").drain().map(|(_, r)| r).collect();
         let states: Vec<Arc<UnitState>> = running.iter().map(|r| r.st.clone()).collect();
         if clean {
@@ -100,7 +119,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
         // What is durable is committed; the control plane takes it only from a unit's live holder (after a lost
         // lease it refuses, and the refusal is counted).
         report(&session, &mut client, &ctx, &states, true).await;
-        if clean {
+        if clean || rejoin {
             deregister(&session, &mut client).await;
         }
         session.over.cancel();
@@ -141,14 +160,36 @@ async fn deregister(s: &Session, client: &mut Client) {
     }
 }
 
+/// Keeps the lease: a heartbeat every interval, counted with the lease length and interval of the latest answer.
+/// An attempt unanswered within an interval is given up and tried again promptly (with backoff), for as long as
+/// the lease holds: waiting out a long timeout and then a whole interval more let one stalled request cost the
+/// lease, and every unit with it.
 async fn heartbeat(s: Arc<Session>, mut client: Client) {
     let lease = &s.fence.lease;
+    let mut wait = lease.interval();
+    let mut retry = HEARTBEAT_RETRY;
     loop {
-        tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(s.heartbeat) => {} }
+        tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(wait) => {} }
         let sent = Instant::now();
         let req = HeartbeatRequest { worker_id: s.worker_id.clone(), generation: s.generation };
-        match tokio::time::timeout(s.heartbeat * 2, client.heartbeat(req)).await {
-            Ok(Ok(_)) => lease.renewed(sent),
+        let attempt = lease.interval().clamp(Duration::from_millis(200), CALL_TIMEOUT);
+        match tokio::time::timeout(attempt, client.heartbeat(req)).await {
+            Ok(Ok(r)) => {
+                let r = r.into_inner();
+                let was = lease.length();
+                lease.renewed(sent, Some(Duration::from_millis(r.lease_ms)), Some(Duration::from_millis(r.heartbeat_interval_ms)));
+                if lease.length() != was {
+                    tracing::info!(worker_id = s.worker_id, lease_ms = r.lease_ms, heartbeat_interval_ms = r.heartbeat_interval_ms, "the control plane grants another lease length: counting with it from now on");
+                }
+                // Records may wait in the producer up to its delivery timeout, which must stay within 30% of the
+                // lease (see `Fence`); one set for a longer lease cannot be changed, so the session starts over.
+                if s.fence.delivery_timeout > lease.length() * 3 / 10 && !s.rejoin.is_cancelled() {
+                    tracing::warn!(worker_id = s.worker_id, delivery_timeout = ?s.fence.delivery_timeout, lease = ?lease.length(), "the lease is now too short for this session's producer: handing the units over and registering again");
+                    s.rejoin.cancel();
+                }
+                wait = lease.interval();
+                retry = HEARTBEAT_RETRY;
+            }
             Ok(Err(e)) if matches!(e.code(), Code::FailedPrecondition | Code::NotFound) => {
                 tracing::warn!(worker_id = s.worker_id, "lease lost: stopping every unit and registering again");
                 s.over.cancel();
@@ -160,6 +201,13 @@ async fn heartbeat(s: Arc<Session>, mut client: Client) {
                     s.over.cancel();
                     return;
                 }
+                let why = match other {
+                    Ok(Err(e)) => format!("{:?}: {}", e.code(), e.message()),
+                    _ => format!("no answer within {attempt:?}"),
+                };
+                tracing::warn!(worker_id = s.worker_id, error = why, retry_in = ?retry, lease_left = ?lease.remaining(), "heartbeat failed; trying again");
+                wait = jitter(retry);
+                retry = (retry * 2).min(lease.interval());
             }
         }
     }
@@ -171,6 +219,7 @@ async fn follow(s: &Session, ctx: &Arc<WorkerCtx>, client: &mut Client, shutdown
     loop {
         let opened = tokio::select! {
             _ = s.over.cancelled() => return,
+            _ = s.rejoin.cancelled() => return,
             _ = shutdown.cancelled() => return,
             r = tokio::time::timeout(CALL_TIMEOUT, client.watch_assignments(req.clone())) => r,
         };
@@ -180,6 +229,7 @@ async fn follow(s: &Session, ctx: &Arc<WorkerCtx>, client: &mut Client, shutdown
                 loop {
                     let msg = tokio::select! {
                         _ = s.over.cancelled() => return,
+                        _ = s.rejoin.cancelled() => return,
                         _ = shutdown.cancelled() => return,
                         m = stream.message() => m,
                     };
@@ -195,6 +245,7 @@ async fn follow(s: &Session, ctx: &Arc<WorkerCtx>, client: &mut Client, shutdown
         }
         tokio::select! {
             _ = s.over.cancelled() => return,
+            _ = s.rejoin.cancelled() => return,
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }

@@ -2,6 +2,8 @@
 //! commits, and the loop that keeps placements current. Leases, epochs and offsets live in Postgres and are judged
 //! by its clock alone, so a restarted control plane carries on where it stopped.
 
+mod partitions;
+mod publish;
 mod round;
 mod service;
 
@@ -14,9 +16,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// How often the topics' real partition counts are read from the broker.
 const PARTITION_REFRESH: Duration = Duration::from_secs(5);
+
+/// Joins are placed together: the round after a join waits until no other worker joined for this long. Each round
+/// moves only what balance needs among the workers it sees, so N workers placed one round each would move units
+/// again and again (about 2.3x what one round for all of them moves).
+const JOIN_QUIET: Duration = Duration::from_millis(500);
+/// ... but no longer than this after the first join of a burst, so a steady trickle of joins is still placed, and
+/// a lease that runs out meanwhile is acted on late by at most this much.
+const JOIN_MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// A burst of joins not yet placed: when its first and its latest worker registered.
+#[derive(Clone, Copy)]
+struct Joins {
+    first: Instant,
+    last: Instant,
+}
 
 /// A worker's open assignment stream, and what it was last sent (units and epochs, not offsets).
 struct Watcher {
@@ -31,11 +49,11 @@ struct Inner {
     names: crate::scheduler::Names,
     wake: Notify,
     watchers: Mutex<HashMap<String, Watcher>>,
-    /// Partition counts of the broker's topics, as last read; the scheduler trusts them over declarations.
-    partitions: Mutex<HashMap<String, usize>>,
     version: std::sync::atomic::AtomicU64,
     /// One round at a time in this process, so sets are published in the order they were computed.
     round: tokio::sync::Mutex<()>,
+    /// Joins waiting for their round (see `JOIN_QUIET`).
+    joins: Mutex<Option<Joins>>,
 }
 
 #[derive(Clone)]
@@ -57,15 +75,48 @@ impl Coordinator {
                 names,
                 wake: Notify::new(),
                 watchers: Mutex::new(HashMap::new()),
-                partitions: Mutex::new(HashMap::new()),
                 version: Default::default(),
                 round: tokio::sync::Mutex::new(()),
+                joins: Mutex::new(None),
             }),
         }
     }
 
     fn lease_ms(&self) -> i64 {
         self.inner.lease.as_millis() as i64
+    }
+
+    /// Four heartbeats a lease: a worker can miss one (and retry) and still keep it.
+    fn heartbeat_interval_ms(&self) -> u64 {
+        (self.lease_ms() / 4).max(50) as u64
+    }
+
+    /// A worker registered: the scheduling loop places it with the others joining about now, in one round.
+    fn joined(&self) {
+        let now = Instant::now();
+        let mut joins = self.inner.joins.lock().expect("joins lock");
+        let first = joins.map_or(now, |j| j.first);
+        *joins = Some(Joins { first, last: now });
+        drop(joins);
+        self.inner.wake.notify_one();
+    }
+
+    /// True while joins wait for their round.
+    fn joins_pending(&self) -> bool {
+        self.inner.joins.lock().expect("joins lock").is_some()
+    }
+
+    /// When the pending joins' round is due, if it is not yet; None when no joins wait or their round is due now
+    /// (the burst is then closed: a join from here on starts the next one).
+    fn joins_due(&self) -> Option<Instant> {
+        let mut joins = self.inner.joins.lock().expect("joins lock");
+        let j = (*joins)?;
+        let due = (j.last + JOIN_QUIET).min(j.first + JOIN_MAX_WAIT);
+        if Instant::now() < due {
+            return Some(due);
+        }
+        *joins = None;
+        None
     }
 
     /// Wakes the scheduling loop: placements may have to change.
@@ -80,23 +131,6 @@ impl Coordinator {
         if let Err(e) = self.reschedule().await {
             tracing::warn!(error = %e, "scheduling after an apply failed; the scheduling loop retries");
             self.plan_changed();
-        }
-    }
-
-    /// Reads every topic's partition count from the broker; true when one changed. An unreachable broker keeps
-    /// the last counts (and the declared ones for topics never seen).
-    pub async fn refresh_partitions(&self) -> bool {
-        match self.inner.kafka.topics().await {
-            Ok(counts) => {
-                let mut known = self.inner.partitions.lock().expect("partitions lock");
-                let changed = *known != counts;
-                *known = counts;
-                changed
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read partition counts; keeping the last ones");
-                false
-            }
         }
     }
 
@@ -117,6 +151,15 @@ impl Coordinator {
         let tick = (self.inner.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::pin!(shutdown);
         loop {
+            // No round while joins are being gathered, not even a periodic one: it would place them one by one.
+            if let Some(due) = self.joins_due() {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = self.inner.wake.notified() => {}
+                    _ = tokio::time::sleep_until(due) => {}
+                }
+                continue;
+            }
             if let Err(e) = self.reschedule().await {
                 tracing::warn!(error = %e, "scheduling round failed; retrying");
             }

@@ -1,14 +1,15 @@
 //! One scheduling round: place every desired unit, store what moved or changed, and send each watching worker
 //! its set when it changed.
 
+use super::partitions::{keep_units_of_unknown_counts, known_counts};
 use super::Coordinator;
 use crate::error::Error;
 use crate::scheduler::{desired_units, place, Placement};
 use crate::store::Store;
-use millrace_proto::v1::{Assignment, AssignmentSet, WorkUnit};
+use millrace_proto::v1::WorkUnit;
 use prost::Message;
 use sqlx::Row;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Key of the advisory lock that serialises scheduling rounds (several control planes may share a database).
 const SCHEDULE_LOCK: i64 = 0x6d69_6c6c_7363_6864;
@@ -26,8 +27,8 @@ impl Coordinator {
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEDULE_LOCK).execute(&mut *tx).await?;
         let state = Store::load_state(&mut *tx).await?;
-        let partitions = self.inner.partitions.lock().expect("partitions lock").clone();
-        let units = desired_units(&state, &self.inner.names, &partitions);
+        let partitions = known_counts(&mut tx).await?;
+        let mut units = desired_units(&state, &self.inner.names, &partitions);
         let live: Vec<String> =
             sqlx::query_scalar("SELECT worker_id FROM workers WHERE lease_expires_at > now() ORDER BY worker_id")
                 .fetch_all(&mut *tx)
@@ -42,6 +43,10 @@ impl Coordinator {
                 (r.get("unit_id"), Stored { placement, definition: r.get("definition") })
             })
             .collect();
+        let kept = keep_units_of_unknown_counts(&mut units, stored.iter().map(|(u, s)| (u, s.definition.as_slice())), &partitions);
+        if !kept.is_empty() {
+            tracing::debug!(units = ?kept, "kept: their source topic's partition count is not known yet");
+        }
         let current: HashMap<String, Placement> = stored.iter().map(|(u, s)| (u.clone(), s.placement.clone())).collect();
         let ids: Vec<String> = units.keys().cloned().collect();
         let placed = place(&ids, &live, &current);
@@ -67,66 +72,33 @@ impl Coordinator {
             if old.is_some_and(|o| o.placement == p && o.definition == definition) {
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO assignments (unit_id, worker_id, epoch, definition) VALUES ($1, $2, $3, $4)
+            // Every new epoch (a new row, a move, a redefinition) is drawn from one sequence, so it is above any
+            // epoch this unit ever had, even in a row deleted since: `place` only says whether it changes.
+            let bump = old.is_none_or(|o| o.placement.epoch != p.epoch);
+            let epoch: i64 = sqlx::query_scalar(
+                "INSERT INTO assignments (unit_id, worker_id, epoch, definition)
+                 VALUES ($1, $2, CASE WHEN $6 THEN nextval('unit_epoch') ELSE $3 END, $4)
                  ON CONFLICT (unit_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, epoch = EXCLUDED.epoch,
                    definition = EXCLUDED.definition, updated_at = now(),
                    committed_offset = CASE WHEN $5 THEN -1 ELSE assignments.committed_offset END,
                    lag = CASE WHEN $5 THEN -1 ELSE assignments.lag END,
-                   error = CASE WHEN assignments.epoch = EXCLUDED.epoch THEN assignments.error ELSE '' END",
+                   error = CASE WHEN assignments.epoch = EXCLUDED.epoch THEN assignments.error ELSE '' END
+                 RETURNING epoch",
             )
             .bind(&unit_id)
             .bind(&p.worker)
             .bind(p.epoch as i64)
             .bind(&definition)
             .bind(new_source)
-            .execute(&mut *tx)
+            .bind(bump)
+            .fetch_one(&mut *tx)
             .await?;
+            p.epoch = epoch as u64;
             tracing::info!(unit = unit_id, worker = p.worker.as_deref().unwrap_or("-"), epoch = p.epoch, redefined, new_source, "unit placed");
         }
         // Forget workers long dead, so the list stays readable.
         sqlx::query("DELETE FROM workers WHERE lease_expires_at < now() - interval '1 hour'").execute(&mut *tx).await?;
         tx.commit().await?;
-        self.publish(&units, &live).await
-    }
-
-    /// Sends each watching worker its set if its units or epochs changed; ends the streams of dead workers.
-    async fn publish(&self, units: &BTreeMap<String, WorkUnit>, live: &[String]) -> Result<(), Error> {
-        let watching: Vec<String> = self.inner.watchers.lock().expect("watchers lock").keys().cloned().collect();
-        if watching.is_empty() {
-            return Ok(());
-        }
-        let rows = sqlx::query(
-            "SELECT unit_id, worker_id, epoch, committed_offset FROM assignments WHERE worker_id = ANY($1) ORDER BY unit_id",
-        )
-        .bind(&watching)
-        .fetch_all(self.inner.store.pool())
-        .await?;
-        let mut sets: HashMap<String, Vec<Assignment>> = HashMap::new();
-        for r in rows {
-            let unit_id: String = r.get("unit_id");
-            let Some(unit) = units.get(&unit_id) else { continue };
-            let worker: String = r.get("worker_id");
-            let epoch: i64 = r.get("epoch");
-            sets.entry(worker).or_default().push(Assignment {
-                unit: Some(unit.clone()),
-                epoch: epoch as u64,
-                committed_offset: r.get("committed_offset"),
-            });
-        }
-        let mut watchers = self.inner.watchers.lock().expect("watchers lock");
-        watchers.retain(|w, _| live.contains(w));
-        for (worker, watcher) in watchers.iter_mut() {
-            let assignments = sets.remove(worker).unwrap_or_default();
-            let key: Vec<(String, u64)> =
-                assignments.iter().map(|a| (a.unit.as_ref().map(|u| u.unit_id.clone()).unwrap_or_default(), a.epoch)).collect();
-            if watcher.last.as_ref() == Some(&key) {
-                continue;
-            }
-            let version = self.inner.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let _ = watcher.tx.send(Some(AssignmentSet { version, assignments }));
-            watcher.last = Some(key);
-        }
-        Ok(())
+        self.publish(&units).await
     }
 }

@@ -28,12 +28,13 @@ impl WorkerCoordinator for Coordinator {
         .await
         .map_err(Error::from)?;
         tracing::info!(worker_id, name, generation, "worker registered");
-        self.plan_changed();
+        // Placed by the next round after a burst of joins, not one round per join (see `joined`).
+        self.joined();
         Ok(Response::new(RegisterResponse {
             worker_id,
             generation: generation as u64,
             lease_ms: self.lease_ms() as u64,
-            heartbeat_interval_ms: (self.lease_ms() / 4).max(50) as u64,
+            heartbeat_interval_ms: self.heartbeat_interval_ms(),
         }))
     }
 
@@ -53,7 +54,13 @@ impl WorkerCoordinator for Coordinator {
         if renewed == 0 {
             return Err(lease_lost(&r.worker_id).into());
         }
-        Ok(Response::new(HeartbeatResponse { lease_remaining_ms: self.lease_ms() as u64 }))
+        // The lease as this control plane grants it now: a worker registered under another --lease-ms (before a
+        // restart) must count with this one, or it would believe it holds units Postgres already moved.
+        Ok(Response::new(HeartbeatResponse {
+            lease_remaining_ms: self.lease_ms() as u64,
+            lease_ms: self.lease_ms() as u64,
+            heartbeat_interval_ms: self.heartbeat_interval_ms(),
+        }))
     }
 
     type WatchAssignmentsStream = AssignmentStream;
@@ -64,7 +71,11 @@ impl WorkerCoordinator for Coordinator {
         let (tx, rx) = watch::channel(None);
         // A new stream replaces an older one of the same worker, and is sent the whole set.
         self.inner.watchers.lock().expect("watchers lock").insert(r.worker_id.clone(), Watcher { tx, last: None });
-        self.reschedule().await?;
+        // While joins are being gathered, their round sends this set (a round of its own would place the joiners
+        // one by one); otherwise a round now sends it at once (a reopened stream).
+        if !self.joins_pending() {
+            self.reschedule().await?;
+        }
         let stream = tokio_stream::wrappers::WatchStream::new(rx);
         Ok(Response::new(Box::pin(futures::StreamExt::filter_map(stream, |s| async move { s.map(Ok) }))))
     }
