@@ -181,10 +181,10 @@ pub async fn ls(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// Committed offsets of every unit, by unit id.
-async fn offsets(c: &mut ControlPlaneClient<Channel>) -> anyhow::Result<(Vec<WorkerInfo>, HashMap<String, i64>)> {
-    let workers = c.list_workers(ListWorkersRequest {}).await.map_err(refused)?.into_inner().workers;
-    let offsets = workers.iter().flat_map(|w| &w.assignments).map(|a| (a.unit_id.clone(), a.committed_offset)).collect();
-    Ok((workers, offsets))
+async fn offsets(c: &mut ControlPlaneClient<Channel>) -> anyhow::Result<(ListWorkersResponse, HashMap<String, i64>)> {
+    let listed = c.list_workers(ListWorkersRequest {}).await.map_err(refused)?.into_inner();
+    let offsets = listed.workers.iter().flat_map(|w| &w.assignments).map(|a| (a.unit_id.clone(), a.committed_offset)).collect();
+    Ok((listed, offsets))
 }
 
 pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
@@ -194,10 +194,11 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
     let (before, workers) = crate::progress::step("measuring rates (2 s)", async {
         let (_, before) = offsets(&mut c).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (workers, _) = offsets(&mut c).await?;
-        Ok((before, workers))
+        let (listed, _) = offsets(&mut c).await?;
+        Ok((before, listed))
     })
     .await?;
+    let (workers, unassigned) = (workers.workers, workers.unassigned);
     let rate = |a: &UnitAssignmentInfo| -> f64 {
         match before.get(&a.unit_id) {
             Some(&b) if b >= 0 && a.committed_offset >= b => (a.committed_offset - b) as f64 / 2.0,
@@ -220,8 +221,12 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
             .collect();
         let deps: Vec<serde_json::Value> =
             health.dependencies.iter().map(|d| serde_json::json!({"name": d.name, "reachable": d.reachable, "detail": d.detail})).collect();
+        let idle: Vec<serde_json::Value> = unassigned
+            .iter()
+            .map(|a| serde_json::json!({"unit": a.unit_id, "epoch": a.epoch, "committed_offset": a.committed_offset, "lag": a.lag, "error": a.error}))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"version": health.version, "uptime_seconds": health.uptime_seconds,
-            "dependencies": deps, "live_workers": health.live_workers, "workers": ws}))?);
+            "dependencies": deps, "live_workers": health.live_workers, "workers": ws, "not_running": idle}))?);
         return Ok(());
     }
     println!("control plane {} up {}s", health.version, health.uptime_seconds);
@@ -242,6 +247,14 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
                 if a.lag < 0 { "?".to_string() } else { a.lag.to_string() },
                 rate(a)
             );
+        }
+    }
+    if !unassigned.is_empty() {
+        let why = if health.live_workers == 0 { "no live worker: start one (millrace-worker)" } else { "waiting for a worker" };
+        println!("{} unit(s) not running ({why})", unassigned.len());
+        for a in &unassigned {
+            let err = if a.error.is_empty() { String::new() } else { format!("  ERROR: {}", a.error) };
+            println!("  {:<48} committed {:<10}{err}", a.unit_id, a.committed_offset);
         }
     }
     Ok(())

@@ -2,18 +2,19 @@
 //! (scripts/stack.sh), the Python SDK (scripts/sdk.sh), builds and starts the control plane and a worker, applies
 //! the app and serves its functions with the Python sidecar, showing what the functions print and log; then it
 //! watches the app's project and applies each change. Without an app it runs `./app/main.py` (a MooseStack
-//! project, from its directory: see `dev_project`), else the reference example. Ctrl-C (or SIGTERM) stops what it
-//! started, last started first.
+//! project, from its directory: see `dev_project`), else the reference example. A process it started that dies is
+//! reported and started again (`supervise`). Ctrl-C (or SIGTERM) stops what it started, last started first.
 
 use crate::admin::{home, repo, sdk_python, Ctx};
 use crate::dev_project::{self, Project};
 use crate::dev_state::State;
 use crate::progress::{step, Step};
+use crate::supervise::{self, Supervised, Supervisor};
 use anyhow::Context;
 use millrace_proto::v1::resource::Spec;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::process::{Child, Command};
 
 #[derive(clap::Args)]
@@ -45,52 +46,31 @@ pub struct Args {
     bin_dir: Option<PathBuf>,
 }
 
-/// A process `dev` started (in a process group of its own, with whatever it starts), stopped with SIGTERM (then
-/// SIGKILL) when `dev` ends.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-        println!("  stopped {}", self.name);
-    }
-}
-
 fn log_file(name: &str) -> anyhow::Result<std::fs::File> {
-    let dir = home().join("dev");
-    std::fs::create_dir_all(&dir)?;
-    Ok(std::fs::File::create(dir.join(format!("{name}.log")))?)
+    supervise::open_log(name, true)
 }
 
-fn spawn(name: &'static str, program: &Path, args: &[String], env: &[(&str, String)]) -> anyhow::Result<Proc> {
-    let log = log_file(name)?;
-    let child = Command::new(program)
+/// Starts (`fresh`: for the first time) a process in a process group of its own (with whatever it starts), its
+/// output in its log.
+fn spawn(name: &'static str, program: &Path, args: &[String], fresh: bool) -> anyhow::Result<Child> {
+    let log = supervise::open_log(name, fresh)?;
+    Command::new(program)
         .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {name} ({})", program.display()))?;
-    Ok(Proc { name, child })
+        .with_context(|| format!("starting {name} ({})", program.display()))
 }
 
 /// The sidecar, run from the project directory, its output both in its log and shown (rendered) by `dev`.
-fn spawn_sidecar(project: &Project, args: &[String]) -> anyhow::Result<Proc> {
-    let log = log_file("sidecar")?;
+fn spawn_sidecar(root: &Path, args: &[String], fresh: bool) -> anyhow::Result<Child> {
+    let log = supervise::open_log("sidecar", fresh)?;
     let mut child = Command::new(sdk_python())
         .args(args)
-        .current_dir(&project.root)
+        .current_dir(root)
         // Prints reach `dev` as they happen, not when a pipe's buffer fills.
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
@@ -102,7 +82,7 @@ fn spawn_sidecar(project: &Project, args: &[String]) -> anyhow::Result<Proc> {
         .with_context(|| format!("starting the sidecar ({})", sdk_python().display()))?;
     tokio::spawn(show(child.stdout.take().expect("piped"), log.try_clone()?));
     tokio::spawn(show(child.stderr.take().expect("piped"), log));
-    Ok(Proc { name: "sidecar", child })
+    Ok(child)
 }
 
 /// Copies a stream's lines to the log as they are and to `dev`'s output rendered, until it ends.
@@ -121,18 +101,6 @@ async fn show(from: impl tokio::io::AsyncRead + Unpin, mut log: std::fs::File) {
 
 async fn port_open(addr: &str) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
-}
-
-async fn wait_port(p: &mut Proc, addr: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !port_open(addr).await {
-        if let Some(status) = p.child.try_wait()? {
-            anyhow::bail!("{} exited ({status}): see {}", p.name, home().join("dev").join(format!("{}.log", p.name)).display());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{} did not listen on {addr} within 60 s", p.name);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 /// Runs a script of the checkout with its output in a log; the log's tail on failure.
@@ -171,8 +139,9 @@ async fn python(ctx: &Ctx, what: &str, project: &Project) -> Result<String, Stri
 }
 
 struct Running {
-    procs: Vec<Proc>,
-    sidecar: Option<Proc>,
+    supervisor: Supervisor,
+    procs: Vec<Supervised>,
+    sidecar: Option<Supervised>,
     stop_stack: Vec<&'static str>,
 }
 
@@ -208,11 +177,13 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         state.clickhouse_database,
         if state.topic_namespace.is_empty() { "without a prefix".to_string() } else { format!("prefixed {}", state.topic_namespace) }
     );
-    let mut running = Running { procs: Vec::new(), sidecar: None, stop_stack: Vec::new() };
+    let mut running = Running { supervisor: Supervisor::new(), procs: Vec::new(), sidecar: None, stop_stack: Vec::new() };
     let result = tokio::select! {
         r = start_and_watch(ctx, &args, &state, &project, &mut running) => r,
         _ = shutdown_signal() => Ok(()),
     };
+    // Nothing that dies from now on is started again.
+    running.supervisor.shutting_down();
     println!("stopping what millrace dev started");
     if let Some(s) = running.sidecar.take() {
         s.stop().await;
@@ -290,18 +261,29 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Project, r
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut cp = spawn("control-plane", &bin.join("millrace-control-plane"), &cp_args, &[])?;
-    step(&format!("control plane on {cp_listen}"), wait_port(&mut cp, &cp_listen)).await?;
-    running.procs.push(cp);
+    let restart_dev = "fix what it says, then stop millrace dev (Ctrl-C) and run it again";
+    let program = bin.join("millrace-control-plane");
+    let cp = supervise::Spec {
+        name: "control-plane",
+        addr: cp_listen.clone(),
+        advice: restart_dev.into(),
+        start: Box::new(move |fresh| spawn("control-plane", &program, &cp_args, fresh)),
+    };
+    running.procs.push(step(&format!("control plane on {cp_listen}"), running.supervisor.start(cp)).await?);
     let sidecar_url = format!("default=http://127.0.0.1:{}", args.sidecar_port);
     let worker_args: Vec<String> =
         ["--control-plane", &ctx.control_plane, "--kafka-brokers", &ctx.brokers, "--sidecar", &sidecar_url, "--http-listen", &args.http_listen]
             .iter()
             .map(|s| s.to_string())
             .collect();
-    let mut worker = spawn("worker", &bin.join("millrace-worker"), &worker_args, &[])?;
-    step(&format!("worker on {}", args.http_listen), wait_port(&mut worker, &args.http_listen)).await?;
-    running.procs.push(worker);
+    let program = bin.join("millrace-worker");
+    let worker = supervise::Spec {
+        name: "worker",
+        addr: args.http_listen.clone(),
+        advice: restart_dev.into(),
+        start: Box::new(move |fresh| spawn("worker", &program, &worker_args, fresh)),
+    };
+    running.procs.push(step(&format!("worker on {}", args.http_listen), running.supervisor.start(worker)).await?);
 
     let s = Step::start(&format!("applying {}", app.app.display()));
     let applied = match drop_guard(ctx, args, state, app).await {
@@ -318,7 +300,7 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Project, r
             println!("{e}\nfix the app: millrace dev applies it when it changes");
         }
     }
-    running.sidecar = Some(start_sidecar(app, args.sidecar_port).await?);
+    running.sidecar = Some(start_sidecar(&running.supervisor, app, args.sidecar_port).await?);
     endpoints(ctx, args, state).await;
     println!("\nwatching {} for changes; Ctrl-C stops everything", app.root.display());
     let (mut seen, cut) = dev_project::snapshot(&app.root);
@@ -356,19 +338,25 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Project, r
                 if let Some(old) = running.sidecar.take() {
                     old.stop().await;
                 }
-                running.sidecar = Some(start_sidecar(app, args.sidecar_port).await?);
+                running.sidecar = Some(start_sidecar(&running.supervisor, app, args.sidecar_port).await?);
                 println!("applied; the sidecar serves the new version");
             }
         }
     }
 }
 
-async fn start_sidecar(app: &Project, port: u16) -> anyhow::Result<Proc> {
+/// The sidecar, restarted on the same port when it dies (the worker reconnects to it there).
+async fn start_sidecar(supervisor: &Supervisor, app: &Project, port: u16) -> anyhow::Result<Supervised> {
     let args: Vec<String> = ["-m", "millrace", "serve", &app.app.display().to_string(), "--port", &port.to_string()].iter().map(|s| s.to_string()).collect();
-    let mut p = spawn_sidecar(app, &args)?;
     let addr = format!("127.0.0.1:{port}");
-    step(&format!("Python sidecar on {addr}"), wait_port(&mut p, &addr)).await?;
-    Ok(p)
+    let root = app.root.clone();
+    let spec = supervise::Spec {
+        name: "sidecar",
+        addr: addr.clone(),
+        advice: "fix the app (its error is above) and save it: millrace dev starts the sidecar again".into(),
+        start: Box::new(move |fresh| spawn_sidecar(&root, &args, fresh)),
+    };
+    step(&format!("Python sidecar on {addr}"), supervisor.start(spec)).await
 }
 
 /// Where things are, with a curl line per ingest API.

@@ -8,6 +8,7 @@ mod dev_state;
 mod logs;
 mod progress;
 mod replay;
+mod supervise;
 mod topics;
 
 use clap::{Parser, Subcommand};

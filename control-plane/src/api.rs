@@ -187,15 +187,23 @@ impl Api {
         }
         tokio::time::sleep(UNITS_STOP_WITHIN).await;
         let dropped = async {
-            // Under the apply lock again: a plan applied meanwhile may have declared the resource anew.
-            let (_gate, mut tx) = self.store.begin_apply().await?;
+            // Under the apply lock again: a plan applied meanwhile may have declared the resource anew. Another
+            // apply running is waited for (a few times), never raced.
+            let mut tries = 0;
+            let (_gate, mut tx) = loop {
+                match self.store.begin_apply().await {
+                    Err(Error::Busy(_)) if tries < 2 => tries += 1,
+                    other => break other?,
+                }
+            };
             let stored = Store::load_state(&mut *tx).await?;
             let gone: Vec<&Planned> = drops.into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
             self.provisioner.drop_topics(&gone).await
         };
         dropped.await.map_err(|e| {
             Error::FailedPrecondition(format!(
-                "the plan was applied, but a topic it removes could not be deleted ({e}); it is no longer used: delete it by hand"
+                "the plan was applied, but a topic it removes could not be deleted ({e}); it is no longer used: \
+                 delete it by hand once no apply is running, if `millrace ls` does not show it declared again"
             ))
         })
     }
@@ -275,6 +283,9 @@ impl ControlPlane for Api {
     }
 
     async fn list_workers(&self, _req: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
-        Ok(Response::new(ListWorkersResponse { workers: self.coordinator.list_workers().await? }))
+        Ok(Response::new(ListWorkersResponse {
+            workers: self.coordinator.list_workers().await?,
+            unassigned: self.coordinator.list_unassigned().await?,
+        }))
     }
 }

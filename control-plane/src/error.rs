@@ -37,7 +37,7 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
                 Error::unavailable("Postgres", e)
             }
-            _ if timed_out => Error::unavailable("Postgres", format!("no answer in time ({e})")),
+            _ if timed_out => Error::Busy(format!("Postgres did not finish in time (a lock or statement timeout: {e}); nothing was recorded: try again")),
             other => Error::Internal(format!("Postgres: {other}")),
         }
     }

@@ -57,6 +57,10 @@ pub struct Config {
     /// How long a worker's lease lasts without a heartbeat.
     #[arg(long, env = "MILLRACE_LEASE_MS", default_value_t = 10_000)]
     pub lease_ms: u64,
+    /// After a worker joins, how long the next round waits for others to join too, so that they are placed
+    /// together (bounded by a quarter lease and 2 s, unless this is longer).
+    #[arg(long, env = "MILLRACE_JOIN_QUIET_MS", default_value_t = 500)]
+    pub join_quiet_ms: u64,
     /// How long an apply (or delete) waits for one in progress before it answers ABORTED, "try again".
     #[arg(long, env = "MILLRACE_APPLY_WAIT_MS", default_value_t = 60_000)]
     pub apply_wait_ms: u64,
@@ -91,6 +95,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         coordinator_store,
         provisioner.kafka.clone(),
         Duration::from_millis(config.lease_ms),
+        Duration::from_millis(config.join_quiet_ms),
         scheduler::Names { topic_namespace: config.topic_namespace.clone(), clickhouse_database: config.clickhouse_database.clone() },
     );
     let scheduler = tokio::spawn(coordinator.clone().run(std::future::pending::<()>()));
@@ -116,15 +121,24 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         shutdown.await;
         closing.close_streams();
     };
-    let served = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ControlPlaneServer::new(api))
         .add_service(WorkerCoordinatorServer::new(coordinator))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
-    scheduler.abort();
-    served
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+    let mut scheduler = scheduler;
+    // A control plane whose scheduling loop died would answer calls and place nothing: it stops instead, so that
+    // whatever supervises it (millrace dev, systemd, Kubernetes) starts a whole one again.
+    tokio::select! {
+        served = server => {
+            scheduler.abort();
+            served.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+        }
+        ended = &mut scheduler => Err(Error::Internal(format!(
+            "the scheduling loop stopped ({}): the control plane exits; start it again",
+            match ended { Err(e) if e.is_panic() => "it panicked", _ => "it returned" }
+        ))),
+    }
 }

@@ -4,7 +4,7 @@
 use crate::plan::DEFAULT_DEAD_LETTER_QUEUE;
 use crate::resource::{physical_name, spec, ResourceKey, State};
 use millrace_proto::v1::{resource::Spec, FunctionRef, ResourceKind, ResourceRef, Route, Stream, TableTarget, UnitKind, WorkUnit};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A unit's placement: the worker holding it (None = unassigned) and its epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,23 +138,64 @@ pub fn desired_units(state: &State, names: &Names, partitions: &HashMap<String, 
     out
 }
 
+/// Live workers that refused units, by unit id: each said it cannot run the unit although another worker might
+/// (its sidecar does not host the unit's function, say).
+pub type Refusals = HashMap<String, HashSet<String>>;
+
 /// New placements for `units` over `live` workers, given the current ones. Units stay where they are while
 /// their worker lives and the spread stays within one unit of even; a unit that moves gets epoch + 1.
 pub fn place(units: &[String], live: &[String], current: &HashMap<String, Placement>) -> BTreeMap<String, Placement> {
-    let mut out = BTreeMap::new();
+    place_avoiding(units, live, current, &Refusals::new())
+}
+
+/// As `place`, but a unit goes only to a live worker that has not refused it, and leaves a worker that refused it.
+/// A unit every live worker refused is placed as if none had (it stays where it is, or goes where `place` would
+/// put it): its error shows there, and it runs as soon as that worker's sidecar hosts its function. Balance holds
+/// among the units free to move: a worker over its share gives up first the units another worker may take.
+pub fn place_avoiding(units: &[String], live: &[String], current: &HashMap<String, Placement>, refused: &Refusals) -> BTreeMap<String, Placement> {
     let epoch_of = |u: &str| current.get(u).map(|p| p.epoch).unwrap_or(0);
     if live.is_empty() {
+        let mut out = BTreeMap::new();
         for u in units {
             let moved = current.get(u).is_some_and(|p| p.worker.is_some());
             out.insert(u.clone(), Placement { worker: None, epoch: epoch_of(u) + u64::from(moved) });
         }
         return out;
     }
+    let at: HashMap<String, String> = current.iter().filter_map(|(u, p)| Some((u.clone(), p.worker.clone()?))).collect();
+    // Refused units leaving a worker can leave another over its share, with units it could hand on: spreading
+    // again evens that out. Without refusals the first spread is already where spreading stops.
+    let mut spread_out = spread(units, live, &at, refused);
+    for _ in 0..4 {
+        let again = spread(units, live, &spread_out, refused);
+        if again == spread_out {
+            break;
+        }
+        spread_out = again;
+    }
+    spread_out
+        .into_iter()
+        .map(|(u, wk)| {
+            let same = at.get(&u) == Some(&wk);
+            let epoch = if same { epoch_of(&u) } else { epoch_of(&u) + 1 };
+            (u, Placement { worker: Some(wk), epoch })
+        })
+        .collect()
+}
+
+/// One spread of `units` over the (non-empty) `live` workers from where they are (`at`): the worker of each unit.
+fn spread(units: &[String], live: &[String], at: &HashMap<String, String>, refused: &Refusals) -> HashMap<String, String> {
+    let refusing = |u: &str, w: &str| refused.get(u).is_some_and(|r| r.contains(w));
+    let everyone_refused: HashSet<&str> = units.iter().filter(|u| live.iter().all(|w| refusing(u, w))).map(String::as_str).collect();
+    let able = |u: &str, w: &str| !refusing(u, w) || everyone_refused.contains(u);
+    // Whether a unit on `w` could run on another live worker: the ones to give up first.
+    let movable = |u: &str, w: &str| live.iter().any(|o| o != w && !refusing(u, o));
     // Units that stay put, per live worker.
     let mut held: BTreeMap<&str, Vec<&String>> = live.iter().map(|w| (w.as_str(), Vec::new())).collect();
     let mut pool: Vec<&String> = Vec::new();
     for u in units {
-        match current.get(u).and_then(|p| p.worker.as_deref()).and_then(|w| held.get_mut(w)) {
+        let stays = at.get(u).filter(|w| able(u, w));
+        match stays.and_then(|w| held.get_mut(w.as_str())) {
             Some(v) => v.push(u),
             None => pool.push(u),
         }
@@ -171,24 +212,23 @@ pub fn place(units: &[String], live: &[String], current: &HashMap<String, Placem
         quota.insert(wk, floor + usize::from(keeps_extra));
     }
     for (wk, units_held) in held.iter_mut() {
+        if units_held.len() > quota[wk] {
+            // Stable: without refusals every unit is movable, and the last ones go, as ever.
+            units_held.sort_by_key(|u| movable(u, wk));
+        }
         while units_held.len() > quota[wk] {
             pool.push(units_held.pop().expect("len > quota"));
         }
     }
-    // Least loaded first: with every load now at most floor + 1, this ends within one unit of even.
-    pool.sort();
+    // Least loaded first: with every load now at most floor + 1, this ends within one unit of even. Units fewer
+    // workers may take go first, so that the others do not fill those workers before them.
+    let choices = |u: &str| live.iter().filter(|w| able(u, w)).count();
+    pool.sort_by_cached_key(|u| (choices(u), *u));
     for u in pool {
-        let wk = *held.keys().min_by_key(|w| (held[*w].len(), **w)).expect("at least one live worker");
+        let wk = *held.keys().filter(|w| able(u, w)).min_by_key(|w| (held[*w].len(), **w)).expect("a live worker may take it");
         held.get_mut(wk).expect("live worker").push(u);
     }
-    for (wk, us) in held {
-        for u in us {
-            let same = current.get(u.as_str()).is_some_and(|p| p.worker.as_deref() == Some(wk));
-            let epoch = if same { epoch_of(u) } else { epoch_of(u) + 1 };
-            out.insert(u.clone(), Placement { worker: Some(wk.to_string()), epoch });
-        }
-    }
-    out
+    held.into_iter().flat_map(|(wk, us)| us.into_iter().map(move |u| (u.clone(), wk.to_string()))).collect()
 }
 
 #[cfg(test)]
@@ -314,6 +354,69 @@ mod tests {
         let l = loads(&three);
         assert!(l.values().all(|&n| n == 1 || n == 2), "{l:?}");
         assert_eq!(three.iter().filter(|(u, p)| p.worker != two[*u].worker).count(), 1);
+    }
+
+    fn refusals<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Refusals {
+        let mut r = Refusals::new();
+        for (unit, worker) in pairs {
+            r.entry(unit.to_string()).or_default().insert(worker.to_string());
+        }
+        r
+    }
+    fn on<'a>(p: &'a BTreeMap<String, Placement>, worker: &str) -> Vec<&'a str> {
+        p.iter().filter(|(_, pl)| pl.worker.as_deref() == Some(worker)).map(|(u, _)| u.as_str()).collect()
+    }
+
+    #[test]
+    fn refused_units_move_to_a_worker_that_can_run_them_and_stay_there() {
+        let units = ids(4);
+        let two = vec!["a".to_string(), "b".to_string()];
+        let first = place(&units, &two, &HashMap::new());
+        // a cannot run the units it got: they move to b at a new epoch, and a takes b's in their place.
+        let refused = refusals(on(&first, "a").into_iter().map(|u| (u, "a")));
+        let second = place_avoiding(&units, &two, &as_current(&first), &refused);
+        for u in &units {
+            let (was, now) = (&first[u], &second[u]);
+            assert_ne!(was.worker, now.worker, "{u}: refused by a, or a's share of the balance");
+            assert_eq!(now.epoch, was.epoch + 1, "{u} moved");
+        }
+        // a cannot run those either: everything runs on b, and stays there (no churn while nothing is new).
+        let refused = refusals(units.iter().map(|u| (u.as_str(), "a")));
+        let third = place_avoiding(&units, &two, &as_current(&second), &refused);
+        assert_eq!(on(&third, "b").len(), 4, "{third:?}");
+        assert_eq!(third, place_avoiding(&units, &two, &as_current(&third), &refused), "nothing moves when nothing changed");
+        // The refusals ended (a registered again, or a minute passed): balance gives a its share again.
+        let fourth = place(&units, &two, &as_current(&third));
+        assert_eq!(loads(&fourth), BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 2)]));
+    }
+
+    #[test]
+    fn a_unit_every_live_worker_refused_stays_placed_and_moves_to_a_worker_that_did_not() {
+        let units = ids(3);
+        let two = vec!["a".to_string(), "b".to_string()];
+        let first = place(&units, &two, &HashMap::new());
+        // Nobody can run u00 (nor the new u03): it stays where it is, its error showing there; u03 is placed anyway.
+        let refused = refusals([("u00", "a"), ("u00", "b"), ("u03", "a"), ("u03", "b")]);
+        let units4 = ids(4);
+        let second = place_avoiding(&units4, &two, &as_current(&first), &refused);
+        assert_eq!(second["u00"], first["u00"], "a unit nobody can run moved");
+        assert!(second["u03"].worker.is_some(), "{second:?}");
+        // A new worker (a rolling deploy's) takes them, and only what balance needs besides.
+        let three = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let third = place_avoiding(&units4, &three, &as_current(&second), &refused);
+        assert_eq!(on(&third, "c"), vec!["u00", "u03"], "{third:?}");
+        assert_eq!(third.iter().filter(|(u, p)| p.worker != second[*u].worker).count(), 2);
+    }
+
+    #[test]
+    fn units_few_workers_may_take_are_placed_first_so_the_spread_stays_even() {
+        let units = ids(4);
+        let two = vec!["a".to_string(), "b".to_string()];
+        // Placed by id alone, u00 and u01 would fill a and b first, and b would get all of u01, u02, u03.
+        let refused = refusals([("u02", "a"), ("u03", "a")]);
+        let placed = place_avoiding(&units, &two, &HashMap::new(), &refused);
+        assert_eq!(on(&placed, "b"), vec!["u02", "u03"], "{placed:?}");
+        assert_eq!(on(&placed, "a"), vec!["u00", "u01"], "{placed:?}");
     }
 
     #[test]

@@ -72,10 +72,18 @@ impl Store {
             Postgres::create_database(url).await.map_err(unreachable)?;
         }
         let store = Self { apply_wait, ..Self::pool_of(url, timeout, 8).await? };
-        sqlx::migrate!("./migrations")
-            .run(&store.pool)
-            .await
-            .map_err(|e| Error::Internal(format!("migrating {shown}: {e}")))?;
+        // Migrations wait for each other (several control planes start at once) and may take long: not under
+        // the pool's statement and lock timeouts.
+        let mut conn = store.pool.acquire().await?;
+        for setting in ["statement_timeout", "lock_timeout"] {
+            sqlx::query(&format!("SET {setting} = 0")).execute(&mut *conn).await?;
+        }
+        let migrated = sqlx::migrate!("./migrations").run_direct(&mut *conn).await;
+        // Back to the pool's bounds before the connection is reused.
+        for setting in ["statement_timeout", "lock_timeout"] {
+            sqlx::query(&format!("SET {setting} = DEFAULT")).execute(&mut *conn).await?;
+        }
+        migrated.map_err(|e| Error::Internal(format!("migrating {shown}: {e}")))?;
         Ok(store)
     }
 
@@ -92,7 +100,10 @@ impl Store {
         let ms = timeout.as_millis().max(1).to_string();
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| Error::InvalidArgument(format!("--database-url {shown}: {e}")))?
-            .options([("statement_timeout", ms.as_str()), ("lock_timeout", ms.as_str())]);
+            // A session that vanished mid-apply (its host gone without a reset) must not hold the apply lock
+            // until TCP notices: Postgres ends a transaction idle this long. An apply's provisioning idles its
+            // transaction; ten minutes is far more than any apply takes.
+            .options([("statement_timeout", ms.as_str()), ("lock_timeout", ms.as_str()), ("idle_in_transaction_session_timeout", "600000")]);
         let pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(timeout)
@@ -132,7 +143,8 @@ impl Store {
             sqlx::query(&format!("SET LOCAL {setting} = DEFAULT")).execute(&mut *tx).await?;
         }
         // Provisioning runs inside the transaction: the connection idles while the broker and ClickHouse work,
-        // which is no statement, so statement_timeout does not cut it short.
+        // which is no statement, so statement_timeout does not cut it short (idle_in_transaction_session_timeout
+        // bounds it).
         Ok((gate, tx))
     }
 

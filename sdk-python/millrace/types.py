@@ -297,7 +297,16 @@ def _enum(t: type, where: str) -> dict:
     if values and all(isinstance(v, str) for v in values):
         if len(values) > 32767:
             raise AnnotationError(f"{where}: enum {t.__name__} has {len(values)} members; ClickHouse's Enum16 holds 32767: use str instead")
-        return {"enumeration": {"members": [{"label": v, "number": i + 1} for i, v in enumerate(values)]}}
+        # With StringToEnumMixin a record may carry a member's name too: an alias of its label (the value).
+        mixin = issubclass(t, StringToEnumMixin)
+        return {
+            "enumeration": {
+                "members": [
+                    {"label": m.value, "number": i + 1, **({"aliases": [m.name]} if mixin and m.name != m.value and m.name not in values else {})}
+                    for i, m in enumerate(members)
+                ]
+            }
+        }
     if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if any(not -32768 <= v <= 32767 for v in values):
             raise AnnotationError(f"{where}: enum {t.__name__} has a value outside Int16 (ClickHouse's Enum16): use int instead")

@@ -37,11 +37,17 @@ class Status(StringToEnumMixin, enum.IntEnum):
     GONE = 2
 
 
+class Shade(StringToEnumMixin, str, enum.Enum):
+    LIGHT = "light grey"
+    DARK = "dark"
+
+
 class Row(BaseModel):
     id: Key[str]
     colour: Colour
     level: Level
     status: Status
+    shade: Shade
 
 
 IngestPipeline[Row]("enums")
@@ -53,23 +59,25 @@ def test_enums_become_enum_columns_that_take_their_members_and_refuse_others(sta
     app = write_app(tmp_path, APP)
     start_without_sidecar(stack, app)
     good = [
-        {"id": "a", "colour": "red", "level": 1, "status": 1},
-        {"id": "b", "colour": "it's green", "level": 300, "status": "GONE"},
+        {"id": "a", "colour": "red", "level": 1, "status": 1, "shade": "light grey"},
+        # With StringToEnumMixin a string Enum's member names are taken too, and stored as their values.
+        {"id": "b", "colour": "it's green", "level": 300, "status": "GONE", "shade": "LIGHT"},
     ]
     assert stack.post("/ingest/enums", json.dumps(good).encode()) == (200, {"written": 2})
     for bad, field in (
-        ({"id": "x", "colour": "blue", "level": 1, "status": 1}, "colour"),
-        ({"id": "x", "colour": "RED", "level": 1, "status": 1}, "colour"),
-        ({"id": "x", "colour": "red", "level": "LOW", "status": 1}, "level"),
-        ({"id": "x", "colour": "red", "level": 2, "status": 1}, "level"),
-        ({"id": "x", "colour": "red", "level": 1, "status": "PAUSED"}, "status"),
+        ({"id": "x", "colour": "blue", "level": 1, "status": 1, "shade": "dark"}, "colour"),
+        ({"id": "x", "colour": "RED", "level": 1, "status": 1, "shade": "dark"}, "colour"),
+        ({"id": "x", "colour": "red", "level": "LOW", "status": 1, "shade": "dark"}, "level"),
+        ({"id": "x", "colour": "red", "level": 2, "status": 1, "shade": "dark"}, "level"),
+        ({"id": "x", "colour": "red", "level": 1, "status": "PAUSED", "shade": "dark"}, "status"),
+        ({"id": "x", "colour": "red", "level": 1, "status": 1, "shade": "MEDIUM"}, "shade"),
     ):
         status, answer = stack.post("/ingest/enums", json.dumps(bad).encode())
         assert status == 400 and answer["errors"][0]["field"] == field, (bad, answer)
     rows = stack.wait_rows("enums", 2)
-    assert sorted((r["id"], r["colour"], r["level"], r["status"]) for r in rows) == [
-        ("a", "red", "LOW", "ACTIVE"),
-        ("b", "it's green", "HIGH", "GONE"),
+    assert sorted((r["id"], r["colour"], r["level"], r["status"], r["shade"]) for r in rows) == [
+        ("a", "red", "LOW", "ACTIVE", "light grey"),
+        ("b", "it's green", "HIGH", "GONE", "light grey"),
     ]
     columns = {c["name"]: c["type"] for c in ch(f"SELECT name, type FROM system.columns WHERE database = 'py_{stack.id}' AND table = 'enums'")}
     assert columns["colour"] == "Enum8('red' = 1, 'it\\'s green' = 2)", columns

@@ -357,3 +357,106 @@ async fn dev_keeps_each_apps_state_apart_and_does_not_drop_rows_unasked() {
     drop_state(&pg_a, &ch_a).await;
     drop_state(&pg_b, &ch_b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_units_no_worker_runs() {
+    let env = TestEnv::new();
+    let cp = control_plane_with(&env, &synced_plan("events", raw_fields(), 2)).await;
+    let addr = cp.addr.clone();
+    // No worker at all: both sync units are declared and run nowhere; status must say so, in text and JSON.
+    let (ok, text, err) = tokio::task::spawn_blocking(move || run(&addr, &["status"])).await.unwrap();
+    assert!(ok, "{err}");
+    assert!(text.contains("2 unit(s) not running") && text.contains("table_sync/events/0") && text.contains("table_sync/events/1"), "{text}");
+    let addr = cp.addr.clone();
+    let (ok, json, err) = tokio::task::spawn_blocking(move || run(&addr, &["status", "--json"])).await.unwrap();
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["not_running"].as_array().map(|a| a.len()), Some(2), "{json}");
+    cp.stop().await;
+    env.cleanup().await;
+}
+
+/// The pid of the process `millrace dev` (pid `dev`) started whose command line holds `what` (and not `--child`: the
+/// sidecar's own server processes are its children, not dev's).
+fn started_by(dev: u32, what: &str) -> Option<i32> {
+    let pids = std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    pids.into_iter().find(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // After the command's name (in parentheses, which may hold spaces): its state, then its parent's pid.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        let command = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ");
+        parent == Some(dev) && command.contains(what) && !command.contains("--child")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_says_when_a_process_it_started_dies_and_restarts_it() {
+    let env = TestEnv::new();
+    let dir = std::env::temp_dir().join(format!("millrace-dev-restart-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("app.py");
+    std::fs::write(&app, std::fs::read_to_string(format!("{}/../examples/reference_chained.py", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+    let db = format!("millrace_t_{}", env.id);
+    let state = ["--database", &db, "--clickhouse-database", &env.clickhouse_database, "--topic-namespace", &env.topic_namespace];
+    let Dev { process: dev, output, http, .. } = start_dev(&app, &state);
+    let seen = |s: &str| output.lock().unwrap().contains(s);
+    wait_for("millrace dev to be up", Duration::from_secs(300), || seen("watching")).await;
+
+    // Posts records r<from>..r<to> and waits (bounded) until every record posted so far is in the table; the ids
+    // missing, if some never arrive.
+    let post_and_wait = |from: usize, to: usize, within: Duration| {
+        let (env, http) = (&env, http.clone());
+        async move {
+            let batch: Vec<serde_json::Value> = (from..to).map(|i| serde_json::json!({"id": format!("r{i}"), "value": i})).collect();
+            let a = post(&http, "/ingest/raw_data", &[JSON], serde_json::to_string(&batch).unwrap().as_bytes()).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            let deadline = Instant::now() + within;
+            loop {
+                let ids: std::collections::BTreeSet<String> = rows(env, "final_stream").await.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+                let missing: Vec<String> = (0..to).map(|i| format!("r{i}")).filter(|id| !ids.contains(id)).collect();
+                if missing.is_empty() || Instant::now() >= deadline {
+                    return missing;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    assert_eq!(post_and_wait(0, 3, WAIT).await, Vec::<String>::new(), "records before any kill reach the table");
+
+    // kill -9 of each process dev started: dev says which died and how, starts it again, and records posted
+    // afterwards reach the table (the worker's units move to its successor once the dead one's lease ends).
+    let mut posted = 3;
+    for (name, command) in [("control-plane", "millrace-control-plane"), ("worker", "millrace-worker"), ("sidecar", "millrace serve")] {
+        let pid = started_by(dev.0.id(), command).unwrap_or_else(|| panic!("no {name} started by millrace dev"));
+        let before = output.lock().unwrap().len();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let (died, back) = (format!("{name} (pid {pid}) was killed by signal 9 (SIGKILL)"), format!("{name} is back"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(seen(&died) && seen(&back)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let said = (seen(&died), seen(&back));
+        let missing = post_and_wait(posted, posted + 3, Duration::from_secs(90)).await;
+        posted += 3;
+        let after = output.lock().unwrap()[before..].to_string();
+        assert!(
+            said == (true, true) && missing.is_empty(),
+            "after kill -9 of the {name} (pid {pid}): millrace dev said it died: {}, said it is back: {}; records posted after the \
+             kill missing from the table after 90 s: {missing:?}; dev's output since the kill:\n{after}",
+            said.0,
+            said.1
+        );
+        assert!(after.contains(&format!("dev/{name}.log")), "the line names its log: {after}");
+        assert!(started_by(dev.0.id(), command).is_some_and(|p| p != pid), "a new {name} runs");
+    }
+
+    // Ctrl-C stops everything, and nothing is started again while it does.
+    let before = output.lock().unwrap().len();
+    stop(dev).await;
+    let after = output.lock().unwrap()[before..].to_string();
+    assert!(after.contains("stopped control-plane") && after.contains("stopped worker") && after.contains("stopped sidecar"), "{after}");
+    // (dev's own lines about its processes start with "! " or "✓ "; the sidecar's output is shown after "  | ".)
+    assert!(!after.lines().any(|l| l.starts_with("! ") || l.contains(" is back (pid ")), "nothing restarts while dev stops: {after}");
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}

@@ -137,7 +137,7 @@ async fn a_unit_declared_again_gets_an_epoch_above_any_it_had() {
         .report_progress(ReportProgressRequest {
             worker_id: reg.worker_id.clone(),
             generation: reg.generation,
-            units: vec![UnitProgress { unit_id: unit.into(), epoch: first, committed_offset: 5, lag: 0, error: String::new() }],
+            units: vec![UnitProgress { unit_id: unit.into(), epoch: first, committed_offset: 5, lag: 0, ..Default::default() }],
         })
         .await
         .expect("report progress")

@@ -185,6 +185,12 @@ async fn heartbeat(s: Arc<Session>, mut client: Client) {
                 // lease (see `Fence`); one set for a longer lease cannot be changed, so the session starts over.
                 if s.fence.delivery_timeout > lease.length() * 3 / 10 && !s.rejoin.is_cancelled() {
                     tracing::warn!(worker_id = s.worker_id, delivery_timeout = ?s.fence.delivery_timeout, lease = ?lease.length(), "the lease is now too short for this session's producer: handing the units over and registering again");
+                    // Records queued under the longer lease could still be delivered after the shorter one ran
+                    // out, while the units' next holder produces: end the lease here (nothing more is handed to
+                    // the producer) and purge what it holds before the units are handed over.
+                    lease.end();
+                    let purge = rdkafka::producer::PurgeConfig::default().queue().inflight();
+                    rdkafka::producer::Producer::purge(&s.fence.producer, purge);
                     s.rejoin.cancel();
                 }
                 wait = lease.interval();
@@ -299,12 +305,21 @@ async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, states: &[Arc
         .filter_map(|st| {
             let safe = st.safe_offset.load(Ordering::SeqCst);
             let error = st.error();
+            // Written before the error and read after it: the flag is never older than the error sent with it.
+            let cannot_run_here = st.cannot_run_here.load(Ordering::SeqCst) && !error.is_empty();
             let changed = safe != st.reported_offset.load(Ordering::SeqCst) || error != *st.reported_error.lock().expect("lock");
             if !all && (!changed || st.stop.is_cancelled()) {
                 return None;
             }
             sent.push((st.clone(), safe, error.clone()));
-            Some(UnitProgress { unit_id: st.unit.unit_id.clone(), epoch: st.epoch, committed_offset: safe, lag: st.lag.load(Ordering::Relaxed), error })
+            Some(UnitProgress {
+                unit_id: st.unit.unit_id.clone(),
+                epoch: st.epoch,
+                committed_offset: safe,
+                lag: st.lag.load(Ordering::Relaxed),
+                error,
+                cannot_run_here,
+            })
         })
         .collect();
     if units.is_empty() {

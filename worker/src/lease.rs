@@ -43,6 +43,11 @@ impl Lease {
         s.deadline = sent_at + s.length.saturating_sub(margin);
     }
 
+    /// Ends the lease here and now, as this worker counts it: nothing more is produced or committed under it.
+    pub fn end(&self) {
+        self.state.lock().expect("lease lock").deadline = Instant::now();
+    }
+
     pub fn valid(&self) -> bool {
         self.valid_for(Duration::ZERO)
     }

@@ -83,6 +83,18 @@ fn keys_are_the_key_fields_text_in_declaration_order() {
 }
 
 #[test]
+fn an_int_enum_key_spelled_by_label_or_number_is_one_key() {
+    use millrace_proto::v1::{EnumMember, EnumType};
+    let members = vec![EnumMember { label: "ACTIVE".into(), number: 1, aliases: vec![] }, EnumMember { label: "GONE".into(), number: 2, aliases: vec![] }];
+    let status = Kind::Enumeration(EnumType { members, numbers: true, labels_too: true });
+    let keyed = Schema::new(&[Field { key: true, ..f("status", status) }, f("v", s(ScalarType::Int64))], false);
+    let by_label = keyed.check(br#"{"status":"GONE","v":1}"#).unwrap().unwrap();
+    let by_number = keyed.check(br#"{"status":2,"v":1}"#).unwrap().unwrap();
+    assert_eq!(by_label, by_number, "one member's records share a partition however they spell it");
+    assert_eq!(&*by_number, b"2");
+}
+
+#[test]
 fn wide_records_are_checked_like_narrow_ones() {
     // Over 16 fields the names are looked up by hash, over 64 the given ones are tracked in a vector.
     for width in [10, 40, 100] {

@@ -4,6 +4,7 @@
 
 mod partitions;
 mod publish;
+mod refusals;
 mod round;
 mod service;
 
@@ -21,13 +22,15 @@ use tokio::time::Instant;
 /// How often the topics' real partition counts are read from the broker.
 const PARTITION_REFRESH: Duration = Duration::from_secs(5);
 
-/// Joins are placed together: the round after a join waits until no other worker joined for this long. Each round
-/// moves only what balance needs among the workers it sees, so N workers placed one round each would move units
-/// again and again (about 2.3x what one round for all of them moves).
-const JOIN_QUIET: Duration = Duration::from_millis(500);
-/// ... but no longer than this after the first join of a burst, so a steady trickle of joins is still placed, and
-/// a lease that runs out meanwhile is acted on late by at most this much.
+/// Joins are placed together: the round after a join waits until no other worker joined for `join_quiet`
+/// (`--join-quiet-ms`). Each round moves only what balance needs among the workers it sees, so N workers placed
+/// one round each would move units again and again (about 2.3x what one round for all of them moves). But no
+/// longer than this after the first join of a burst (nor a quarter lease, nor less than the quiet time), so a
+/// steady trickle of joins is still placed, and a lease that runs out meanwhile is acted on late by at most this.
 const JOIN_MAX_WAIT: Duration = Duration::from_secs(2);
+/// A scheduling round that takes longer than this is abandoned (its transaction dropped, the round lock freed):
+/// a Postgres connection that died without a reset would otherwise hold every round for minutes.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A burst of joins not yet placed: when its first and its latest worker registered.
 #[derive(Clone, Copy)]
@@ -46,6 +49,7 @@ struct Inner {
     store: Store,
     kafka: Kafka,
     lease: Duration,
+    join_quiet: Duration,
     names: crate::scheduler::Names,
     wake: Notify,
     watchers: Mutex<HashMap<String, Watcher>>,
@@ -66,12 +70,13 @@ fn lease_lost(worker_id: &str) -> Error {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, kafka: Kafka, lease: Duration, names: crate::scheduler::Names) -> Self {
+    pub fn new(store: Store, kafka: Kafka, lease: Duration, join_quiet: Duration, names: crate::scheduler::Names) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 kafka,
                 lease,
+                join_quiet,
                 names,
                 wake: Notify::new(),
                 watchers: Mutex::new(HashMap::new()),
@@ -111,7 +116,8 @@ impl Coordinator {
     fn joins_due(&self) -> Option<Instant> {
         let mut joins = self.inner.joins.lock().expect("joins lock");
         let j = (*joins)?;
-        let due = (j.last + JOIN_QUIET).min(j.first + JOIN_MAX_WAIT);
+        let max_wait = JOIN_MAX_WAIT.min(self.inner.lease / 4).max(self.inner.join_quiet);
+        let due = (j.last + self.inner.join_quiet).min(j.first + max_wait);
         if Instant::now() < due {
             return Some(due);
         }
@@ -198,6 +204,30 @@ impl Coordinator {
             .fetch_one(self.inner.store.pool())
             .await
             .unwrap_or(0) as usize
+    }
+
+    /// Units no live worker holds: unplaced, or placed on a worker whose lease ran out.
+    pub async fn list_unassigned(&self) -> Result<Vec<UnitAssignmentInfo>, Error> {
+        let rows = sqlx::query(
+            "SELECT a.unit_id, a.epoch, a.committed_offset, a.lag, a.error FROM assignments a
+             LEFT JOIN workers w ON w.worker_id = a.worker_id AND w.lease_expires_at > now()
+             WHERE w.worker_id IS NULL ORDER BY a.unit_id",
+        )
+        .fetch_all(self.inner.store.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let epoch: i64 = r.get("epoch");
+                UnitAssignmentInfo {
+                    unit_id: r.get("unit_id"),
+                    epoch: epoch as u64,
+                    committed_offset: r.get("committed_offset"),
+                    lag: r.get("lag"),
+                    error: r.get("error"),
+                }
+            })
+            .collect())
     }
 
     pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, Error> {

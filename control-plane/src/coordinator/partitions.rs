@@ -31,18 +31,21 @@ impl Coordinator {
     }
 
     /// Stores the counts of the namespace's topics; true when one was new or changed.
+    /// Counts only grow: Kafka cannot remove partitions, so a smaller count is a topic deleted and made again
+    /// (or a broker answering from a partial view), and forgetting partitions would delete their units' offsets.
     async fn store_counts(&self, counts: HashMap<String, usize>) -> Result<bool, Error> {
         // Other deployments share the broker: their topics are none of ours.
         let namespace = &self.inner.names.topic_namespace;
         let (topics, partitions): (Vec<String>, Vec<i32>) = counts
             .into_iter()
-            .filter(|(t, _)| t.starts_with(namespace.as_str()))
+            // A topic listed with no partitions (being created, deleted or recovered) has no count yet.
+            .filter(|(t, n)| t.starts_with(namespace.as_str()) && *n > 0)
             .map(|(t, n)| (t, i32::try_from(n).unwrap_or(i32::MAX)))
             .unzip();
         let changed: Vec<String> = sqlx::query_scalar(
             "INSERT INTO topic_partitions (topic, partitions) SELECT * FROM UNNEST($1::text[], $2::int[])
              ON CONFLICT (topic) DO UPDATE SET partitions = EXCLUDED.partitions, updated_at = now()
-               WHERE topic_partitions.partitions <> EXCLUDED.partitions
+               WHERE topic_partitions.partitions < EXCLUDED.partitions
              RETURNING topic",
         )
         .bind(&topics)

@@ -4,7 +4,7 @@
 use super::partitions::{keep_units_of_unknown_counts, known_counts};
 use super::Coordinator;
 use crate::error::Error;
-use crate::scheduler::{desired_units, place, Placement};
+use crate::scheduler::{desired_units, place_avoiding, Placement};
 use crate::store::Store;
 use millrace_proto::v1::WorkUnit;
 use prost::Message;
@@ -21,7 +21,15 @@ struct Stored {
 }
 
 impl Coordinator {
+    /// One round, abandoned after `ROUND_TIMEOUT` (see there).
     pub async fn reschedule(&self) -> Result<(), Error> {
+        match tokio::time::timeout(super::ROUND_TIMEOUT, self.round()).await {
+            Ok(done) => done,
+            Err(_) => Err(Error::unavailable("Postgres", format!("a scheduling round took over {:?}; abandoned", super::ROUND_TIMEOUT))),
+        }
+    }
+
+    async fn round(&self) -> Result<(), Error> {
         let _round = self.inner.round.lock().await;
         let pool = self.inner.store.pool();
         let mut tx = pool.begin().await?;
@@ -49,7 +57,15 @@ impl Coordinator {
         }
         let current: HashMap<String, Placement> = stored.iter().map(|(u, s)| (u.clone(), s.placement.clone())).collect();
         let ids: Vec<String> = units.keys().cloned().collect();
-        let placed = place(&ids, &live, &current);
+        // Units go where they can run: a live worker that refused one (its sidecar lacks the function) gets it
+        // only when every live worker did. A redefined unit is tried anew.
+        let redefined: Vec<&String> = units
+            .iter()
+            .filter(|(u, w)| stored.get(*u).is_some_and(|o| !o.definition.is_empty() && o.definition != w.encode_to_vec()))
+            .map(|(u, _)| u)
+            .collect();
+        let refused = super::refusals::current(&mut tx, &units, &redefined).await?;
+        let placed = place_avoiding(&ids, &live, &current, &refused);
         let gone: Vec<&String> = current.keys().filter(|u| !units.contains_key(*u)).collect();
         if !gone.is_empty() {
             sqlx::query("DELETE FROM assignments WHERE unit_id = ANY($1)").bind(&gone).execute(&mut *tx).await?;
@@ -65,20 +81,29 @@ impl Coordinator {
             if redefined && old.is_some_and(|o| o.placement.epoch == p.epoch) {
                 p.epoch += 1;
             }
-            // An offset of one topic means nothing in another: a new source is read from its beginning.
+            // An offset of one topic means nothing in another: a new source is read from its beginning. So is the
+            // source of a table sync into a new table (a new version, say): it gets every record the stream holds,
+            // not only those that arrive after the change.
             let new_source = known.is_some_and(|o| {
-                WorkUnit::decode(o.definition.as_slice()).map(|w| w.source_topic != unit.source_topic).unwrap_or(false)
+                WorkUnit::decode(o.definition.as_slice())
+                    .map(|w| {
+                        let target = |u: &WorkUnit| u.table.as_ref().map(|t| (t.database.clone(), t.table.clone()));
+                        w.source_topic != unit.source_topic || target(&w) != target(unit)
+                    })
+                    .unwrap_or(false)
             });
             if old.is_some_and(|o| o.placement == p && o.definition == definition) {
                 continue;
             }
             // Every new epoch (a new row, a move, a redefinition) is drawn from one sequence, so it is above any
-            // epoch this unit ever had, even in a row deleted since: `place` only says whether it changes.
+            // epoch this unit ever had, even in a row deleted since: `place` only says whether it changes. Never
+            // below the row's own (a control plane of an older version may have written a higher one).
             let bump = old.is_none_or(|o| o.placement.epoch != p.epoch);
             let epoch: i64 = sqlx::query_scalar(
                 "INSERT INTO assignments (unit_id, worker_id, epoch, definition)
                  VALUES ($1, $2, CASE WHEN $6 THEN nextval('unit_epoch') ELSE $3 END, $4)
-                 ON CONFLICT (unit_id) DO UPDATE SET worker_id = EXCLUDED.worker_id, epoch = EXCLUDED.epoch,
+                 ON CONFLICT (unit_id) DO UPDATE SET worker_id = EXCLUDED.worker_id,
+                   epoch = GREATEST(EXCLUDED.epoch, assignments.epoch + CASE WHEN $6 THEN 1 ELSE 0 END),
                    definition = EXCLUDED.definition, updated_at = now(),
                    committed_offset = CASE WHEN $5 THEN -1 ELSE assignments.committed_offset END,
                    lag = CASE WHEN $5 THEN -1 ELSE assignments.lag END,

@@ -87,14 +87,32 @@ impl WorkerCoordinator for Coordinator {
         let offsets: Vec<i64> = r.units.iter().map(|u| u.committed_offset).collect();
         let lags: Vec<i64> = r.units.iter().map(|u| u.lag).collect();
         let errors: Vec<String> = r.units.iter().map(|u| u.error.chars().take(2000).collect()).collect();
-        // Fencing and commit in one statement: only the live holder at the current epoch writes.
-        let granted: Vec<String> = sqlx::query_scalar(
-            "UPDATE assignments a
-             SET committed_offset = GREATEST(a.committed_offset, u.off), lag = u.lag, error = u.error, updated_at = now()
-             FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[]) AS u(unit_id, epoch, off, lag, error)
-             WHERE a.unit_id = u.unit_id AND a.epoch = u.epoch AND a.worker_id = $1
-               AND EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = $1 AND w.generation = $2 AND w.lease_expires_at > now())
-             RETURNING a.unit_id",
+        let cannot_run: Vec<bool> = r.units.iter().map(|u| u.cannot_run_here).collect();
+        // Fencing and commit in one statement: only the live holder at the current epoch writes. So are the
+        // refusals: a unit the worker holds and says it cannot run is recorded as refused by this registration
+        // (new, or renewed once expired), and a unit it runs clears its refusal.
+        let rows: Vec<(String, bool)> = sqlx::query_as(
+            "WITH u AS (
+               SELECT * FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::bool[])
+                 AS u(unit_id, epoch, off, lag, error, refused)
+             ), granted AS (
+               UPDATE assignments a
+               SET committed_offset = GREATEST(a.committed_offset, u.off), lag = u.lag, error = u.error, updated_at = now()
+               FROM u
+               WHERE a.unit_id = u.unit_id AND a.epoch = u.epoch AND a.worker_id = $1
+                 AND EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = $1 AND w.generation = $2 AND w.lease_expires_at > now())
+               RETURNING a.unit_id, u.refused, u.error
+             ), refusals AS (
+               INSERT INTO unit_refusals (unit_id, worker_id, generation, reason)
+               SELECT unit_id, $1::text, $2::bigint, error FROM granted WHERE refused
+               ON CONFLICT (unit_id, worker_id) DO UPDATE SET refused_at = now(), reason = EXCLUDED.reason
+                 WHERE unit_refusals.refused_at <= now() - $9 * interval '1 millisecond'
+               RETURNING unit_id
+             ), cleared AS (
+               DELETE FROM unit_refusals r USING granted g
+               WHERE r.unit_id = g.unit_id AND r.worker_id = $1 AND NOT g.refused AND g.error = ''
+             )
+             SELECT unit_id, unit_id IN (SELECT unit_id FROM refusals) FROM granted",
         )
         .bind(&r.worker_id)
         .bind(r.generation as i64)
@@ -103,9 +121,18 @@ impl WorkerCoordinator for Coordinator {
         .bind(&offsets)
         .bind(&lags)
         .bind(&errors)
+        .bind(&cannot_run)
+        .bind(super::refusals::REFUSAL_TTL.as_millis() as i64)
         .fetch_all(self.inner.store.pool())
         .await
         .map_err(Error::from)?;
+        let refused: Vec<&String> = rows.iter().filter(|(_, new)| *new).map(|(u, _)| u).collect();
+        if !refused.is_empty() {
+            // A new refusal: the next round moves the unit to a worker that can run it. Known ones move nothing.
+            tracing::info!(worker_id = r.worker_id, ?refused, "units refused: this worker's sidecars cannot run their function; moving them");
+            self.plan_changed();
+        }
+        let granted: Vec<String> = rows.into_iter().map(|(u, _)| u).collect();
         let revoked: Vec<String> = ids.into_iter().filter(|u| !granted.contains(u)).collect();
         if !revoked.is_empty() {
             tracing::info!(worker_id = r.worker_id, ?revoked, "commit refused: units no longer held");

@@ -203,6 +203,16 @@ fn validate_enum(e: &EnumType, path: &str) -> Result<(), FieldError> {
             return Err(err(path, format!("enum member {:?} = {}: labels and numbers must be distinct", m.label, m.number)));
         }
     }
+    for m in &e.members {
+        for a in &m.aliases {
+            if a.is_empty() || a.len() > 1024 || a.chars().any(char::is_control) {
+                return Err(err(path, format!("enum alias {a:?}: 1 to 1024 characters, no control characters")));
+            }
+            if !labels.insert(a) {
+                return Err(err(path, format!("enum alias {a:?} of {:?}: aliases are distinct from every label and other alias", m.label)));
+            }
+        }
+    }
     // ClickHouse refuses statements past its max_query_size (256 KiB by default): keep room for the rest of them.
     let rendered = enum_ch(e).len();
     if rendered > MAX_ENUM_DDL {
@@ -260,10 +270,14 @@ mod tests {
 
     #[test]
     fn an_enum_is_an_enum8_or_enum16_column_and_bad_members_are_refused() {
-        let m = |label: &str, number| EnumMember { label: label.into(), number };
+        let m = |label: &str, number| EnumMember { label: label.into(), number, aliases: vec![] };
         let en = |members: Vec<EnumMember>| field("e", FieldType { kind: Some(Kind::Enumeration(EnumType { members, ..Default::default() })) });
         assert_eq!(ch_column_type(&en(vec![m("b", 2), m("it's", 1)])).unwrap(), "Enum8('it\\'s' = 1, 'b' = 2)");
         assert_eq!(ch_column_type(&en(vec![m("a", 1), m("b", 300)])).unwrap(), "Enum16('a' = 1, 'b' = 300)");
+        let aliased = |label: &str, number, alias: &str| EnumMember { label: label.into(), number, aliases: vec![alias.into()] };
+        assert!(validate_fields(&[en(vec![aliased("red", 1, "RED"), aliased("green", 2, "GREEN")])]).is_ok());
+        assert!(validate_fields(&[en(vec![aliased("red", 1, "green"), m("green", 2)])]).unwrap_err().reason.contains("alias"));
+        assert_eq!(ch_column_type(&en(vec![aliased("red", 1, "RED")])).unwrap(), "Enum8('red' = 1)", "aliases are no part of the column");
         for bad in [vec![], vec![m("a", 1), m("a", 2)], vec![m("a", 1), m("b", 1)], vec![m("", 1)], vec![m("a", 40_000)]] {
             assert!(validate_fields(&[en(bad.clone())]).is_err(), "{bad:?}");
         }

@@ -17,10 +17,29 @@ pub struct Enum {
 impl Enum {
     pub fn new(e: &EnumType) -> Self {
         Enum {
-            labels: e.members.iter().map(|m| (m.label.clone(), m.number)).collect(),
+            // Aliases are looked up as labels are, and written as their member's label.
+            labels: e
+                .members
+                .iter()
+                .flat_map(|m| std::iter::once(&m.label).chain(&m.aliases).map(move |l| (l.clone(), m.number)))
+                .collect(),
             by_number: e.members.iter().map(|m| (m.number, m.label.clone())).collect(),
             numbers: e.numbers,
             labels_too: e.labels_too,
+        }
+    }
+
+    /// The member as a key's text: an IntEnum's key is its number, whichever way a record spelled it (a label,
+    /// with StringToEnumMixin), so one member's records share a partition.
+    /// A string Enum's key is its label, whichever alias a record used.
+    pub fn key_form<'a>(&self, text: std::borrow::Cow<'a, str>) -> std::borrow::Cow<'a, str> {
+        match self.labels.get(text.as_ref()) {
+            Some(n) if self.numbers => std::borrow::Cow::Owned(n.to_string()),
+            Some(n) => match self.by_number.get(n) {
+                Some(label) if *label != text => std::borrow::Cow::Owned(label.clone()),
+                _ => text,
+            },
+            None => text,
         }
     }
 
@@ -72,7 +91,10 @@ impl Family for Enum {
             Ok(n) => self.by_number.get(&n).ok_or_else(|| format!("{n} is not a member of the enum ({})", self.shown()))?,
             Err(_) => {
                 let s: String = serde_json::from_str(text).map_err(|_| format!("{text} is not a member of the enum"))?;
-                self.labels.get_key_value(&s).map(|(k, _)| k).ok_or_else(|| format!("{s:?} is not a member of the enum ({})", self.shown()))?
+                self.labels
+                    .get(&s)
+                    .and_then(|n| self.by_number.get(n))
+                    .ok_or_else(|| format!("{s:?} is not a member of the enum ({})", self.shown()))?
             }
         };
         serde_json::to_writer(&mut *out, label).map_err(|e| e.to_string())
@@ -85,7 +107,7 @@ mod tests {
     use millrace_proto::v1::EnumMember;
 
     fn e(numbers: bool, labels_too: bool) -> Enum {
-        let m = |label: &str, number| EnumMember { label: label.into(), number };
+        let m = |label: &str, number| EnumMember { label: label.into(), number, aliases: vec![] };
         Enum::new(&EnumType { members: vec![m("RED", 1), m("GREEN", 2)], numbers, labels_too })
     }
 
@@ -113,5 +135,15 @@ mod tests {
         assert!(row(&mixin, "7").is_err());
         assert_eq!(row(&labels, "\"RED\"").unwrap(), "\"RED\"");
         assert!(row(&labels, "\"BLUE\"").unwrap_err().contains("not a member"), "a non-member is its record's error, not the insert's");
+    }
+
+    #[test]
+    fn a_string_enums_member_name_is_an_alias_written_and_keyed_as_its_label() {
+        let m = |label: &str, number, alias: &str| EnumMember { label: label.into(), number, aliases: vec![alias.into()] };
+        let colours = Enum::new(&EnumType { members: vec![m("red", 1, "RED"), m("it's green", 2, "GREEN")], numbers: false, labels_too: false });
+        assert!(colours.check(Scalar::Str("GREEN")).is_ok() && colours.check(Scalar::Str("it's green")).is_ok());
+        assert_eq!(row(&colours, "\"GREEN\"").unwrap(), "\"it's green\"");
+        assert_eq!(colours.key_form("GREEN".into()), "it's green");
+        assert_eq!(colours.key_form("red".into()), "red");
     }
 }

@@ -113,7 +113,8 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_, 'de> {
                     let raw: &'de RawValue = map.next_value()?;
                     check_raw(ty, raw, At { loc, errors: self.errors });
                     if let (true, Some(keys)) = (f.key, keys) {
-                        keys.set(i, key_text(raw));
+                        let text = key_text(raw);
+                        keys.set(i, if let Ty::Enum(e) = ty { e.key_form(text) } else { text });
                     }
                 }
                 (ty, _) => map.next_value_seed(ValueSeed { ty, at: At { loc, errors: self.errors } })?,

@@ -13,11 +13,11 @@ pub(crate) mod sync;
 
 use crate::lease::Lease;
 use crate::metrics::Metrics;
-use crate::sidecar::Sidecars;
+use crate::sidecar::{SidecarError, Sidecars};
 use millrace_proto::v1::{UnitKind, WorkUnit};
 use pipeline::{RunPlan, UnitError};
 use recovery::Recovery;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -82,6 +82,9 @@ pub struct UnitState {
     pub error: Mutex<String>,
     /// The error the control plane last accepted.
     pub reported_error: Mutex<String>,
+    /// The error is this worker's own (its sidecar lacks the function, or it has no such sidecar): another worker
+    /// may run the unit, and the control plane moves it there. Set before `error`.
+    pub cannot_run_here: AtomicBool,
     /// Stop at once (revoked, lease lost).
     pub stop: CancellationToken,
     /// Stop reading, finish what is in flight (clean shutdown).
@@ -100,6 +103,7 @@ impl UnitState {
             high_watermark: AtomicI64::new(-1),
             error: Mutex::new(String::new()),
             reported_error: Mutex::new(String::new()),
+            cannot_run_here: AtomicBool::new(false),
             stop: CancellationToken::new(),
             drain: CancellationToken::new(),
         }
@@ -127,6 +131,17 @@ impl UnitState {
 struct Problem {
     reason: &'static str,
     message: String,
+    /// The worker has no sidecar of the function's runtime (`--sidecar NAME=URL`).
+    no_sidecar: bool,
+}
+
+impl Problem {
+    /// Whether the problem is this worker's alone: its sidecars (none of that name, or one lacking the function),
+    /// not the plan or the records. Another worker, configured with other sidecars, may run the unit (a rolling
+    /// deploy: old sidecars lack a new function).
+    fn here_only(&self) -> bool {
+        self.no_sidecar || matches!(self.reason, "missing_function" | "wrong_kind")
+    }
 }
 
 /// The unit's function must be hosted by its sidecar, as the right kind: otherwise every record would fail.
@@ -134,16 +149,24 @@ async fn check_function(ctx: &WorkerCtx, st: &UnitState) -> Result<(), Problem> 
     let u = &st.unit;
     if u.dead_letter_topic.is_empty() {
         let message = "the unit has no dead letter topic: apply the plan again with a current control plane".into();
-        return Err(Problem { reason: "no_dead_letter_topic", message });
+        return Err(Problem { reason: "no_dead_letter_topic", message, no_sidecar: false });
     }
     if u.kind == UnitKind::UnitTableSync as i32 {
         return match &u.table {
             Some(t) if !t.columns.is_empty() => Ok(()),
-            _ => Err(Problem { reason: "no_table", message: "the sync unit names no table: apply the plan again with a current control plane".into() }),
+            _ => Err(Problem {
+                reason: "no_table",
+                message: "the sync unit names no table: apply the plan again with a current control plane".into(),
+                no_sidecar: false,
+            }),
         };
     }
     let f = u.function.clone().unwrap_or_default();
-    let described = ctx.sidecars.describe(&f.runtime).await.map_err(|e| Problem { reason: "sidecar_unreachable", message: e.to_string() })?;
+    let described = ctx.sidecars.describe(&f.runtime).await.map_err(|e| Problem {
+        reason: "sidecar_unreachable",
+        message: e.to_string(),
+        no_sidecar: matches!(e, SidecarError::Unknown(_)),
+    })?;
     let consumer = u.kind == UnitKind::UnitConsumer as i32;
     let what = if consumer { "consumer" } else { "transform" };
     match described.functions.iter().find(|x| x.name == f.name) {
@@ -158,6 +181,7 @@ async fn check_function(ctx: &WorkerCtx, st: &UnitState) -> Result<(), Problem> 
                     hosted.join(", "),
                     u.name
                 ),
+                no_sidecar: false,
             })
         }
         Some(info) if info.consumer != consumer => Err(Problem {
@@ -169,6 +193,7 @@ async fn check_function(ctx: &WorkerCtx, st: &UnitState) -> Result<(), Problem> 
                 if info.consumer { "consumer" } else { "transform" },
                 u.name
             ),
+            no_sidecar: false,
         }),
         Some(_) => Ok(()),
     }
@@ -196,6 +221,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
             }
             *was = reason;
         }
+        st.cannot_run_here.store(now.as_ref().is_some_and(Problem::here_only), Ordering::SeqCst);
         *st.error.lock().expect("error lock") = now.map(|p| p.message).unwrap_or_default();
     };
     while !st.ended() {
