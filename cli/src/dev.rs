@@ -338,8 +338,16 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Project, r
                 if let Some(old) = running.sidecar.take() {
                     old.stop().await;
                 }
-                running.sidecar = Some(start_sidecar(&running.supervisor, app, args.sidecar_port).await?);
-                println!("applied; the sidecar serves the new version");
+                // A sidecar that does not come up is this version's problem, not the end of `dev`: the next save
+                // starts it again.
+                match start_sidecar(&running.supervisor, app, args.sidecar_port).await {
+                    Ok(sidecar) => {
+                        running.sidecar = Some(sidecar);
+                        println!("applied; the sidecar serves the new version");
+                    }
+                    Err(e) => println!("applied, but the sidecar did not start: {e:#}
+fix the app and save it: millrace dev starts the sidecar again"),
+                }
             }
         }
     }

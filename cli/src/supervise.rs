@@ -1,7 +1,7 @@
 //! The processes `millrace dev` starts (control plane, worker, Python sidecar), watched while it runs. One that
 //! exits unexpectedly is reported in one line (which, its pid, its exit status or signal, its log) and started again
 //! with the same arguments, after a backoff (0.5 s doubling to 10 s; back to 0.5 s once it has stayed up 30 s), and
-//! `dev` says when it listens again. One that keeps dying (5 times within a minute) is reported with what to do and
+//! `dev` says when it listens again. One that keeps dying (8 times within two minutes) is reported with what to do and
 //! left stopped; the others keep running. Stopping (`Supervised::stop`, Ctrl-C) never restarts anything: after
 //! `Supervisor::shutting_down` no process is started again.
 //!
@@ -25,9 +25,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// A process up this long before it died is restarted after `BACKOFF_FIRST` again.
 const STEADY: Duration = Duration::from_secs(30);
-/// This many deaths within `LOOP_WINDOW`: it keeps dying, and is not started again.
-const LOOP_DEATHS: usize = 5;
-const LOOP_WINDOW: Duration = Duration::from_secs(60);
+/// This many deaths within `LOOP_WINDOW`: it keeps dying, and is not started again. Enough that the backoff (0.5 s
+/// doubling to 10 s) rides out half a minute of a dependency gone (a Postgres restarting, say) before giving up.
+const LOOP_DEATHS: usize = 8;
+const LOOP_WINDOW: Duration = Duration::from_secs(120);
 /// How long a (re)started process may take to listen.
 const READY_WITHIN: Duration = Duration::from_secs(60);
 /// How long a stopped process may take to exit after SIGTERM before it is killed.
@@ -160,7 +161,10 @@ pub fn describe(status: ExitStatus) -> String {
 }
 
 fn signal_group(pid: u32, signal: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+    // Never group 0 (a pid not known): that is this process's own group, the user's shell job with it.
+    if pid > 1 {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
 }
 
 /// When to start a process that died again, or that it keeps dying.
@@ -235,7 +239,8 @@ async fn watch_over(spec: Arc<Spec>, child: Child, mut stop: oneshot::Receiver<(
                     Verdict::RestartIn(d) => d,
                     Verdict::KeepsDying(n) => {
                         say(&format!(
-                            "! {who} {why}, and keeps dying ({n} times within a minute): not restarting it; see {}; {}. The rest keeps running.",
+                            "! {who} {why}, and keeps dying ({n} times within {} s): not restarting it; see {}; {}. The rest keeps running.",
+                            LOOP_WINDOW.as_secs(),
                             log.display(),
                             spec.advice
                         ));
@@ -306,8 +311,11 @@ mod tests {
         assert_eq!(d.died(t0 + s(4), s(1)), Verdict::RestartIn(s(2)));
         // Up 30 s: the next death is restarted after the first delay again.
         assert_eq!(d.died(t0 + s(40), s(30)), Verdict::RestartIn(Duration::from_millis(500)));
-        // The fifth death within a minute (t0 .. t0+50): it keeps dying.
-        assert_eq!(d.died(t0 + s(50), s(1)), Verdict::KeepsDying(5));
+        for (i, at) in [50, 55, 60].into_iter().enumerate() {
+            assert!(matches!(d.died(t0 + s(at), s(1)), Verdict::RestartIn(_)), "death {}", i + 5);
+        }
+        // The eighth death within two minutes (t0 .. t0+70): it keeps dying.
+        assert_eq!(d.died(t0 + s(70), s(1)), Verdict::KeepsDying(8));
 
         let mut d = Deaths::default();
         let delays: Vec<Duration> = (0..4).map(|i| match d.died(t0 + s(100 * i), s(1)) {
@@ -338,13 +346,14 @@ mod tests {
     #[tokio::test]
     async fn a_process_that_keeps_dying_is_left_stopped_and_stop_ends_the_rest_without_restarts() {
         let supervisor = Supervisor::new();
-        // Dies 0.3 s after each start: restarted after 0.5, 1, 2 and 4 s, then (the fifth death) left stopped.
+        // Dies 0.3 s after each start: restarted after 0.5, 1, 2, 4, 8, 10 and 10 s, then (the eighth death) left
+        // stopped.
         let dying = supervisor.start(listener(free_port(), 0.3)).await.unwrap();
         let steady_port = free_port();
         let steady = supervisor.start(listener(steady_port, 600.0)).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !dying.task.is_finished() {
-            assert!(Instant::now() < deadline, "a process dying every 0.3 s was still restarted after 30 s");
+            assert!(Instant::now() < deadline, "a process dying every 0.3 s was still restarted after 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(!steady.task.is_finished(), "the other keeps running");

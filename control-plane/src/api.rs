@@ -198,7 +198,14 @@ impl Api {
             };
             let stored = Store::load_state(&mut *tx).await?;
             let gone: Vec<&Planned> = drops.into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
-            self.provisioner.drop_topics(&gone).await
+            self.provisioner.drop_topics(&gone).await?;
+            // Their partition counts go with them: a stream declared again may have fewer partitions.
+            let topics: Vec<String> = gone
+                .iter()
+                .filter_map(|p| p.stored.as_ref())
+                .map(|r| crate::resource::physical_name(spec(r), &self.provisioner.topic_namespace))
+                .collect();
+            self.coordinator.forget_topics(&topics).await
         };
         dropped.await.map_err(|e| {
             Error::FailedPrecondition(format!(

@@ -71,7 +71,7 @@ impl Store {
         if !exists {
             Postgres::create_database(url).await.map_err(unreachable)?;
         }
-        let store = Self { apply_wait, ..Self::pool_of(url, timeout, 8).await? };
+        let store = Self { apply_wait, ..Self::pool_of(url, timeout, 8, Duration::from_secs(600)).await? };
         // Migrations wait for each other (several control planes start at once) and may take long: not under
         // the pool's statement and lock timeouts.
         let mut conn = store.pool.acquire().await?;
@@ -90,20 +90,23 @@ impl Store {
     /// A second pool on the same database, for the coordinator: heartbeats, commits and scheduling rounds never
     /// wait for a connection an apply holds (applies spend seconds on the broker and ClickHouse).
     pub async fn connect_coordinator(url: &str, timeout: Duration) -> Result<Self, Error> {
-        Self::pool_of(url, timeout, 16).await
+        // Its transactions are short (a round, a commit): one left idle (a round abandoned on a dead connection)
+        // must free the scheduling lock soon.
+        Self::pool_of(url, timeout, 16, Duration::from_secs(30)).await
     }
 
     /// A pool whose statements and lock waits are bounded by `timeout` (on the server, so a hung query ends and
     /// frees what waits on it), and whose connections are recycled before a firewall forgets them.
-    async fn pool_of(url: &str, timeout: Duration, size: u32) -> Result<Self, Error> {
+    async fn pool_of(url: &str, timeout: Duration, size: u32, idle_in_transaction: Duration) -> Result<Self, Error> {
         let shown = redact_url(url);
         let ms = timeout.as_millis().max(1).to_string();
+        let idle_ms = idle_in_transaction.as_millis().max(1).to_string();
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| Error::InvalidArgument(format!("--database-url {shown}: {e}")))?
-            // A session that vanished mid-apply (its host gone without a reset) must not hold the apply lock
-            // until TCP notices: Postgres ends a transaction idle this long. An apply's provisioning idles its
-            // transaction; ten minutes is far more than any apply takes.
-            .options([("statement_timeout", ms.as_str()), ("lock_timeout", ms.as_str()), ("idle_in_transaction_session_timeout", "600000")]);
+            // A session that vanished mid-transaction (its host gone without a reset) must not hold its locks
+            // until TCP notices: Postgres ends a transaction idle this long (an apply's provisioning idles its
+            // transaction, so the apply pool's is long).
+            .options([("statement_timeout", ms.as_str()), ("lock_timeout", ms.as_str()), ("idle_in_transaction_session_timeout", idle_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(timeout)

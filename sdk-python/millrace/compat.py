@@ -34,16 +34,19 @@ class StringToEnumMixin:
         def by_name(value: Any) -> Any:
             if isinstance(value, cls):
                 return value
+            # A value first, then a name: as the ingest API reads a record (a name is an alias of its value), so a
+            # name that is also another member's value means that member on both sides.
+            try:
+                return cls(value)  # type: ignore[call-arg]
+            except ValueError:
+                pass
             if isinstance(value, str):
                 try:
                     return cls[value]  # type: ignore[index]
                 except KeyError:
                     pass
-            try:
-                return cls(value)  # type: ignore[call-arg]
-            except ValueError:
-                names = ", ".join(m.name for m in members)
-                raise ValueError(f"Invalid enum name: {value} (expected one of {names}, or their values)") from None
+            names = ", ".join(m.name for m in members)
+            raise ValueError(f"Invalid enum name: {value} (expected one of {names}, or their values)")
 
         return core_schema.no_info_before_validator_function(by_name, core_schema.enum_schema(cls, members))
 

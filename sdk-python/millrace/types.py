@@ -297,12 +297,17 @@ def _enum(t: type, where: str) -> dict:
     if values and all(isinstance(v, str) for v in values):
         if len(values) > 32767:
             raise AnnotationError(f"{where}: enum {t.__name__} has {len(values)} members; ClickHouse's Enum16 holds 32767: use str instead")
-        # With StringToEnumMixin a record may carry a member's name too: an alias of its label (the value).
-        mixin = issubclass(t, StringToEnumMixin)
+        # With StringToEnumMixin a record may carry a member's names too (Python's aliases included): aliases of
+        # its label (the value); a name that is some member's value means that member, as in the SDK.
+        names: dict[str, list[str]] = {}
+        if issubclass(t, StringToEnumMixin):
+            for name, m in t.__members__.items():
+                if name not in values:
+                    names.setdefault(m.value, []).append(name)
         return {
             "enumeration": {
                 "members": [
-                    {"label": m.value, "number": i + 1, **({"aliases": [m.name]} if mixin and m.name != m.value and m.name not in values else {})}
+                    {"label": m.value, "number": i + 1, **({"aliases": names[m.value]} if m.value in names else {})}
                     for i, m in enumerate(members)
                 ]
             }

@@ -137,3 +137,30 @@ def test_an_enum_may_be_a_key_and_a_flag_stays_an_integer(tmp_path):
     assert d["refused"] is None and "ORDER BY" in d["create"] and "`c`" in d["create"].split("ORDER BY")[1], d
     fields = {f.name: f.type for f in build(registry).tables[0].fields}
     assert fields["f"].WhichOneof("kind") == "scalar" and fields["c"].WhichOneof("kind") == "enumeration"
+
+
+def test_a_string_enums_names_are_aliases_read_the_way_the_ingest_api_reads_them():
+    from millrace import StringToEnumMixin
+    from millrace.types import field_type
+
+    class Sz(StringToEnumMixin, str, enum.Enum):
+        S = "M"  # its name is no other member's value: an alias
+        M = "L"  # its name is member S's value: "M" means S, in the SDK as at ingest
+
+    class Paint(StringToEnumMixin, str, enum.Enum):
+        RED = "red"
+        CRIMSON = "red"  # Python's alias of RED
+
+    ty, _, _ = field_type(Sz, "Row.sz")
+    assert ty["enumeration"]["members"] == [{"label": "M", "number": 1, "aliases": ["S"]}, {"label": "L", "number": 2}]
+    ty, _, _ = field_type(Paint, "Row.paint")
+    assert ty["enumeration"]["members"] == [{"label": "red", "number": 1, "aliases": ["RED", "CRIMSON"]}]
+
+    class Row(BaseModel):
+        sz: Sz
+        paint: Paint
+
+    row = Row.model_validate({"sz": "M", "paint": "CRIMSON"})
+    assert row.sz is Sz.S and row.paint is Paint.RED, "a value first, then a name"
+    assert Row.model_validate({"sz": "S", "paint": "red"}).sz is Sz.S
+    assert json.loads(row.model_dump_json()) == {"sz": "M", "paint": "red"}

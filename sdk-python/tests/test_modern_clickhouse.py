@@ -71,9 +71,9 @@ def test_an_ingest_pipeline_syncs_into_a_replacing_merge_tree_on_modern_clickhou
     status, answer = stack.post("/ingest/readings", b'{"id": "bad", "v": 1}')
     assert status == 400, answer
 
-    # As the table holds them: ClickHouse's renderings (DateTime('UTC') seconds, bool as UInt8, NULL as null).
+    # As the table holds them: ClickHouse's renderings (DateTime('UTC') seconds, a Bool as true/false, NULL as null).
     def row(r: dict) -> dict:
-        return {**r, "ok": int(r["ok"]), "at": r["at"].replace("T", " ").removesuffix("Z"), "note": r.get("note")}
+        return {**r, "ok": bool(r["ok"]), "at": r["at"].replace("T", " ").removesuffix("Z"), "note": r.get("note")}
 
     want = [row(r) for r in newer] + [row(r) for r in first[5:]]
     rows_become(stack, "the newest version of every key", "SELECT * FROM {db}.readings FINAL ORDER BY id", want)
@@ -83,7 +83,7 @@ def test_an_ingest_pipeline_syncs_into_a_replacing_merge_tree_on_modern_clickhou
     assert engine == [{"engine": "ReplacingMergeTree"}]
     types = {n: c["type"] for n, c in columns(stack, "readings").items()}
     assert types == {
-        "id": "String", "v": "UInt64", "value": "Int64", "score": "Float64", "ok": "UInt8", "at": "DateTime('UTC')",
+        "id": "String", "v": "UInt64", "value": "Int64", "score": "Float64", "ok": "Bool", "at": "DateTime('UTC')",
         "day": "Date", "tags": "Array(String)", "note": "Nullable(String)",
     }  # fmt: skip
 

@@ -192,6 +192,7 @@ async fn heartbeat(s: Arc<Session>, mut client: Client) {
                     let purge = rdkafka::producer::PurgeConfig::default().queue().inflight();
                     rdkafka::producer::Producer::purge(&s.fence.producer, purge);
                     s.rejoin.cancel();
+                    return;
                 }
                 wait = lease.interval();
                 retry = HEARTBEAT_RETRY;

@@ -16,6 +16,8 @@ struct State {
     deadline: Instant,
     length: Duration,
     interval: Duration,
+    /// Ended here: no answer renews it again.
+    ended: bool,
 }
 
 /// The shortest heartbeat interval a worker keeps, whatever it is told.
@@ -23,7 +25,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(20);
 
 impl Lease {
     pub fn new(sent_at: Instant, length: Duration, interval: Duration) -> Self {
-        let state = State { deadline: sent_at, length, interval: interval.max(MIN_INTERVAL) };
+        let state = State { deadline: sent_at, length, interval: interval.max(MIN_INTERVAL), ended: false };
         let lease = Self { state: Mutex::new(state) };
         lease.renewed(sent_at, None, None);
         lease
@@ -39,13 +41,18 @@ impl Lease {
         if let Some(i) = interval.filter(|i| !i.is_zero()) {
             s.interval = i.max(MIN_INTERVAL);
         }
+        if s.ended {
+            return;
+        }
         let margin = (s.length / 10).max(Duration::from_millis(50));
         s.deadline = sent_at + s.length.saturating_sub(margin);
     }
 
     /// Ends the lease here and now, as this worker counts it: nothing more is produced or committed under it.
     pub fn end(&self) {
-        self.state.lock().expect("lease lock").deadline = Instant::now();
+        let mut s = self.state.lock().expect("lease lock");
+        s.deadline = Instant::now();
+        s.ended = true;
     }
 
     pub fn valid(&self) -> bool {

@@ -116,8 +116,10 @@ impl Coordinator {
     fn joins_due(&self) -> Option<Instant> {
         let mut joins = self.inner.joins.lock().expect("joins lock");
         let j = (*joins)?;
-        let max_wait = JOIN_MAX_WAIT.min(self.inner.lease / 4).max(self.inner.join_quiet);
-        let due = (j.last + self.inner.join_quiet).min(j.first + max_wait);
+        // A quiet time longer than half a lease is cut there: a lapsed lease must still be acted on in time.
+        let quiet = self.inner.join_quiet.min(self.inner.lease / 2);
+        let max_wait = JOIN_MAX_WAIT.min(self.inner.lease / 4).max(quiet);
+        let due = (j.last + quiet).min(j.first + max_wait);
         if Instant::now() < due {
             return Some(due);
         }

@@ -31,6 +31,14 @@ impl Coordinator {
     }
 
     /// Stores the counts of the namespace's topics; true when one was new or changed.
+    /// Forgets the counts of topics Millrace deleted (a stream declared again may have fewer partitions).
+    pub async fn forget_topics(&self, topics: &[String]) -> Result<(), Error> {
+        if !topics.is_empty() {
+            sqlx::query("DELETE FROM topic_partitions WHERE topic = ANY($1)").bind(topics).execute(self.inner.store.pool()).await?;
+        }
+        Ok(())
+    }
+
     /// Counts only grow: Kafka cannot remove partitions, so a smaller count is a topic deleted and made again
     /// (or a broker answering from a partial view), and forgetting partitions would delete their units' offsets.
     async fn store_counts(&self, counts: HashMap<String, usize>) -> Result<bool, Error> {

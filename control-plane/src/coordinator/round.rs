@@ -69,6 +69,7 @@ impl Coordinator {
         let gone: Vec<&String> = current.keys().filter(|u| !units.contains_key(*u)).collect();
         if !gone.is_empty() {
             sqlx::query("DELETE FROM assignments WHERE unit_id = ANY($1)").bind(&gone).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM sync_offsets WHERE unit_id = ANY($1)").bind(&gone).execute(&mut *tx).await?;
         }
         for (unit_id, mut p) in placed {
             let unit = &units[&unit_id];
@@ -81,20 +82,38 @@ impl Coordinator {
             if redefined && old.is_some_and(|o| o.placement.epoch == p.epoch) {
                 p.epoch += 1;
             }
-            // An offset of one topic means nothing in another: a new source is read from its beginning. So is the
-            // source of a table sync into a new table (a new version, say): it gets every record the stream holds,
-            // not only those that arrive after the change.
-            let new_source = known.is_some_and(|o| {
-                WorkUnit::decode(o.definition.as_slice())
-                    .map(|w| {
-                        let target = |u: &WorkUnit| u.table.as_ref().map(|t| (t.database.clone(), t.table.clone()));
-                        w.source_topic != unit.source_topic || target(&w) != target(unit)
-                    })
-                    .unwrap_or(false)
-            });
             if old.is_some_and(|o| o.placement == p && o.definition == definition) {
                 continue;
             }
+            // An offset of one topic means nothing in another: a new source is read from its beginning. A table
+            // sync into another table (a new version, say) starts where it left that table, if it ever synced into
+            // it, else from the stream's beginning: a new table gets every record the stream holds, and one synced
+            // into again gets no row twice.
+            let before = known.and_then(|o| WorkUnit::decode(o.definition.as_slice()).ok());
+            let target = |u: &WorkUnit| u.table.as_ref().map(|t| format!("{}.{}", t.database, t.table));
+            let restart_at: Option<i64> = match &before {
+                Some(w) if w.source_topic != unit.source_topic => Some(-1),
+                Some(w) if target(w) != target(unit) => {
+                    let (Some(left), Some(entering)) = (target(w), target(unit)) else { return Err(Error::Internal("a table sync without its table".into())) };
+                    sqlx::query(
+                        "INSERT INTO sync_offsets (unit_id, target, committed_offset)
+                         SELECT unit_id, $2, committed_offset FROM assignments WHERE unit_id = $1
+                         ON CONFLICT (unit_id, target) DO UPDATE SET committed_offset = EXCLUDED.committed_offset, updated_at = now()",
+                    )
+                    .bind(&unit_id)
+                    .bind(&left)
+                    .execute(&mut *tx)
+                    .await?;
+                    let resumed: Option<i64> = sqlx::query_scalar("SELECT committed_offset FROM sync_offsets WHERE unit_id = $1 AND target = $2")
+                        .bind(&unit_id)
+                        .bind(&entering)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    Some(resumed.unwrap_or(-1))
+                }
+                _ => None,
+            };
+            let new_source = restart_at.is_some();
             // Every new epoch (a new row, a move, a redefinition) is drawn from one sequence, so it is above any
             // epoch this unit ever had, even in a row deleted since: `place` only says whether it changes. Never
             // below the row's own (a control plane of an older version may have written a higher one).
@@ -105,7 +124,7 @@ impl Coordinator {
                  ON CONFLICT (unit_id) DO UPDATE SET worker_id = EXCLUDED.worker_id,
                    epoch = GREATEST(EXCLUDED.epoch, assignments.epoch + CASE WHEN $6 THEN 1 ELSE 0 END),
                    definition = EXCLUDED.definition, updated_at = now(),
-                   committed_offset = CASE WHEN $5 THEN -1 ELSE assignments.committed_offset END,
+                   committed_offset = CASE WHEN $5 THEN $7 ELSE assignments.committed_offset END,
                    lag = CASE WHEN $5 THEN -1 ELSE assignments.lag END,
                    error = CASE WHEN assignments.epoch = EXCLUDED.epoch THEN assignments.error ELSE '' END
                  RETURNING epoch",
@@ -116,6 +135,7 @@ impl Coordinator {
             .bind(&definition)
             .bind(new_source)
             .bind(bump)
+            .bind(restart_at.unwrap_or(-1))
             .fetch_one(&mut *tx)
             .await?;
             p.epoch = epoch as u64;

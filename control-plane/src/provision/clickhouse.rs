@@ -138,7 +138,7 @@ impl ClickHouse {
         let invalid = |e: crate::types::FieldError| Error::InvalidArgument(format!("table `{name}`: field `{}`: {}", e.field, e.reason));
         let mut declared = Vec::with_capacity(table.fields.len());
         for f in &table.fields {
-            declared.extend(physical_columns(f).map_err(invalid)?);
+            declared.extend(physical_columns(f, server.dialect()).map_err(invalid)?);
         }
         match self.columns(database, name).await? {
             None => {
@@ -223,6 +223,8 @@ fn same_column_type(have: &str, declared: &str) -> bool {
     let norm = |t: &str| {
         let t: String = t.replace("DateTime('UTC')", "DateTime").chars().filter(|c| !c.is_whitespace()).collect();
         let t = strip_low_cardinality(&t);
+        // A table made before its server had Bool (or by an older Millrace) holds booleans as UInt8: the same values.
+        let t = replace_word(&t, "Bool", "UInt8");
         // Aggregate function names and parameters as the server spells them: `Sum` is `sum`, `0.50` is `0.5`.
         let t = if t.contains("AggregateFunction(") { canonical_numbers(&t.to_ascii_lowercase()) } else { t };
         if t.starts_with("JSON(") {
@@ -232,6 +234,36 @@ fn same_column_type(have: &str, declared: &str) -> bool {
         }
     };
     have == declared || norm(have) == norm(declared)
+}
+
+/// `t` with every whole word `from` (outside quotes) replaced by `to`.
+fn replace_word(t: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(t.len());
+    let (mut quote, mut word) = (None::<char>, String::new());
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(if word == from { to } else { word });
+        word.clear();
+    };
+    for c in t.chars() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    quote = None;
+                }
+            }
+            None if c.is_ascii_alphanumeric() || c == '_' => word.push(c),
+            None => {
+                flush(&mut word, &mut out);
+                if c == '\'' || c == '`' {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// Every number in `t` written as its shortest form (`0.50` and `.5` are `0.5`, `1e-1` is `0.1`).
@@ -301,6 +333,8 @@ mod tests {
         assert!(same_column_type("SimpleAggregateFunction(sum, UInt64)", "SimpleAggregateFunction(SUM, UInt64)"));
         assert!(!same_column_type("AggregateFunction(quantiles(0.5), Float64)", "AggregateFunction(quantiles(0.9), Float64)"));
         assert!(!same_column_type("Int64", "Int32"));
+        assert!(same_column_type("UInt8", "Bool") && same_column_type("Array(Nullable(UInt8))", "Array(Nullable(Bool))"));
+        assert!(!same_column_type("Enum8('Bool' = 1)", "Enum8('UInt8' = 1)"), "quoted labels are no types");
         assert!(!same_column_type("Array(String)", "String"));
     }
 }

@@ -3,7 +3,7 @@
 //! `crate::types`; a change of type is refused by the diff.
 
 use crate::names::{quote_ch, quote_str};
-use crate::types::{ch_column_type, nested_fields, physical_columns, FieldError};
+use crate::types::{ch_column_type_on, nested_fields, physical_columns, FieldError};
 use super::features::{self, Server};
 use millrace_proto::v1::Field;
 
@@ -31,13 +31,14 @@ fn attributes(f: &Field, with_comment: bool) -> String {
     out
 }
 
-/// The column's type on this server: LowCardinality only where the server has it (it is a storage hint).
+/// The column's type on this server: LowCardinality only where the server has it (it is a storage hint), booleans
+/// as the server has them.
 fn column_type(f: &Field, server: &Server) -> Result<String, String> {
     if f.low_cardinality && server.version < features::LOW_CARDINALITY {
         let plain = Field { low_cardinality: false, ..f.clone() };
-        return ch_column_type(&plain).map_err(|e| shown(&e));
+        return ch_column_type_on(&plain, server.dialect()).map_err(|e| shown(&e));
     }
-    ch_column_type(f).map_err(|e| shown(&e))
+    ch_column_type_on(f, server.dialect()).map_err(|e| shown(&e))
 }
 
 /// The column's definition in CREATE TABLE.
@@ -50,7 +51,7 @@ pub fn definition(f: &Field, server: &Server) -> Result<String, String> {
 /// a Nested column's arrays on its own, so one added to an existing Nested column works too).
 pub fn additions(f: &Field, existing: &[(String, String)], server: &Server) -> Result<Vec<String>, String> {
     if nested_fields(f).is_some() {
-        let cols = physical_columns(f).map_err(|e| shown(&e))?;
+        let cols = physical_columns(f, server.dialect()).map_err(|e| shown(&e))?;
         return Ok(cols
             .into_iter()
             .filter(|(n, _)| !existing.iter().any(|(e, _)| e == n))

@@ -43,6 +43,11 @@ pub struct Server {
 impl Server {
     /// A modern server with a keeper: what DDL is rendered for when no server is asked (tests, `millrace-ddl`).
     pub const MODERN: Server = Server { version: Version::new(26, 1), has_keeper: true };
+
+    /// How its column types look.
+    pub fn dialect(&self) -> crate::types::Dialect {
+        crate::types::Dialect { bool_type: self.version >= BOOL }
+    }
 }
 
 /// Table TTL (and ALTER TABLE ... MODIFY TTL).
@@ -67,6 +72,8 @@ pub const IP: Version = Version::new(19, 3);
 pub const SIMPLE_AGGREGATE: Version = Version::new(19, 8);
 /// input_format_defaults_for_omitted_fields: a DEFAULT filled for a field a JSONEachRow row leaves out.
 pub const OMITTED_DEFAULTS: Version = Version::new(19, 12);
+/// The Bool type (before it, booleans are UInt8 columns: `Server::dialect`).
+pub const BOOL: Version = Version::new(21, 12);
 /// DateTime64.
 pub const DATETIME64: Version = Version::new(20, 1);
 /// Map without `allow_experimental_map_type`.

@@ -5,7 +5,7 @@
 pub mod column;
 mod render;
 
-pub use render::{ch_column_type, nested_fields, physical_columns};
+pub use render::{ch_column_type, ch_column_type_on, nested_fields, physical_columns, Dialect};
 use render::enum_ch;
 
 use millrace_proto::v1::{field_type::Kind, EnumType, Field, FieldType, JsonType, MapType, ScalarType};
@@ -203,6 +203,12 @@ fn validate_enum(e: &EnumType, path: &str) -> Result<(), FieldError> {
             return Err(err(path, format!("enum member {:?} = {}: labels and numbers must be distinct", m.label, m.number)));
         }
     }
+    // A number enum's records carry numbers: a label that reads as an integer would be taken for another member.
+    if e.numbers {
+        if let Some(l) = e.members.iter().flat_map(|m| std::iter::once(&m.label).chain(&m.aliases)).find(|l| l.trim().parse::<i64>().is_ok()) {
+            return Err(err(path, format!("enum label {l:?} reads as a number, which records of a number enum carry for members: use a name")));
+        }
+    }
     for m in &e.members {
         for a in &m.aliases {
             if a.is_empty() || a.len() > 1024 || a.chars().any(char::is_control) {
@@ -242,7 +248,7 @@ mod tests {
             (scalar(ScalarType::Int8), "Int8"),
             (scalar(ScalarType::Uint64), "UInt64"),
             (scalar(ScalarType::Float32), "Float32"),
-            (scalar(ScalarType::Bool), "UInt8"),
+            (scalar(ScalarType::Bool), "Bool"),
             (scalar(ScalarType::Datetime), "DateTime('UTC')"),
             (scalar(ScalarType::Date), "Date"),
             (scalar(ScalarType::Uuid), "UUID"),
@@ -266,6 +272,10 @@ mod tests {
         let mut n = field("n", scalar(ScalarType::Int64));
         n.nullable = true;
         assert_eq!(ch_column_type(&n).unwrap(), "Nullable(Int64)");
+        // Before ClickHouse 21.12 a boolean is UInt8 0/1, at any depth.
+        let flags = field("f", FieldType { kind: Some(Kind::Array(Box::new(scalar(ScalarType::Bool)))) });
+        assert_eq!(ch_column_type_on(&flags, Dialect { bool_type: false }).unwrap(), "Array(UInt8)");
+        assert_eq!(ch_column_type(&flags).unwrap(), "Array(Bool)");
     }
 
     #[test]
@@ -345,7 +355,7 @@ mod tests {
         }
         let rec = ty(Kind::Record(RecordType { fields: vec![field("a", scalar(ScalarType::String))] }));
         let optional_record = Field { nullable: true, ..field("r", rec) };
-        assert_eq!(physical_columns(&optional_record).unwrap(), vec![("r.a".to_string(), "Array(String)".to_string())]);
+        assert_eq!(physical_columns(&optional_record, Dialect::MODERN).unwrap(), vec![("r.a".to_string(), "Array(String)".to_string())]);
         for bad in [
             map(scalar(ScalarType::Float64), scalar(ScalarType::String)),
             map(optional(scalar(ScalarType::String)), scalar(ScalarType::String)),

@@ -18,7 +18,19 @@ pub(super) fn enum_ch(e: &EnumType) -> String {
     format!("Enum{width}({})", list.join(", "))
 }
 
-fn scalar_ch(s: ScalarType) -> &'static str {
+/// What a server's column types look like where they differ: `Bool` exists from ClickHouse 21.12 (moose declares
+/// booleans so); before it, booleans are `UInt8` 0/1, which is what `Bool` is underneath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect {
+    pub bool_type: bool,
+}
+
+impl Dialect {
+    /// A current server's: what the diff compares and `millrace-ddl` renders.
+    pub const MODERN: Dialect = Dialect { bool_type: true };
+}
+
+fn scalar_ch(s: ScalarType, d: Dialect) -> &'static str {
     match s {
         ScalarType::Unspecified => "Nothing",
         ScalarType::String => "String",
@@ -32,7 +44,7 @@ fn scalar_ch(s: ScalarType) -> &'static str {
         ScalarType::Uint64 => "UInt64",
         ScalarType::Float32 => "Float32",
         ScalarType::Float64 => "Float64",
-        // ClickHouse 18.16 has no Bool; UInt8 0/1 is what Bool is underneath on newer servers too.
+        ScalarType::Bool if d.bool_type => "Bool",
         ScalarType::Bool => "UInt8",
         ScalarType::Datetime => "DateTime('UTC')",
         ScalarType::Date => "Date",
@@ -60,18 +72,23 @@ pub fn nested_fields(f: &Field) -> Option<&[Field]> {
     }
 }
 
-/// The declared type of a (validated) field's column, as CREATE TABLE takes it.
+/// The declared type of a (validated) field's column, as CREATE TABLE takes it on a current server.
 pub fn ch_column_type(f: &Field) -> Result<String, FieldError> {
+    ch_column_type_on(f, Dialect::MODERN)
+}
+
+/// The same, on a server of dialect `d`.
+pub fn ch_column_type_on(f: &Field, d: Dialect) -> Result<String, FieldError> {
     let ty = f.r#type.as_ref().ok_or_else(|| err(&f.name, "the field has no type"))?;
     if let Some(fields) = nested_fields(f) {
         let parts: Result<Vec<String>, FieldError> =
-            fields.iter().map(|s| Ok(format!("{} {}", quote_ch(&s.name), sub_column_type(s, &f.name)?))).collect();
+            fields.iter().map(|s| Ok(format!("{} {}", quote_ch(&s.name), sub_column_type(s, &f.name, d)?))).collect();
         return Ok(format!("Nested({})", parts?.join(", ")));
     }
     if let Some(agg) = &f.aggregate {
-        return aggregate_ch(agg, &f.name);
+        return aggregate_ch(agg, &f.name, d);
     }
-    let mut out = ch_type(ty, &f.name)?;
+    let mut out = ch_type(ty, &f.name, d)?;
     if f.nullable {
         out = nullable(out, ty);
     }
@@ -81,26 +98,27 @@ pub fn ch_column_type(f: &Field) -> Result<String, FieldError> {
     Ok(out)
 }
 
-/// The columns ClickHouse lists for the field in `system.columns`: a Nested column is one Array column per field.
-pub fn physical_columns(f: &Field) -> Result<Vec<(String, String)>, FieldError> {
+/// The columns ClickHouse lists for the field in `system.columns` on a server of dialect `d`: a Nested column is
+/// one Array column per field.
+pub fn physical_columns(f: &Field, d: Dialect) -> Result<Vec<(String, String)>, FieldError> {
     match nested_fields(f) {
         Some(fields) => fields
             .iter()
-            .map(|s| Ok((format!("{}.{}", f.name, s.name), format!("Array({})", sub_column_type(s, &f.name)?))))
+            .map(|s| Ok((format!("{}.{}", f.name, s.name), format!("Array({})", sub_column_type(s, &f.name, d)?))))
             .collect(),
-        None => Ok(vec![(f.name.clone(), ch_column_type(f)?)]),
+        None => Ok(vec![(f.name.clone(), ch_column_type_on(f, d)?)]),
     }
 }
 
-fn sub_column_type(s: &Field, parent: &str) -> Result<String, FieldError> {
+fn sub_column_type(s: &Field, parent: &str, d: Dialect) -> Result<String, FieldError> {
     let path = format!("{parent}.{}", s.name);
     let ty = s.r#type.as_ref().ok_or_else(|| err(&path, "the field has no type"))?;
-    let inner = ch_type(ty, &path)?;
+    let inner = ch_type(ty, &path, d)?;
     Ok(if s.nullable { nullable(inner, ty) } else { inner })
 }
 
-fn aggregate_ch(agg: &AggregateType, path: &str) -> Result<String, FieldError> {
-    let args: Result<Vec<String>, FieldError> = agg.arguments.iter().map(|a| ch_type(a, path)).collect();
+fn aggregate_ch(agg: &AggregateType, path: &str, d: Dialect) -> Result<String, FieldError> {
+    let args: Result<Vec<String>, FieldError> = agg.arguments.iter().map(|a| ch_type(a, path, d)).collect();
     let name = if agg.simple { "SimpleAggregateFunction" } else { "AggregateFunction" };
     Ok(format!("{name}({}, {})", agg.function, args?.join(", ")))
 }
@@ -113,7 +131,7 @@ fn nullable(inner: String, ty: &FieldType) -> String {
     }
 }
 
-fn json_ch(j: &JsonType, path: &str) -> Result<String, FieldError> {
+fn json_ch(j: &JsonType, path: &str, d: Dialect) -> Result<String, FieldError> {
     let mut params = Vec::new();
     if let Some(n) = j.max_dynamic_paths {
         params.push(format!("max_dynamic_paths={n}"));
@@ -122,7 +140,7 @@ fn json_ch(j: &JsonType, path: &str) -> Result<String, FieldError> {
         params.push(format!("max_dynamic_types={n}"));
     }
     for t in &j.typed_paths {
-        params.push(format!("{} {}", json_path(&t.name), sub_column_type(t, path)?));
+        params.push(format!("{} {}", json_path(&t.name), sub_column_type(t, path, d)?));
     }
     params.extend(j.skip_paths.iter().map(|p| format!("SKIP {}", json_path(p))));
     params.extend(j.skip_regexps.iter().map(|r| format!("SKIP REGEXP {}", quote_str(r))));
@@ -134,10 +152,10 @@ fn json_path(p: &str) -> String {
     p.split('.').map(quote_ch).collect::<Vec<_>>().join(".")
 }
 
-fn ch_type(ty: &FieldType, path: &str) -> Result<String, FieldError> {
+fn ch_type(ty: &FieldType, path: &str, d: Dialect) -> Result<String, FieldError> {
     match &ty.kind {
         None => Err(err(path, "the type has no kind")),
-        Some(Kind::Scalar(s)) => Ok(scalar_ch(ScalarType::try_from(*s).unwrap_or(ScalarType::Unspecified)).to_string()),
+        Some(Kind::Scalar(s)) => Ok(scalar_ch(ScalarType::try_from(*s).unwrap_or(ScalarType::Unspecified), d).to_string()),
         Some(Kind::Decimal(d)) => Ok(format!("Decimal({}, {})", d.precision, d.scale)),
         Some(Kind::Enumeration(e)) => Ok(enum_ch(e)),
         Some(Kind::Datetime64(d)) => Ok(format!("DateTime64({}, 'UTC')", d.precision)),
@@ -145,10 +163,10 @@ fn ch_type(ty: &FieldType, path: &str) -> Result<String, FieldError> {
         Some(Kind::Map(m)) => {
             let (k, v) = (m.key.as_deref(), m.value.as_deref());
             let (Some(k), Some(v)) = (k, v) else { return Err(err(path, "a map needs its key and value types")) };
-            Ok(format!("Map({}, {})", ch_type(k, &format!("{path}{{key}}"))?, ch_type(v, &format!("{path}{{}}"))?))
+            Ok(format!("Map({}, {})", ch_type(k, &format!("{path}{{key}}"), d)?, ch_type(v, &format!("{path}{{}}"), d)?))
         }
-        Some(Kind::Json(j)) => json_ch(j, path),
-        Some(Kind::Optional(inner)) => Ok(nullable(ch_type(inner, path)?, inner)),
+        Some(Kind::Json(j)) => json_ch(j, path, d),
+        Some(Kind::Optional(inner)) => Ok(nullable(ch_type(inner, path, d)?, inner)),
         Some(Kind::Array(inner)) => {
             if contains_record(inner) {
                 // 18.16 flattens Array(Tuple(...)) into one array column per element, so it cannot round-trip.
@@ -157,7 +175,7 @@ fn ch_type(ty: &FieldType, path: &str) -> Result<String, FieldError> {
                     "a list of records is a column only as a top-level field (a Nested column): make it one, or sync the records to their own table",
                 ));
             }
-            Ok(format!("Array({})", ch_type(inner, &format!("{path}[]"))?))
+            Ok(format!("Array({})", ch_type(inner, &format!("{path}[]"), d)?))
         }
         Some(Kind::Record(r)) => {
             let parts: Result<Vec<_>, _> = r
@@ -169,7 +187,7 @@ fn ch_type(ty: &FieldType, path: &str) -> Result<String, FieldError> {
                         return Err(err(&p, "an optional record or a list of records inside a record has no ClickHouse column: make it required, or a top-level field"));
                     }
                     let ty = f.r#type.as_ref().ok_or_else(|| err(&p, "the field has no type"))?;
-                    let inner = ch_type(ty, &p)?;
+                    let inner = ch_type(ty, &p, d)?;
                     Ok(if f.nullable { nullable(inner, ty) } else { inner })
                 })
                 .collect();
