@@ -3,7 +3,7 @@
 pub use crate::records::*;
 use crate::{kafka_brokers, ControlPlane, WAIT};
 use crate::{raw_fields, rref, stream, table, transform};
-use millrace_proto::v1::{DeadLetterQueue, Field, IngestApi, ListWorkersRequest, Plan, WorkerInfo};
+use millrace_proto::v1::{DeadLetterQueue, Field, IngestApi, LifeCycle, ListWorkersRequest, Plan, Stream, WorkerInfo};
 use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -403,5 +403,21 @@ pub async fn http_of(cp: &ControlPlane, name: &str) -> String {
         }
         assert!(Instant::now() < deadline, "worker {name} never registered");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An external topic `ext` of `partitions` partitions holding records 0..`records`, declared without `parallelism`
+/// (its units exist because the broker says so), and a transform of it into `out`.
+pub async fn external_topic_plan(env: &crate::TestEnv, partitions: i32, records: i64) -> Plan {
+    let ext = env.topic("ext");
+    env.create_topic(&ext, partitions).await;
+    crate::records::produce(&crate::records::producer(), &ext, &crate::records::raws(0..records)).await;
+    Plan {
+        streams: vec![
+            Stream { name: "ext".into(), fields: raw_fields(), life_cycle: LifeCycle::ExternallyManaged as i32, ..Default::default() },
+            stream("out", raw_fields(), 1),
+        ],
+        transforms: vec![transform("ext_to_out", "ext", "out", "double_or_fail")],
+        ..Default::default()
     }
 }

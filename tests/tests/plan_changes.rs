@@ -109,17 +109,7 @@ async fn a_changed_function_applies_to_every_later_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_external_topic_is_read_on_every_partition() {
     let env = TestEnv::new();
-    let ext = env.topic("ext");
-    env.create_topic(&ext, 3).await;
-    produce(&producer(), &ext, &raws(0..300)).await;
-    let plan = Plan {
-        streams: vec![
-            Stream { name: "ext".into(), fields: raw_fields(), life_cycle: LifeCycle::ExternallyManaged as i32, ..Default::default() },
-            stream("out", raw_fields(), 1),
-        ],
-        transforms: vec![transform("ext_to_out", "ext", "out", "double_or_fail")],
-        ..Default::default()
-    };
+    let plan = external_topic_plan(&env, 3, 300).await;
     let cp = ControlPlane::start(env.config_with(&["--lease-ms", TEST_LEASE_MS])).await.unwrap();
     let r = apply(&mut cp.client().await, &plan, false).await.unwrap();
     let reason = reason_of(&r, ResourceKind::Stream, "ext");

@@ -27,16 +27,7 @@ async fn a_restarted_control_plane_keeps_every_committed_offset() {
     let env = TestEnv::new();
     // An external topic declared without `parallelism`: its three units exist only because the broker said so.
     let ext = env.topic("ext");
-    env.create_topic(&ext, 3).await;
-    produce(&producer(), &ext, &raws(0..300)).await;
-    let plan = Plan {
-        streams: vec![
-            Stream { name: "ext".into(), fields: raw_fields(), life_cycle: LifeCycle::ExternallyManaged as i32, ..Default::default() },
-            stream("out", raw_fields(), 1),
-        ],
-        transforms: vec![transform("ext_to_out", "ext", "out", "double_or_fail")],
-        ..Default::default()
-    };
+    let plan = external_topic_plan(&env, 3, 300).await;
     let cp = control_plane_with(&env, &plan).await;
     let sidecar = Sidecar::start().await;
     let _w = Worker::start(&format!("{}-a", env.id), &cp.addr, &sidecar.url());

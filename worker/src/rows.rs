@@ -151,7 +151,7 @@ impl RowWriter {
                     }
                     (None, _) if matches!(c.ty, Ty::Optional(_)) => {
                         out.extend_from_slice(&c.prefix);
-                        out.extend_from_slice(if let Ty::Optional(o) = &c.ty { o.null() } else { b"null" });
+                        out.extend_from_slice(left_out(&c.ty));
                     }
                     _ => return Err(format!("{}: missing (the column has no default here)", c.name)),
                 }

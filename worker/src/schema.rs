@@ -44,14 +44,11 @@ impl Schema {
             .iter()
             .map(|f| {
                 let mut ty = of_field(f);
-                // A MATERIALIZED or ALIAS column is ClickHouse's to compute: a record may leave it out or null, and a
-                // value it carries is checked (and never written, see `rows`).
-                if (!f.materialized.is_empty() || !f.alias.is_empty()) && !matches!(ty, Ty::Optional(_)) {
-                    ty = ty.nullable();
-                }
-                // A DEFAULT column may be left out, or set null (as a Python model leaves it unless given, see `rows`):
-                // ClickHouse fills it.
-                if !f.default_expression.is_empty() && !matches!(ty, Ty::Optional(_)) {
+                // ClickHouse computes a MATERIALIZED or ALIAS column and fills a DEFAULT one: a record may leave such
+                // a field out or set it null (a Python model does unless given); a value it carries is checked.
+                // `rows` never writes a computed one, nor a DEFAULT one left out or null.
+                let filled = !f.materialized.is_empty() || !f.alias.is_empty() || !f.default_expression.is_empty();
+                if filled && !matches!(ty, Ty::Optional(_)) {
                     ty = ty.nullable();
                 }
                 let required = !matches!(ty, Ty::Optional(_));

@@ -232,7 +232,11 @@ pub(crate) fn string_of(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
     if !text.starts_with('"') {
         return None;
     }
-    serde_json::from_str::<std::borrow::Cow<'_, str>>(text).ok()
+    // `Cow<str>`'s own Deserialize always allocates: borrow first, decode only a string that has escapes.
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(std::borrow::Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(std::borrow::Cow::Owned),
+    }
 }
 
 /// What a value left out is written as where a row cannot leave it out (a record's tuple, a Nested column's

@@ -161,12 +161,5 @@ impl RecordSeed<'_, '_, '_> {
 
 /// A key's text: a string's content (borrowed unless it has escapes), anything else as written.
 fn key_text(raw: &RawValue) -> Cow<'_, str> {
-    let text = raw.get();
-    if !text.starts_with('"') {
-        return Cow::Borrowed(text);
-    }
-    match serde_json::from_str::<&str>(text) {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => serde_json::from_str::<String>(text).map_or(Cow::Borrowed(text), Cow::Owned),
-    }
+    super::string_of(raw).unwrap_or(Cow::Borrowed(raw.get()))
 }
