@@ -14,3 +14,5 @@ cargo test --workspace --locked
 echo "== Python SDK: pytest (declarations; apps run by the real control plane, worker and Python sidecar)"
 # From outside sdk-python/, so that the installed package (with its generated stubs) is the one imported.
 (cd /tmp && "${MILLRACE_SDK_VENV:-$HOME/.millrace/sdk-venv}/bin/pytest" -q -p no:cacheprovider "$OLDPWD/sdk-python/tests")
+echo "== faults, short form (bench/faults.sh: kill -9 of each of its processes under load; fails on any lost record or duplicates over 25%; the long form is RELIABILITY.md)"
+PROFILE=debug FAULTS_OUT=/tmp/millrace-faults-ci bash bench/faults.sh 20000 ci

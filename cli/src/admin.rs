@@ -8,23 +8,20 @@ use millrace_proto::v1::*;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use tonic::transport::Channel;
+use millrace_proto::endpoints::{Addresses, Failover};
 
 pub struct Ctx {
-    pub control_plane: String,
+    /// Every control plane address given; calls go to the first that answers.
+    pub control_plane: Addresses,
     pub brokers: String,
     pub json: bool,
 }
 
 impl Ctx {
-    pub async fn client(&self) -> anyhow::Result<ControlPlaneClient<Channel>> {
-        let ep = tonic::transport::Endpoint::from_shared(self.control_plane.clone())
-            .with_context(|| format!("--control-plane {:?} is not a URL", self.control_plane))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30));
-        let channel = ep.connect().await.with_context(|| {
-            format!("the control plane at {} cannot be reached: start it (millrace dev), or set --control-plane", self.control_plane)
-        })?;
+    /// A client over every address: a call goes to the first that answers (one that refuses the connection, does
+    /// not connect within 3 s, does not answer within 30 s or answers UNAVAILABLE gives way to the next).
+    pub async fn client(&self) -> anyhow::Result<ControlPlaneClient<Failover>> {
+        let channel = Failover::new(&self.control_plane, |e| e.connect_timeout(Duration::from_secs(3))).attempt_timeout(Duration::from_secs(30));
         Ok(ControlPlaneClient::new(channel))
     }
 
@@ -35,6 +32,12 @@ impl Ctx {
 }
 
 pub fn refused(s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::Unavailable {
+        return anyhow::anyhow!(
+            "the control plane cannot be reached ({}): start it (millrace dev), or set --control-plane (MILLRACE_CONTROL_PLANE) to its address, or several separated by commas",
+            s.message()
+        );
+    }
     anyhow::anyhow!("the control plane answered {:?}: {}", s.code(), s.message())
 }
 
@@ -58,7 +61,8 @@ pub fn home() -> PathBuf {
 pub fn python_plan(ctx: &Ctx, what: &str, app: &str) -> anyhow::Result<()> {
     let py = sdk_python();
     anyhow::ensure!(py.exists(), "the Python SDK is not installed: run `bash scripts/sdk.sh` (or `millrace dev` once)");
-    let target = ctx.control_plane.trim_start_matches("http://").to_string();
+    // Every address, as the Python SDK takes them.
+    let target = ctx.control_plane.host_ports();
     let mut cmd = std::process::Command::new(py);
     cmd.args(["-m", "millrace", what, app, "--control-plane", &target]);
     if ctx.json {
@@ -181,7 +185,7 @@ pub async fn ls(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// Committed offsets of every unit, by unit id.
-async fn offsets(c: &mut ControlPlaneClient<Channel>) -> anyhow::Result<(ListWorkersResponse, HashMap<String, i64>)> {
+async fn offsets(c: &mut ControlPlaneClient<Failover>) -> anyhow::Result<(ListWorkersResponse, HashMap<String, i64>)> {
     let listed = c.list_workers(ListWorkersRequest {}).await.map_err(refused)?.into_inner();
     let offsets = listed.workers.iter().flat_map(|w| &w.assignments).map(|a| (a.unit_id.clone(), a.committed_offset)).collect();
     Ok((listed, offsets))
@@ -226,10 +230,15 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
             .map(|a| serde_json::json!({"unit": a.unit_id, "epoch": a.epoch, "committed_offset": a.committed_offset, "lag": a.lag, "error": a.error}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"version": health.version, "uptime_seconds": health.uptime_seconds,
-            "dependencies": deps, "live_workers": health.live_workers, "workers": ws, "not_running": idle}))?);
+            "dependencies": deps, "live_workers": health.live_workers, "leader": {"address": health.leader_address, "term": health.leader_term},
+            "workers": ws, "not_running": idle}))?);
         return Ok(());
     }
     println!("control plane {} up {}s", health.version, health.uptime_seconds);
+    match health.leader_address.as_str() {
+        "" => println!("  leader       NONE (no control plane leads now: applies wait; try again in a few seconds)"),
+        a => println!("  leader       {a} (term {}{})", health.leader_term, if health.is_leader { ", this one" } else { "" }),
+    }
     for d in &health.dependencies {
         println!("  {:<12} {}{}", d.name, if d.reachable { "reachable" } else { "UNREACHABLE" }, if d.detail.is_empty() { String::new() } else { format!(": {}", d.detail) });
     }

@@ -9,6 +9,7 @@ use crate::admin::{home, repo, sdk_python, Ctx};
 use crate::dev_project::{self, Project};
 use crate::dev_state::State;
 use crate::progress::{step, Step};
+use millrace_proto::endpoints::Addresses;
 use crate::supervise::{self, Supervised, Supervisor};
 use anyhow::Context;
 use millrace_proto::v1::resource::Spec;
@@ -118,7 +119,7 @@ async fn script(name: &str, args: &[&str]) -> anyhow::Result<()> {
 /// `python -m millrace plan|apply app [--json]`, from the project directory: its output, or its one-line error
 /// (without the lines the app logged as it was imported).
 async fn python(ctx: &Ctx, what: &str, project: &Project) -> Result<String, String> {
-    let target = ctx.control_plane.trim_start_matches("http://").to_string();
+    let target = ctx.control_plane.host_ports();
     let (what, json) = match what.strip_suffix(" --json") {
         Some(w) => (w, true),
         None => (what, false),
@@ -146,6 +147,12 @@ struct Running {
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
+    // `dev` runs one control plane, on the first address given; everything it starts and asks uses that one.
+    let first = Addresses::parse(ctx.control_plane.first())?;
+    if ctx.control_plane.urls().len() > 1 {
+        println!("millrace dev runs one control plane: on {} (the first of --control-plane)", first);
+    }
+    let ctx = &Ctx { control_plane: first, brokers: ctx.brokers.clone(), json: ctx.json };
     let found = Project::find(args.app.as_deref())?;
     // The built-in example keeps the state it always had; an app's is its project's.
     let anchor = found.as_ref().map(Project::state_anchor);
@@ -224,7 +231,7 @@ async fn drop_guard(ctx: &Ctx, args: &Args, state: &State, app: &Project) -> Res
 }
 
 async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Project, running: &mut Running) -> anyhow::Result<()> {
-    let cp_listen = ctx.control_plane.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let cp_listen = ctx.control_plane.host_ports();
     let (broker_up, clickhouse_up) = (port_open("127.0.0.1:9092").await, port_open("127.0.0.1:8123").await);
     step("local stack: Postgres, Tansu, ClickHouse (the first run installs them: Tansu builds for minutes)", script("stack", &["scripts/stack.sh", "start"])).await?;
     if !broker_up {
@@ -272,7 +279,7 @@ async fn start_and_watch(ctx: &Ctx, args: &Args, state: &State, app: &Project, r
     running.procs.push(step(&format!("control plane on {cp_listen}"), running.supervisor.start(cp)).await?);
     let sidecar_url = format!("default=http://127.0.0.1:{}", args.sidecar_port);
     let worker_args: Vec<String> =
-        ["--control-plane", &ctx.control_plane, "--kafka-brokers", &ctx.brokers, "--sidecar", &sidecar_url, "--http-listen", &args.http_listen]
+        ["--control-plane", ctx.control_plane.first(), "--kafka-brokers", &ctx.brokers, "--sidecar", &sidecar_url, "--http-listen", &args.http_listen]
             .iter()
             .map(|s| s.to_string())
             .collect();

@@ -16,9 +16,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "millrace", version, about = "Typed streaming pipelines: run them locally, see and change what runs")]
 struct Cli {
-    /// The control plane's gRPC endpoint.
+    /// The control plane's gRPC address, or several separated by commas (`host:port` or `http://host:port`): each
+    /// command asks the first that answers. `millrace dev` runs its control plane on the first.
     #[arg(long, global = true, env = "MILLRACE_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
-    control_plane: String,
+    control_plane: millrace_proto::endpoints::Addresses,
     /// Kafka bootstrap servers (for peek and dead letters).
     #[arg(long, global = true, env = "MILLRACE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     kafka_brokers: String,
@@ -62,9 +63,9 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    // `host:port` as the Python CLI and the SDKs take it (MILLRACE_CONTROL_PLANE is shared with them).
-    let control_plane = if cli.control_plane.contains("://") { cli.control_plane.clone() } else { format!("http://{}", cli.control_plane) };
-    let ctx = admin::Ctx { control_plane, brokers: cli.kafka_brokers.clone(), json: cli.json };
+    // `host:port` or `http://host:port`, as the Python CLI and the SDKs take them (MILLRACE_CONTROL_PLANE is shared
+    // with them): parsed, and refused naming the bad address, by clap.
+    let ctx = admin::Ctx { control_plane: cli.control_plane.clone(), brokers: cli.kafka_brokers.clone(), json: cli.json };
     let result = match cli.command {
         Command::Dev(args) => dev::run(&ctx, args).await,
         Command::Plan { app } => admin::python_plan(&ctx, "plan", &app),

@@ -1,8 +1,10 @@
-//! The `ControlPlane` gRPC service: apply, get, list, delete, status.
+//! The `ControlPlane` gRPC service: apply, get, list, delete, status. Every control plane serves the reads; the
+//! writes (apply, delete) are made by the leader, to which the others forward them (`crate::forward`).
 
 use crate::coordinator::Coordinator;
 use crate::diff::{diff, Planned};
 use crate::error::Error;
+use crate::forward::{self, Route};
 use crate::plan;
 use crate::provision::Provisioner;
 use crate::resource::{kind_label, life_cycle, physical_name, spec, ResourceKey, State};
@@ -22,6 +24,10 @@ pub struct Api {
     pub provisioner: Provisioner,
     pub coordinator: Coordinator,
     pub started: Instant,
+    /// Bound on a write forwarded to the leader.
+    pub forward_timeout: std::time::Duration,
+    /// How long a write waits for a leader while none leads.
+    pub leader_wait: std::time::Duration,
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -65,6 +71,11 @@ impl Api {
             return Ok(ApplyPlanResponse { changes, dry_run, apply_id: 0 });
         }
         let (gate, mut tx) = self.store.begin_apply().await?;
+        // Only the leader records plans, and only while it still leads in the term it began in (checked again,
+        // holding the leader row, just before the commit: provisioning takes a while).
+        // (Not held from here: a row lock held across provisioning would hold up the leader's renewals.)
+        let leadership = self.coordinator.leadership();
+        let term = leadership.current()?;
         let stored = Store::load_state(&mut *tx).await?;
         let (changes, planned, refused) = self.judge(&desired, &stored, false).await?;
         if !refused.is_empty() {
@@ -72,6 +83,7 @@ impl Api {
         }
         self.provisioner.execute(&planned).await?;
         let apply_id = Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
+        leadership.fence(&mut tx, term).await?;
         tx.commit().await?;
         // Dropping topics below takes the gate again.
         drop(gate);
@@ -148,6 +160,8 @@ impl Api {
     /// Deletes one resource as its life cycle allows.
     pub async fn delete(&self, key: ResourceKey, client: &str) -> Result<ResourceChange, Error> {
         let (gate, mut tx) = self.store.begin_apply().await?;
+        let leadership = self.coordinator.leadership();
+        let term = leadership.current()?;
         let stored = Store::load_state(&mut *tx).await?;
         if !stored.contains_key(&key) {
             return Err(Error::NotFound(format!("{key} is not declared")));
@@ -167,6 +181,7 @@ impl Api {
         }
         self.provisioner.execute(&planned).await?;
         Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
+        leadership.fence(&mut tx, term).await?;
         tx.commit().await?;
         drop(gate);
         tracing::info!(%key, client, "resource deleted");
@@ -220,7 +235,16 @@ impl Api {
 impl ControlPlane for Api {
     async fn apply_plan(&self, req: Request<ApplyPlanRequest>) -> Result<Response<ApplyPlanResponse>, Status> {
         let client = client_of(&req, &req.get_ref().client);
+        let was_forwarded = req.metadata().contains_key(forward::FORWARDED);
         let r = req.into_inner();
+        // A dry run writes nothing: any control plane answers it.
+        if !r.dry_run {
+            if let Route::Leader(at) = forward::route(self.coordinator.leadership(), self.store.pool(), was_forwarded, self.leader_wait).await? {
+                // The leader records who applied, not which control plane passed it on.
+                let r = ApplyPlanRequest { client, ..r };
+                return Ok(Response::new(forward::apply(&at, r, self.forward_timeout).await?));
+            }
+        }
         Ok(Response::new(self.apply(r.plan.unwrap_or_default(), r.dry_run, &client).await?))
     }
 
@@ -245,7 +269,12 @@ impl ControlPlane for Api {
 
     async fn delete_resource(&self, req: Request<DeleteResourceRequest>) -> Result<Response<DeleteResourceResponse>, Status> {
         let client = client_of(&req, &req.get_ref().client);
+        let was_forwarded = req.metadata().contains_key(forward::FORWARDED);
         let r = req.into_inner();
+        if let Route::Leader(at) = forward::route(self.coordinator.leadership(), self.store.pool(), was_forwarded, self.leader_wait).await? {
+            let r = DeleteResourceRequest { client, ..r };
+            return Ok(Response::new(forward::delete(&at, r, self.forward_timeout).await?));
+        }
         let key = key_from(r.kind, r.name, r.version)?;
         Ok(Response::new(DeleteResourceResponse { change: Some(self.delete(key, &client).await?) }))
     }
@@ -273,6 +302,8 @@ impl ControlPlane for Api {
             reachable: r.is_ok(),
             detail: r.err().map(|e| e.to_string()).unwrap_or_default(),
         };
+        let leadership = self.coordinator.leadership();
+        let leader = if pg.is_ok() { leadership.leader(self.store.pool()).await.ok().filter(|l| l.live) } else { None };
         let mut resource_counts = std::collections::HashMap::new();
         if pg.is_ok() {
             for row in self.store.list(None).await? {
@@ -286,6 +317,9 @@ impl ControlPlane for Api {
             dependencies: vec![dep("postgres", pg), dep("kafka", kafka), dep("clickhouse", ch)],
             resource_counts,
             live_workers: self.coordinator.live_workers().await as u32,
+            leader_address: leader.as_ref().map(|l| l.address.clone()).unwrap_or_default(),
+            leader_term: leader.as_ref().map_or(0, |l| l.term as u64),
+            is_leader: self.coordinator.leadership().leading(),
         }))
     }
 

@@ -19,6 +19,10 @@ pub enum Error {
     /// Another apply holds the apply lock for longer than an apply waits for it; nothing was recorded.
     #[error("{0}")]
     Busy(String),
+    /// This control plane does not lead (or no longer does), and the leader could not be asked: says who leads,
+    /// if anyone.
+    #[error("{0}: try again in a few seconds (a control plane takes office within its leader lease)")]
+    NotLeader(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -49,7 +53,7 @@ impl From<Error> for Status {
             Error::InvalidPlan(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::Unavailable { .. } => Code::Unavailable,
+            Error::Unavailable { .. } | Error::NotLeader(_) => Code::Unavailable,
             Error::Busy(_) => Code::Aborted,
             Error::Internal(_) => Code::Internal,
         };

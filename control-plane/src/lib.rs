@@ -5,7 +5,9 @@ pub mod api;
 pub mod coordinator;
 pub mod diff;
 pub mod error;
+pub mod forward;
 pub mod ingest_paths;
+pub mod leadership;
 pub mod names;
 pub mod plan;
 pub mod provision;
@@ -64,6 +66,23 @@ pub struct Config {
     /// How long an apply (or delete) waits for one in progress before it answers ABORTED, "try again".
     #[arg(long, env = "MILLRACE_APPLY_WAIT_MS", default_value_t = 60_000)]
     pub apply_wait_ms: u64,
+    /// host:port where the other control planes reach this one (they forward applies and deletes to the leader):
+    /// set it when listening on 0.0.0.0 or behind NAT. Default: the address listened on.
+    #[arg(long, env = "MILLRACE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// How long the leader's lease lasts without renewal (renewed every third of it; followers try every sixth):
+    /// about the time from the leader's death to another control plane leading.
+    #[arg(long, env = "MILLRACE_LEADER_LEASE_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub leader_lease_ms: u64,
+}
+
+/// Aborts its task when dropped, so the tasks `serve` (or a loop) starts end with it, even when it is aborted.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Config {
@@ -91,15 +110,38 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
     );
     let provisioner = provision::Provisioner { kafka, clickhouse, topic_namespace: config.topic_namespace.clone() };
     let coordinator_store = store::Store::connect_coordinator(&config.database_url, config.timeout()).await?;
+    let listening = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.listen.clone());
+    let advertise = config.advertise.clone().filter(|a| !a.is_empty()).unwrap_or_else(|| listening.clone());
+    if advertise.starts_with("0.0.0.0") || advertise.starts_with("[::]") {
+        tracing::warn!(advertise, "advertising an unspecified address: other hosts' control planes cannot forward writes here; set --advertise");
+    }
+    let leadership = leadership::Leadership::new(
+        store::Store::connect_leadership(&config.database_url, config.timeout()).await?,
+        advertise,
+        Duration::from_millis(config.leader_lease_ms),
+        Duration::from_millis(config.lease_ms),
+    );
+    // Ends with this function, even when it is dropped (an in-process control plane stopped by a test).
+    let leading = AbortOnDrop(tokio::spawn(leadership.clone().run()));
     let coordinator = coordinator::Coordinator::new(
         coordinator_store,
         provisioner.kafka.clone(),
         Duration::from_millis(config.lease_ms),
         Duration::from_millis(config.join_quiet_ms),
         scheduler::Names { topic_namespace: config.topic_namespace.clone(), clickhouse_database: config.clickhouse_database.clone() },
+        leadership.clone(),
     );
-    let scheduler = tokio::spawn(coordinator.clone().run(std::future::pending::<()>()));
-    let api = api::Api { store, provisioner, coordinator: coordinator.clone(), started: Instant::now() };
+    let scheduler = AbortOnDrop(tokio::spawn(coordinator.clone().run(std::future::pending::<()>())));
+    let api = api::Api {
+        store,
+        provisioner,
+        coordinator: coordinator.clone(),
+        started: Instant::now(),
+        // An apply forwarded to the leader may wait for another apply, then provision.
+        forward_timeout: Duration::from_millis(config.apply_wait_ms) + config.timeout() * 4,
+        // A write arriving while no control plane leads (at start, during a failover) waits this long for one.
+        leader_wait: Duration::from_millis(config.leader_lease_ms) * 3 / 2,
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServer<api::Api>>().await;
@@ -117,9 +159,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
 
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "control plane serving");
     let closing = coordinator.clone();
+    let resigning = leadership.clone();
     let shutdown = async move {
         shutdown.await;
         closing.close_streams();
+        // Another control plane takes office at once rather than after the lease.
+        leading.0.abort();
+        resigning.resign().await;
     };
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -132,11 +178,9 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
     // A control plane whose scheduling loop died would answer calls and place nothing: it stops instead, so that
     // whatever supervises it (millrace dev, systemd, Kubernetes) starts a whole one again.
     tokio::select! {
-        served = server => {
-            scheduler.abort();
-            served.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
-        }
-        ended = &mut scheduler => Err(Error::Internal(format!(
+        // The scheduling loop ends with `scheduler`, dropped on return.
+        served = server => served.map_err(|e| Error::Internal(format!("gRPC server: {e}"))),
+        ended = &mut scheduler.0 => Err(Error::Internal(format!(
             "the scheduling loop stopped ({}): the control plane exits; start it again",
             match ended { Err(e) if e.is_panic() => "it panicked", _ => "it returned" }
         ))),

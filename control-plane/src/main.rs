@@ -11,8 +11,13 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // SIGTERM too (systemd, Kubernetes): a leader stopping gives its lease up, so another takes office at once.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
         tracing::info!("shutting down");
     };
     serve(config, listener, shutdown).await?;

@@ -69,7 +69,12 @@ impl Store {
             .map_err(|_| Error::unavailable("Postgres", format!("{shown}: no answer within {timeout:?}")))?
             .map_err(unreachable)?;
         if !exists {
-            Postgres::create_database(url).await.map_err(unreachable)?;
+            // Another control plane starting beside this one may create it first: that is no error.
+            if let Err(e) = Postgres::create_database(url).await {
+                if !Postgres::database_exists(url).await.unwrap_or(false) {
+                    return Err(unreachable(e));
+                }
+            }
         }
         let store = Self { apply_wait, ..Self::pool_of(url, timeout, 8, Duration::from_secs(600)).await? };
         // Migrations wait for each other (several control planes start at once) and may take long: not under
@@ -93,6 +98,12 @@ impl Store {
         // Its transactions are short (a round, a commit): one left idle (a round abandoned on a dead connection)
         // must free the scheduling lock soon.
         Self::pool_of(url, timeout, 16, Duration::from_secs(30)).await
+    }
+
+    /// A small pool of its own for leadership (renewals must not wait behind heartbeats for a connection) and for
+    /// listening to the other control planes (which holds one connection for good).
+    pub async fn connect_leadership(url: &str, timeout: Duration) -> Result<PgPool, Error> {
+        Ok(Self::pool_of(url, timeout, 4, Duration::from_secs(30)).await?.pool)
     }
 
     /// A pool whose statements and lock waits are bounded by `timeout` (on the server, so a hung query ends and

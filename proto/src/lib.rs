@@ -1,6 +1,8 @@
 //! The Millrace gRPC contract, generated from `millrace/v1/*.proto` by `build.rs`.
 //! Crates meet only through these types.
 
+pub mod endpoints;
+
 pub mod v1 {
     tonic::include_proto!("millrace.v1");
 }

@@ -16,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m millrace", description="Millrace's Python SDK: show, apply and serve an app.")
     sub = p.add_subparsers(dest="command", required=True)
     cp = dict(default=os.environ.get("MILLRACE_CONTROL_PLANE", plan.DEFAULT_CONTROL_PLANE),
-              help="the control plane's gRPC address (env MILLRACE_CONTROL_PLANE; default %(default)s)")  # fmt: skip
+              help="the control plane's gRPC address host:port, or several separated by commas: the first that answers "
+                   "(env MILLRACE_CONTROL_PLANE; default %(default)s)")  # fmt: skip
     for name, what in (("plan", "print the changes applying the app would make"), ("apply", "apply the app")):
         s = sub.add_parser(name, help=what)
         s.add_argument("app", help="the Python file declaring streams, tables, transforms and consumers")

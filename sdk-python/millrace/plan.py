@@ -9,10 +9,10 @@ from typing import Any, Optional
 import grpc
 from google.protobuf import json_format
 
-from . import resources
+from . import endpoints, resources
 from .v1 import control_plane_pb2, control_plane_pb2_grpc, resources_pb2
 
-DEFAULT_CONTROL_PLANE = "127.0.0.1:50051"
+DEFAULT_CONTROL_PLANE = endpoints.DEFAULT
 
 
 def runtime_name() -> str:
@@ -147,24 +147,18 @@ class ControlPlaneError(Exception):
     """The control plane refused the plan or could not be reached; the message says what to do."""
 
 
-def _target(address: str) -> str:
-    for prefix in ("http://", "grpc://"):
-        if address.startswith(prefix):
-            return address[len(prefix) :]
-    return address
-
-
 def apply(plan: resources_pb2.Plan, address: str, dry_run: bool, client: str = "millrace-python", timeout: float = 60.0):
-    """ApplyPlan; returns the response or raises ControlPlaneError with a message for a person."""
+    """ApplyPlan on the control plane at `address` (one, or several separated by commas: the first that answers);
+    returns the response or raises ControlPlaneError with a message for a person."""
     request = control_plane_pb2.ApplyPlanRequest(plan=plan, dry_run=dry_run, client=client)
     try:
-        with grpc.insecure_channel(_target(address)) as channel:
-            grpc.channel_ready_future(channel).result(timeout=5)
-            stub = control_plane_pb2_grpc.ControlPlaneStub(channel)
-            return stub.ApplyPlan(request, timeout=timeout)
-    except grpc.FutureTimeoutError:
+        return endpoints.call(address, lambda channel: control_plane_pb2_grpc.ControlPlaneStub(channel).ApplyPlan(request, timeout=timeout))
+    except endpoints.AddressError as e:
+        raise ControlPlaneError(str(e)) from None
+    except endpoints.Unreachable as e:
         raise ControlPlaneError(
-            f"the control plane at {address} cannot be reached: start it, or point --control-plane (MILLRACE_CONTROL_PLANE) at it"
+            f"the control plane at {e.where} cannot be reached ({e.detail}): start it, or point --control-plane "
+            "(MILLRACE_CONTROL_PLANE) at it (several addresses: separated by commas)"
         ) from None
     except grpc.RpcError as e:
         code = e.code().name if e.code() else "UNKNOWN"

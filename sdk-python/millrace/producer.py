@@ -44,15 +44,22 @@ def topic_of(stream: Any) -> str:
         return cached
     import grpc
 
-    from . import plan
+    from . import endpoints
     from .v1 import control_plane_pb2, control_plane_pb2_grpc, resources_pb2
 
     kind = resources_pb2.DEAD_LETTER_QUEUE if stream._kind == "dead_letter_queue" else resources_pb2.STREAM
-    address = os.environ.get("MILLRACE_CONTROL_PLANE", plan.DEFAULT_CONTROL_PLANE)
+    # One address or several, separated by commas: the first that answers.
+    address = os.environ.get("MILLRACE_CONTROL_PLANE", endpoints.DEFAULT)
+    request = control_plane_pb2.GetResourceRequest(kind=kind, name=stream.name, version=stream.version)
     try:
-        with grpc.insecure_channel(plan._target(address)) as channel:
-            stub = control_plane_pb2_grpc.ControlPlaneStub(channel)
-            got = stub.GetResource(control_plane_pb2.GetResourceRequest(kind=kind, name=stream.name, version=stream.version), timeout=10)
+        got = endpoints.call(address, lambda channel: control_plane_pb2_grpc.ControlPlaneStub(channel).GetResource(request, timeout=10))
+    except endpoints.AddressError as e:
+        raise SendError(f"MILLRACE_CONTROL_PLANE: {e}") from None
+    except endpoints.Unreachable as e:
+        raise SendError(
+            f"cannot ask the control plane at {e.where} where stream {stream.name!r} lives ({e.detail}); "
+            "start it, or set MILLRACE_CONTROL_PLANE (several addresses: separated by commas)"
+        ) from None
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.NOT_FOUND:
             raise SendError(f"stream {stream.name!r} is not declared on the control plane at {address}: apply the app first") from None

@@ -23,6 +23,7 @@
 //! `try_transform` takes functions returning `Result`; an `Err`, a panic, or an input that does not
 //! deserialize becomes a per-record error, which the worker sends to the dead letter queue.
 
+use millrace_proto::v1::control_plane_client::ControlPlaneClient;
 use millrace_proto::v1::function_runtime_server::{FunctionRuntime, FunctionRuntimeServer};
 use millrace_proto::v1::{
     process_request, record_result, BatchResult, DescribeRequest, DescribeResponse, FunctionInfo, ProcessRequest,
@@ -274,6 +275,24 @@ fn expired(deadline_unix_ms: i64) -> bool {
     deadline_unix_ms > 0 && now > deadline_unix_ms as u128
 }
 
+pub use millrace_proto::endpoints::{AddressError, Addresses, Failover};
+
+/// A client of the control plane, to apply plans or read what runs from Rust, over one address or several
+/// separated by commas as `MILLRACE_CONTROL_PLANE` takes them (`10.0.0.1:50051,http://10.0.0.2:50051`): each call
+/// goes to the address that last answered, and to the next one when it cannot connect, does not connect within
+/// 2 s or answers UNAVAILABLE. Connects on first use; call it within a tokio runtime.
+///
+/// ```no_run
+/// # async fn f() -> anyhow::Result<()> {
+/// let list = std::env::var("MILLRACE_CONTROL_PLANE").unwrap_or_else(|_| "127.0.0.1:50051".into());
+/// let mut cp = millrace_sdk::control_plane(&list)?;
+/// let workers = cp.list_workers(millrace_proto::v1::ListWorkersRequest {}).await?.into_inner().workers;
+/// # Ok(()) }
+/// ```
+pub fn control_plane(addresses: &str) -> Result<ControlPlaneClient<Failover>, AddressError> {
+    Ok(ControlPlaneClient::new(Failover::new(&Addresses::parse(addresses)?, |e| e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +314,18 @@ mod tests {
             record_result::Result::Error(e) => e,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_client_takes_a_list_and_names_a_bad_address() {
+        let e = control_plane("127.0.0.1:50051,cp.example").unwrap_err().to_string();
+        assert!(e.contains("\"cp.example\" has no port") && e.contains("write host:port"), "{e}");
+        let dead = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+        let (a, b) = (dead(), dead());
+        let mut cp = control_plane(&format!("{a}, http://{b}")).unwrap();
+        let s = cp.list_workers(millrace_proto::v1::ListWorkersRequest {}).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains(&a) && s.message().contains(&b), "{}", s.message());
     }
 
     #[test]

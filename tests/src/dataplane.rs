@@ -215,8 +215,9 @@ pub struct Worker {
     pub name: String,
 }
 
+/// `MILLRACE_TEST_WORKER_BIN` runs another build of the worker (an older one, to see a test fail on it).
 fn worker_binary() -> PathBuf {
-    binary("millrace-worker")
+    std::env::var_os("MILLRACE_TEST_WORKER_BIN").map(PathBuf::from).unwrap_or_else(|| binary("millrace-worker"))
 }
 
 /// A binary of the workspace, beside the running test or bench executable.
@@ -242,14 +243,17 @@ impl Worker {
         Self::start_on(&kafka_brokers(), name, control_plane, sidecar, extra)
     }
 
-    /// A worker with extra flags, on another broker.
+    /// A worker with extra flags (which replace the tests' defaults of the same name), on another broker.
     pub fn start_on(brokers: &str, name: &str, control_plane: &str, sidecar: &str, extra: &[&str]) -> Self {
+        let defaults = [("--batch-linger-ms", "10"), ("--progress-interval-ms", "100")];
+        let defaults = defaults.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(f, v)| [*f, *v]);
         let log_dir = std::env::temp_dir().join("millrace-test-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(worker_binary())
             .args(["--control-plane", control_plane, "--kafka-brokers", brokers, "--sidecar", sidecar])
-            .args(["--http-listen", "127.0.0.1:0", "--name", name, "--batch-linger-ms", "10", "--progress-interval-ms", "100"])
+            .args(["--http-listen", "127.0.0.1:0", "--name", name])
+            .args(defaults)
             .args(extra)
             // MILLRACE_TEST_WORKER_LOG=debug shows more when a test fails.
             .env("RUST_LOG", std::env::var("MILLRACE_TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()))
@@ -267,6 +271,11 @@ impl Worker {
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(self.pid(), sig).expect("signal the worker");
+    }
+
+    /// Whether the process has exited (and how), without waiting.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn kill9(&mut self) {

@@ -345,4 +345,5 @@ pub mod dataplane;
 pub mod http;
 pub mod proxy;
 pub mod records;
+pub mod replicas;
 pub mod stall;

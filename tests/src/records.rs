@@ -28,7 +28,7 @@ pub async fn produce_values(p: &FutureProducer, topic: &str, values: &[serde_jso
     produce_keyed(p, topic, payloads).await
 }
 
-async fn produce_keyed(p: &FutureProducer, topic: &str, payloads: Vec<(String, Vec<u8>)>) {
+pub async fn produce_keyed(p: &FutureProducer, topic: &str, payloads: Vec<(String, Vec<u8>)>) {
     let futures: Vec<_> = payloads
         .iter()
         .map(|(k, v)| p.send_result(FutureRecord::to(topic).key(k).payload(v)).map_err(|(e, _)| e).expect("enqueue"))

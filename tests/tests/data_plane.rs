@@ -276,8 +276,8 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
         records
             .iter()
             .filter(|r| {
-                // `millrace-origin` is `<unit>@<epoch>`.
-                let origin = r.headers.get("millrace-origin").and_then(|o| o.rsplit_once('@'));
+                // `millrace-origin` is `<unit>@<epoch>`, then `;` and the output's position.
+                let origin = r.headers.get("millrace-origin").and_then(|o| o.split(';').next()?.rsplit_once('@'));
                 origin.is_some_and(|(u, e)| moved.get(u).is_some_and(|old| e == old.to_string()))
             })
             .count()

@@ -14,13 +14,22 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use millrace_proto::endpoints::Failover;
 use tonic::Code;
 
-type Client = WorkerCoordinatorClient<Channel>;
+/// Calls go to the control plane address that last answered, and to the next one within the same call when it
+/// fails (see `millrace_proto::endpoints`).
+type Client = WorkerCoordinatorClient<Failover>;
 
 /// Bound on every unary call to the control plane, so a host that vanished is noticed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a unit leaving this worker may take to finish its in-flight batches before it is stopped (the control
+/// plane waits 10 s for it to let go, then moves it anyway).
+const RELEASE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Bound on one control plane address's answer to a call, before the call goes to the next address: under
+/// `CALL_TIMEOUT`, so that a second address still has time within the call.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// First wait before trying a heartbeat again that failed or got no answer in time (then doubled, up to an
 /// interval): within the lease, so that a hiccup shorter than the lease costs no unit.
@@ -58,6 +67,10 @@ struct Session {
     generation: u64,
     fence: Arc<Fence>,
     units: Units,
+    /// Units that left the set and finished: their next progress report lets go of them (`released`).
+    releasing: Arc<Mutex<Vec<Arc<UnitState>>>>,
+    /// Units that left the set and are finishing their in-flight batches, each cancelled once it has.
+    draining: Arc<Mutex<HashMap<String, Arc<CancellationToken>>>>,
     /// Cancelled when the lease is lost, or once the session is over.
     over: CancellationToken,
     /// Cancelled when the lease became too short for the session's producer (its delivery timeout was set from
@@ -98,6 +111,8 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
             generation: r.generation,
             fence: Arc::new(Fence { lease, producer, delivery_timeout }),
             units: Arc::default(),
+            releasing: Arc::default(),
+            draining: Arc::default(),
             over: CancellationToken::new(),
             rejoin: CancellationToken::new(),
         });
@@ -171,9 +186,12 @@ async fn heartbeat(s: Arc<Session>, mut client: Client) {
     loop {
         tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(wait) => {} }
         let sent = Instant::now();
-        let req = HeartbeatRequest { worker_id: s.worker_id.clone(), generation: s.generation };
         let attempt = lease.interval().clamp(Duration::from_millis(200), CALL_TIMEOUT);
-        match tokio::time::timeout(attempt, client.heartbeat(req)).await {
+        // The deadline travels with the call, so that a control plane that does not answer within it is left: the
+        // prompt retry goes to the next address (and a refused connection moves on within this attempt).
+        let mut req = tonic::Request::new(HeartbeatRequest { worker_id: s.worker_id.clone(), generation: s.generation });
+        req.set_timeout(attempt);
+        match tokio::time::timeout(attempt + Duration::from_millis(250), client.heartbeat(req)).await {
             Ok(Ok(r)) => {
                 let r = r.into_inner();
                 let was = lease.length();
@@ -265,23 +283,72 @@ fn reconcile(s: &Session, ctx: &Arc<WorkerCtx>, set: AssignmentSet) {
     let mut units = s.units.lock().expect("units lock");
     let wanted: HashMap<String, Assignment> =
         set.assignments.into_iter().filter_map(|a| a.unit.as_ref().map(|u| (u.unit_id.clone(), a.clone()))).collect();
-    units.retain(|id, r| {
-        let keep = wanted.get(id).is_some_and(|a| a.epoch == r.st.epoch) && !r.st.stop.is_cancelled();
-        if !keep {
+    let leaving: Vec<String> = units
+        .iter()
+        .filter(|(id, r)| !(wanted.get(*id).is_some_and(|a| a.epoch == r.st.epoch) && !r.st.stop.is_cancelled()))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in leaving {
+        let Some(r) = units.remove(&id) else { continue };
+        if wanted.contains_key(&id) || r.st.stop.is_cancelled() {
+            // Redefined (a new epoch here) or fenced: stop at once.
             tracing::info!(unit = id, epoch = r.st.epoch, "unit revoked");
             r.st.stop.cancel();
+            continue;
         }
-        keep
-    });
+        // Left out of the set: handed over to another worker (or removed). Finish what is in flight, commit, and
+        // let go; the other worker starts only then, from the last offset, so nothing is processed twice.
+        tracing::info!(unit = id, epoch = r.st.epoch, "unit leaving this worker: finishing its in-flight batches");
+        r.st.drain.cancel();
+        let releasing = s.releasing.clone();
+        // Until it has, the unit does not start here again (a hand-over called off): two pipelines of one
+        // partition would process its records twice and out of order.
+        let drained = Arc::new(CancellationToken::new());
+        s.draining.lock().expect("draining lock").insert(id.clone(), drained.clone());
+        let draining = s.draining.clone();
+        tokio::spawn(async move {
+            let _done = DoneOnDrop(drained, draining, r.st.unit.unit_id.clone());
+            let mut task = r.task;
+            if tokio::time::timeout(RELEASE_LIMIT, &mut task).await.is_err() {
+                // Not let go: the control plane moves it once its hand-over times out.
+                tracing::warn!(unit = r.st.unit.unit_id, "unit did not finish its in-flight batches in time: abandoning them");
+                r.st.stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+                return;
+            }
+            r.st.released.store(true, Ordering::SeqCst);
+            releasing.lock().expect("releasing lock").push(r.st);
+        });
+    }
     for (id, a) in wanted {
         if units.contains_key(&id) {
             continue;
         }
         let Some(unit) = a.unit else { continue };
         tracing::info!(unit = id, epoch = a.epoch, from_offset = a.committed_offset, "unit assigned");
-        let st = Arc::new(UnitState::new(unit, a.epoch, a.committed_offset));
-        let task = tokio::spawn(unit::run(ctx.clone(), st.clone(), s.fence.clone()));
+        let st = Arc::new(UnitState::new(unit, a.epoch, a.committed_offset).with_provenance(a.source_incarnation, &a.provenance));
+        let after = s.draining.lock().expect("draining lock").get(&id).cloned();
+        let run = unit::run(ctx.clone(), st.clone(), s.fence.clone());
+        let task = tokio::spawn(async move {
+            if let Some(drained) = after {
+                drained.cancelled().await;
+            }
+            run.await
+        });
         units.insert(id, Running { st, task });
+    }
+}
+
+/// Marks a unit drained (its token cancelled, its entry gone) however its draining task ends.
+struct DoneOnDrop(Arc<CancellationToken>, Arc<Mutex<HashMap<String, Arc<CancellationToken>>>>, String);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        let mut draining = self.1.lock().expect("draining lock");
+        if draining.get(&self.2).is_some_and(|t| Arc::ptr_eq(t, &self.0)) {
+            draining.remove(&self.2);
+        }
+        self.0.cancel();
     }
 }
 
@@ -290,7 +357,8 @@ async fn progress(s: Arc<Session>, mut client: Client, every: Duration, ctx: Arc
     loop {
         tokio::select! { _ = s.over.cancelled() => return, _ = tokio::time::sleep(every) => {} }
         round += 1;
-        let states: Vec<Arc<UnitState>> = s.units.lock().expect("units lock").values().map(|r| r.st.clone()).collect();
+        let mut states: Vec<Arc<UnitState>> = s.units.lock().expect("units lock").values().map(|r| r.st.clone()).collect();
+        states.extend(s.releasing.lock().expect("releasing lock").iter().cloned());
         // Lag alone is refreshed about every 5 s; offsets and errors as soon as they change.
         report(&s, &mut client, &ctx, &states, round.is_multiple_of(25)).await;
     }
@@ -304,15 +372,24 @@ async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, states: &[Arc
     let units: Vec<UnitProgress> = states
         .iter()
         .filter_map(|st| {
+            // Resets before the offset: the unit stores the reset offset before counting the reset, so a report
+            // that carries a reset never carries the offset from before it.
+            // Marks before the offset too: they are stored after it, so they are never ahead of the offset sent (a
+            // unit restarted there uses them only if taken exactly there).
+            let marks = st.marks.lock().expect("marks lock").clone();
+            let resets = st.source_resets.load(Ordering::SeqCst);
             let safe = st.safe_offset.load(Ordering::SeqCst);
             let error = st.error();
             // Written before the error and read after it: the flag is never older than the error sent with it.
             let cannot_run_here = st.cannot_run_here.load(Ordering::SeqCst) && !error.is_empty();
-            let changed = safe != st.reported_offset.load(Ordering::SeqCst) || error != *st.reported_error.lock().expect("lock");
-            if !all && (!changed || st.stop.is_cancelled()) {
+            let offset_reset = resets != st.reported_resets.load(Ordering::SeqCst);
+            let incarnation = st.source_incarnation + resets + st.gaps.load(Ordering::SeqCst);
+            let changed = offset_reset || incarnation != st.reported_incarnation.load(Ordering::SeqCst) || safe != st.reported_offset.load(Ordering::SeqCst) || error != *st.reported_error.lock().expect("lock");
+            let released = st.released.load(Ordering::SeqCst);
+            if !released && !all && (!changed || st.stop.is_cancelled()) {
                 return None;
             }
-            sent.push((st.clone(), safe, error.clone()));
+            sent.push((st.clone(), safe, error.clone(), resets, incarnation));
             Some(UnitProgress {
                 unit_id: st.unit.unit_id.clone(),
                 epoch: st.epoch,
@@ -320,6 +397,10 @@ async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, states: &[Arc
                 lag: st.lag.load(Ordering::Relaxed),
                 error,
                 cannot_run_here,
+                offset_reset,
+                provenance: marks.marks.encode(&st.unit.source_topic, marks.offset),
+                source_incarnation: incarnation,
+                released,
             })
         })
         .collect();
@@ -330,9 +411,16 @@ async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, states: &[Arc
     match tokio::time::timeout(CALL_TIMEOUT, client.report_progress(req)).await {
         Ok(Ok(resp)) => {
             let resp = resp.into_inner();
-            for (st, safe, error) in sent {
+            for (st, safe, error, resets, incarnation) in sent {
+                if st.released.load(Ordering::SeqCst) {
+                    // Answered either way: let go (granted), or no longer this worker's (revoked).
+                    s.releasing.lock().expect("releasing lock").retain(|r| !Arc::ptr_eq(r, &st));
+                    continue;
+                }
                 if resp.granted.contains(&st.unit.unit_id) {
                     st.reported_offset.store(safe, Ordering::SeqCst);
+                    st.reported_resets.store(resets, Ordering::SeqCst);
+                    st.reported_incarnation.fetch_max(incarnation, Ordering::SeqCst);
                     *st.reported_error.lock().expect("lock") = error;
                 } else if resp.revoked.contains(&st.unit.unit_id) {
                     tracing::warn!(unit = st.unit.unit_id, epoch = st.epoch, "commit refused (fenced): stopping the unit");

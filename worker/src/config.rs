@@ -5,9 +5,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "millrace-worker", version, about = "The Millrace worker: runs transforms and consumers")]
 pub struct Config {
-    /// The control plane's gRPC endpoint.
+    /// The control plane's gRPC address, or several separated by commas (`host:port` or `http://host:port`): the
+    /// worker talks to the first that answers and moves to the next when it stops answering.
     #[arg(long, env = "MILLRACE_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
-    pub control_plane: String,
+    pub control_plane: millrace_proto::endpoints::Addresses,
     /// Kafka bootstrap servers.
     #[arg(long, env = "MILLRACE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,

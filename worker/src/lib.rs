@@ -16,6 +16,7 @@ pub mod unit;
 
 use anyhow::Context;
 pub use config::Config;
+use millrace_proto::endpoints::Failover;
 use millrace_proto::v1::control_plane_client::ControlPlaneClient;
 use millrace_proto::v1::worker_coordinator_client::WorkerCoordinatorClient;
 use std::sync::Arc;
@@ -64,15 +65,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         poison_tries: config.poison_tries,
         probations: Default::default(),
     });
+    // Every address gets its own channel; calls go to the one that last answered and move on when it fails.
     // Keepalive pings notice a control plane host that vanished without closing its connections.
-    let endpoint = tonic::transport::Endpoint::from_shared(config.control_plane.clone())
-        .with_context(|| format!("--control-plane {:?} is not a URL", config.control_plane))?
-        .connect_timeout(Duration::from_secs(2))
-        .http2_keep_alive_interval(Duration::from_secs(2))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true)
-        .tcp_keepalive(Some(Duration::from_secs(10)));
-    let channel = endpoint.connect_lazy();
+    let channel = Failover::new(&config.control_plane, |e| {
+        e.http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(Duration::from_secs(10)))
+    })
+    // Every call the worker makes answers within a second or two (a stream: its opening), so one control plane
+    // that accepts connections but does not answer costs a call this much, not the lease.
+    .attempt_timeout(assignments::ATTEMPT_TIMEOUT);
     let client = WorkerCoordinatorClient::new(channel.clone());
     let catalog = ingest::catalog::Catalog::new(ControlPlaneClient::new(channel), ctx.metrics.catalog_refreshes.clone());
     tokio::spawn(catalog.clone().follow(Config::ms(config.catalog_refresh_ms)));
@@ -90,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         request_timeout: Config::ms(config.http_request_timeout_ms),
     };
     metrics::serve(listener.into_std()?, config.http_threads, ctx.metrics.clone(), ingest.routes(), limits).context("starting the HTTP listener")?;
-    tracing::info!(http = http_address, control_plane = config.control_plane, "worker starting");
+    tracing::info!(http = http_address, control_plane = %config.control_plane, "worker starting");
     let settings = assignments::Settings {
         name: config.worker_name(),
         http_address,

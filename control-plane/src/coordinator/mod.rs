@@ -1,14 +1,21 @@
 //! The `WorkerCoordinator` side of the control plane: registration, leases, assignment streams, fenced offset
 //! commits, and the loop that keeps placements current. Leases, epochs and offsets live in Postgres and are judged
-//! by its clock alone, so a restarted control plane carries on where it stopped.
+//! by its clock alone, so a restarted control plane carries on where it stopped. Several control planes may share
+//! one database: one leads (`crate::leadership`) and runs rounds; every one serves workers, publishing the sets
+//! stored in Postgres when told that they changed (`notify`).
 
+mod notify;
 mod partitions;
 mod publish;
 mod refusals;
 mod round;
 mod service;
+#[cfg(test)]
+mod tests;
 
 use crate::error::Error;
+use crate::leadership::Leadership;
+use crate::AbortOnDrop;
 use crate::provision::kafka::Kafka;
 use crate::store::Store;
 use millrace_proto::v1::*;
@@ -56,9 +63,13 @@ struct Inner {
     version: std::sync::atomic::AtomicU64,
     /// One round at a time in this process, so sets are published in the order they were computed.
     round: tokio::sync::Mutex<()>,
+    /// One publish at a time: an older read of the sets must never be delivered after a newer one.
+    publishing: tokio::sync::Mutex<()>,
     /// Joins waiting for their round (see `JOIN_QUIET`).
     joins: Mutex<Option<Joins>>,
+    leadership: Leadership,
 }
+
 
 #[derive(Clone)]
 pub struct Coordinator {
@@ -70,7 +81,14 @@ fn lease_lost(worker_id: &str) -> Error {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, kafka: Kafka, lease: Duration, join_quiet: Duration, names: crate::scheduler::Names) -> Self {
+    pub fn new(
+        store: Store,
+        kafka: Kafka,
+        lease: Duration,
+        join_quiet: Duration,
+        names: crate::scheduler::Names,
+        leadership: Leadership,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -82,18 +100,26 @@ impl Coordinator {
                 watchers: Mutex::new(HashMap::new()),
                 version: Default::default(),
                 round: tokio::sync::Mutex::new(()),
+                publishing: tokio::sync::Mutex::new(()),
                 joins: Mutex::new(None),
+                leadership,
             }),
         }
     }
 
+    /// This process's --lease-ms: what it writes as the cluster's worker lease when it takes office, and what
+    /// workers get while no leader ever wrote one.
     fn lease_ms(&self) -> i64 {
         self.inner.lease.as_millis() as i64
     }
 
     /// Four heartbeats a lease: a worker can miss one (and retry) and still keep it.
-    fn heartbeat_interval_ms(&self) -> u64 {
-        (self.lease_ms() / 4).max(50) as u64
+    fn heartbeat_interval_ms(lease_ms: i64) -> u64 {
+        (lease_ms / 4).max(50) as u64
+    }
+
+    pub fn leadership(&self) -> &Leadership {
+        &self.inner.leadership
     }
 
     /// A worker registered: the scheduling loop places it with the others joining about now, in one round.
@@ -142,42 +168,58 @@ impl Coordinator {
         }
     }
 
-    /// Reschedules on every wake-up, and often enough to notice an expired lease within a quarter lease. Partition
-    /// counts are refreshed beside it, so a slow broker never delays lease expiry.
+    /// While leading: reschedules on every wake-up, and often enough to notice an expired lease within a quarter
+    /// lease; partition counts are refreshed beside it, so a slow broker never delays lease expiry. While
+    /// following: publishes the stored sets as often (a safety net beside the notifications). Both listen for what
+    /// other control planes announce.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let refresher = {
+        let _refresher = {
             let me = self.clone();
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 loop {
-                    if me.refresh_partitions().await {
+                    if me.inner.leadership.leading() && me.refresh_partitions().await {
                         me.plan_changed();
                     }
                     tokio::time::sleep(PARTITION_REFRESH).await;
                 }
-            })
+            }))
         };
+        let _listener = AbortOnDrop(tokio::spawn(self.clone().listen()));
+        let mut leadership = self.inner.leadership.subscribe();
+        let mut term = None;
         let tick = (self.inner.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         tokio::pin!(shutdown);
         loop {
-            // No round while joins are being gathered, not even a periodic one: it would place them one by one.
-            if let Some(due) = self.joins_due() {
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    _ = self.inner.wake.notified() => {}
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-                continue;
+            let now = self.inner.leadership.term();
+            if now != term {
+                tracing::info!(term = ?now, "leadership changed: {}", if now.is_some() { "running rounds" } else { "following" });
+                term = now;
             }
-            if let Err(e) = self.reschedule().await {
-                tracing::warn!(error = %e, "scheduling round failed; retrying");
+            if term.is_some() {
+                // No round while joins are being gathered, not even a periodic one: it would place them one by one.
+                if let Some(due) = self.joins_due() {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = self.inner.wake.notified() => {}
+                        _ = leadership.changed() => {}
+                        _ = tokio::time::sleep_until(due) => {}
+                    }
+                    continue;
+                }
+                if let Err(e) = self.reschedule().await {
+                    tracing::warn!(error = %e, "scheduling round failed; retrying");
+                }
+            } else if let Err(e) = self.publish().await {
+                tracing::debug!(error = %e, "publishing the stored sets failed; retrying");
             }
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.inner.wake.notified() => {}
+                // Taking office runs a round at once; renewals change nothing here.
+                _ = leadership.changed() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
         }
-        refresher.abort();
     }
 
     async fn check_live(&self, worker_id: &str, generation: u64) -> Result<(), Error> {

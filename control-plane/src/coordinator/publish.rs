@@ -1,20 +1,24 @@
-//! Sending each watching worker its set.
+//! Sending each watching worker its set, as stored in Postgres: every unit's row holds its placement, epoch,
+//! committed offset and definition (the encoded `WorkUnit`), so any control plane, leader or not, sends exactly
+//! what the leader's last round decided, never a definition it computed itself beside an epoch it read.
 
 use super::{Coordinator, Watcher};
 use crate::error::Error;
 use millrace_proto::v1::{Assignment, AssignmentSet, WorkUnit};
+use prost::Message;
 use sqlx::Row;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 impl Coordinator {
-    /// Sends each watching worker its set if its units or epochs changed; ends the streams of dead workers.
+    /// Sends each watching worker its stored set if its units or epochs changed; ends the streams of dead workers.
     ///
     /// Only the watchers present when the sets are read are served: a stream opened meanwhile (a worker
     /// reconnecting) would otherwise be judged by rows never read for it, and an empty set stops every unit it
-    /// runs. It has been sent nothing yet, so the next round sends it its whole set (its own `WatchAssignments`
+    /// runs. It has been sent nothing yet, so the next publish sends it its whole set (its own `WatchAssignments`
     /// asks for one).
-    pub(super) async fn publish(&self, units: &BTreeMap<String, WorkUnit>) -> Result<(), Error> {
+    pub(super) async fn publish(&self) -> Result<(), Error> {
+        let _one = self.inner.publishing.lock().await;
         let watching: Vec<String> = self.inner.watchers.lock().expect("watchers lock").keys().cloned().collect();
         if watching.is_empty() {
             return Ok(());
@@ -27,23 +31,38 @@ impl Coordinator {
                 .fetch_all(pool)
                 .await?;
         let rows = sqlx::query(
-            "SELECT unit_id, worker_id, epoch, committed_offset FROM assignments WHERE worker_id = ANY($1) ORDER BY unit_id",
+            "SELECT unit_id, worker_id, epoch, committed_offset, definition, provenance, source_incarnation FROM assignments
+             WHERE worker_id = ANY($1) AND handover_to IS NULL ORDER BY unit_id",
         )
         .bind(&watching)
         .fetch_all(pool)
         .await?;
         let mut sets: HashMap<String, Vec<Assignment>> = HashMap::new();
+        // A worker one of whose rows cannot be sent keeps the set it has: a set without that unit would stop it.
+        let mut unsendable: Vec<String> = Vec::new();
         for r in rows {
             let unit_id: String = r.get("unit_id");
-            let Some(unit) = units.get(&unit_id) else { continue };
             let worker: String = r.get("worker_id");
+            let definition: Vec<u8> = r.get("definition");
+            let unit = match WorkUnit::decode(definition.as_slice()) {
+                Ok(u) if !definition.is_empty() && u.unit_id == unit_id => u,
+                // Rows from before definitions were stored have none until the leader's next round writes it.
+                _ => {
+                    tracing::debug!(unit = unit_id, worker, "a stored unit has no readable definition yet; its worker keeps its set");
+                    unsendable.push(worker);
+                    continue;
+                }
+            };
             let epoch: i64 = r.get("epoch");
             sets.entry(worker).or_default().push(Assignment {
-                unit: Some(unit.clone()),
+                unit: Some(unit),
                 epoch: epoch as u64,
                 committed_offset: r.get("committed_offset"),
+                provenance: r.get("provenance"),
+                source_incarnation: r.get::<i64, _>("source_incarnation").max(0) as u64,
             });
         }
+        let watching: Vec<String> = watching.into_iter().filter(|w| !unsendable.contains(w)).collect();
         let mut watchers = self.inner.watchers.lock().expect("watchers lock");
         deliver(&mut watchers, sets, &watching, &live, &self.inner.version);
         Ok(())
@@ -88,7 +107,7 @@ mod tests {
     }
 
     fn assignment(unit_id: &str, epoch: u64) -> Assignment {
-        Assignment { unit: Some(WorkUnit { unit_id: unit_id.into(), ..Default::default() }), epoch, committed_offset: 7 }
+        Assignment { unit: Some(WorkUnit { unit_id: unit_id.into(), ..Default::default() }), epoch, committed_offset: 7, ..Default::default() }
     }
 
     fn units(rx: &watch::Receiver<Option<AssignmentSet>>) -> Option<Vec<(String, u64)>> {

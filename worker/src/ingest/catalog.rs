@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::Channel;
+use millrace_proto::endpoints::Failover;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads made because a request missed are at least this far apart: a stream of unknown names costs the control
@@ -36,7 +36,7 @@ struct Routes {
 }
 
 pub struct Catalog {
-    client: ControlPlaneClient<Channel>,
+    client: ControlPlaneClient<Failover>,
     refreshes: prometheus::IntCounter,
     apis: RwLock<Option<Routes>>,
     last_refresh: Mutex<Option<Instant>>,
@@ -52,7 +52,7 @@ pub enum Found {
 }
 
 impl Catalog {
-    pub fn new(client: ControlPlaneClient<Channel>, refreshes: prometheus::IntCounter) -> Arc<Self> {
+    pub fn new(client: ControlPlaneClient<Failover>, refreshes: prometheus::IntCounter) -> Arc<Self> {
         Arc::new(Self { client, refreshes, apis: RwLock::new(None), last_refresh: Mutex::new(None), refreshing: Default::default() })
     }
 

@@ -6,6 +6,7 @@
 pub(crate) mod pipeline;
 pub(crate) mod probation;
 pub(crate) mod produce;
+pub(crate) mod provenance;
 pub(crate) mod recovery;
 pub(crate) mod results;
 pub(crate) mod source;
@@ -17,7 +18,7 @@ use crate::sidecar::{SidecarError, Sidecars};
 use millrace_proto::v1::{UnitKind, WorkUnit};
 use pipeline::{RunPlan, UnitError};
 use recovery::Recovery;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -64,6 +65,9 @@ impl Fence {
     }
 }
 
+/// Run numbers, across the process (see `UnitState::next_run`).
+static NEXT_RUN: AtomicU64 = AtomicU64::new(0);
+
 /// A running unit, as the worker's supervisor and progress reporter see it.
 pub struct UnitState {
     pub unit: WorkUnit,
@@ -78,6 +82,28 @@ pub struct UnitState {
     pub lag: AtomicI64,
     /// The partition's high watermark as the last fetch response gave it; -1 = unknown.
     pub high_watermark: AtomicI64,
+    /// Times the source was found recreated (see `UnitError::SourceRecreated`), and of those the control plane
+    /// has accepted: while they differ, progress reports ask it to take the lower offset.
+    pub source_resets: AtomicU64,
+    /// The unit left its worker's set and finished what it had in flight: its next report lets go of it.
+    pub released: AtomicBool,
+    pub reported_resets: AtomicU64,
+    /// The source incarnation its assignment gave (see `provenance`); its outputs carry this plus `source_resets`.
+    pub source_incarnation: u64,
+    /// The run of the unit's pipeline on this worker its outputs carry: a restart is a new run when an output
+    /// may have been lost while a later one was delivered (see `provenance` and `next_run`).
+    pub runs: AtomicU64,
+    /// Such restarts: each also raises the source incarnation, so that a later holder's re-emits (which compare
+    /// by offset only) are not dropped as seen either.
+    pub gaps: AtomicU64,
+    /// The source incarnation the control plane last accepted from this unit: outputs never carry a higher one
+    /// before it has (a holder after this one starts from the stored one, and its outputs must not look older).
+    pub reported_incarnation: AtomicU64,
+    /// The unit's outputs in the producer, and failed deliveries (of which `failures_seen` were before this run).
+    pub delivery: Arc<produce::Delivery>,
+    failures_seen: AtomicU64,
+    /// What the unit had read as of its safe offset (see `provenance`).
+    pub marks: Mutex<provenance::Committed>,
     /// Why the unit cannot run; "" while it runs.
     pub error: Mutex<String>,
     /// The error the control plane last accepted.
@@ -101,11 +127,87 @@ impl UnitState {
             position: AtomicI64::new(committed_offset),
             lag: AtomicI64::new(-1),
             high_watermark: AtomicI64::new(-1),
+            source_resets: AtomicU64::new(0),
+            released: AtomicBool::new(false),
+            reported_resets: AtomicU64::new(0),
+            source_incarnation: 0,
+            runs: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            reported_incarnation: AtomicU64::new(0),
+            delivery: Arc::default(),
+            failures_seen: AtomicU64::new(0),
+            marks: Mutex::new(provenance::Committed { offset: committed_offset, marks: Arc::default() }),
             error: Mutex::new(String::new()),
             reported_error: Mutex::new(String::new()),
             cannot_run_here: AtomicBool::new(false),
             stop: CancellationToken::new(),
             drain: CancellationToken::new(),
+        }
+    }
+
+    /// The unit as its assignment left it: the source incarnation, and what it had read before its offset.
+    pub fn with_provenance(mut self, source_incarnation: u64, marks: &[u8]) -> Self {
+        self.source_incarnation = source_incarnation;
+        self.reported_incarnation = AtomicU64::new(source_incarnation);
+        let offset = self.safe_offset.load(Ordering::SeqCst);
+        let marks = provenance::Marks::decode(marks, &self.unit.source_topic, offset);
+        self.marks = Mutex::new(provenance::Committed { offset, marks: Arc::new(marks) });
+        self
+    }
+
+    /// The run a pipeline starting now produces as. The same as the last unless one of the unit's deliveries
+    /// failed (or is not known not to have) since it started: re-emits then may fill a gap the producer left, and
+    /// must not be dropped downstream. Waits for what earlier runs left in the producer (its delivery timeout).
+    pub async fn next_run(&self, limit: Duration) -> u64 {
+        let settled = self.delivery.settled(limit).await;
+        let failures = self.delivery.failures();
+        let failed = self.failures_seen.swap(failures, Ordering::SeqCst) != failures;
+        if !settled || failed || self.runs.load(Ordering::SeqCst) == 0 {
+            if !settled || failed {
+                self.gaps.fetch_add(1, Ordering::SeqCst);
+            }
+            // Runs are numbered across the process: a unit started again at the same epoch (a hand-over called
+            // off) never produces as a run below one it produced as before.
+            let run = NEXT_RUN.fetch_add(1, Ordering::SeqCst) + 1;
+            self.runs.store(run, Ordering::SeqCst);
+            tracing::debug!(unit = self.unit.unit_id, run, settled, failed, "a new run: its re-emits are not dropped downstream");
+            return run;
+        }
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    /// The source incarnation the unit's outputs carry now.
+    pub fn incarnation(&self) -> u64 {
+        self.source_incarnation + self.source_resets.load(Ordering::SeqCst) + self.gaps.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the control plane has accepted the unit's source incarnation (see `reported_incarnation`);
+    /// false if the unit is told to stop or drain first.
+    pub async fn incarnation_granted(&self) -> bool {
+        while self.reported_incarnation.load(Ordering::SeqCst) < self.incarnation() {
+            if !self.pause(Duration::from_millis(50)).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The marks as of the safe offset `offset`, just stored (after it: a report reading the marks first and the
+    /// offset next never sends marks ahead of the offset).
+    pub fn commit_marks(&self, offset: i64, marks: &Arc<provenance::Marks>) {
+        let mut c = self.marks.lock().expect("marks lock");
+        if c.offset != offset || !Arc::ptr_eq(&c.marks, marks) {
+            *c = provenance::Committed { offset, marks: marks.clone() };
+        }
+    }
+
+    /// The marks a run starting at `start` begins with: none unless they are as of that offset.
+    pub fn marks_at(&self, start: i64) -> provenance::Marks {
+        let c = self.marks.lock().expect("marks lock");
+        if c.offset == start {
+            (*c.marks).clone()
+        } else {
+            provenance::Marks::default()
         }
     }
 
@@ -264,6 +366,19 @@ pub async fn run(ctx: Arc<WorkerCtx>, st: Arc<UnitState>, fence: Arc<Fence>) {
                 suspect = true;
                 backoff = MIN_BACKOFF;
                 UnitError::Suspect(f.detail)
+            }
+            Err(UnitError::SourceRecreated { topic, partition, detail, unread }) => {
+                // The pipeline is over (nothing of it stores an offset any more): the new topic is read from its
+                // beginning, and the control plane told to take the lower offset.
+                tracing::warn!(unit = u.unit_id, epoch = st.epoch, topic, partition, detail, unread, "source topic recreated outside Millrace: reading it from its beginning");
+                ctx.metrics.source_recreated.with_label_values(&[&function]).inc();
+                ctx.metrics.records_lost_to_recreation.with_label_values(&[&function]).inc_by(unread.max(0) as u64);
+                st.safe_offset.store(-1, Ordering::SeqCst);
+                st.position.store(-1, Ordering::SeqCst);
+                st.source_resets.fetch_add(1, Ordering::SeqCst);
+                recovery = Recovery::new(ctx.batch_size, ctx.poison_tries, -1);
+                backoff = MIN_BACKOFF;
+                continue;
             }
             Err(e) => e,
         };

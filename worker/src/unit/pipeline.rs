@@ -3,7 +3,8 @@
 //! records and bytes), `respond` (sidecar results turned into outputs and dead letters, produced under the fence)
 //! and `acknowledge` (the safe offset moves once a batch's every record is acknowledged).
 
-use super::produce::{origin, send, too_large, BatchAcks};
+use super::produce::{send, too_large, BatchAcks};
+use super::provenance::{Marks, Origin};
 use super::recovery::{BatchFailure, Condemned, Poison};
 use super::source::{consumer, first_record, next_record, size, BatchBuilder, Held, Messages, Record};
 use super::{Fence, UnitState, WorkerCtx};
@@ -60,6 +61,10 @@ pub enum UnitError {
     Ended,
     #[error("stopped while the insert could not be made: {0}")]
     Table(String),
+    /// The source partition holds fewer records than were committed, or its offsets went back: the topic was
+    /// deleted and created again (or truncated) outside Millrace. The unit reads the new topic from its start.
+    #[error("the source topic {topic} partition {partition} was deleted and created again outside Millrace ({detail}): reading it from its beginning; records of the old topic not yet read ({unread}) are lost")]
+    SourceRecreated { topic: String, partition: i32, detail: String, unread: i64 },
 }
 
 /// A batch on its way: at the sidecar (or, condemned, going straight to the dead letter queue).
@@ -69,6 +74,8 @@ struct Sent {
     sent_at: Instant,
     condemned: Option<Condemned>,
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// What the unit had read once this batch was read (see `provenance`).
+    marks: Arc<Marks>,
 }
 
 /// A batch whose outputs are with the producer, waiting for acknowledgements.
@@ -79,6 +86,7 @@ struct Pending {
     acks: Arc<BatchAcks>,
     outputs: u64,
     dead_letters: u64,
+    marks: Arc<Marks>,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -187,6 +195,8 @@ async fn read(
             }
         }
         let bytes = batch.bytes;
+        // A record read but left for the next batch is not this batch's: its offset is not committed with it.
+        let marks = if carry.is_some() { messages.marks_before_last() } else { messages.marks() };
         let (records, held) = batch.finish();
         sent_to = held.last_offset() + 1;
         st.position.store(sent_to, Ordering::Relaxed);
@@ -202,7 +212,7 @@ async fn read(
             let deadline_unix_ms = deadline_unix_ms(st, fence, call_timeout);
             ProcessRequest { message: Some(process_request::Message::Batch(RecordBatch { batch_id, records, deadline_unix_ms })) }
         });
-        let batch = Sent { batch_id, records: held, sent_at: Instant::now(), condemned, permits: (permit, memory) };
+        let batch = Sent { batch_id, records: held, sent_at: Instant::now(), condemned, permits: (permit, memory), marks };
         if sent.send(batch).await.is_err() {
             return Ok(false);
         }
@@ -239,7 +249,15 @@ async fn respond(
     let label = [u.name.as_str()];
     let transform = u.kind == UnitKind::UnitTransform as i32;
     let source: &'static str = if transform { "transform" } else { "consumer" };
-    let origin = origin(st);
+    // What it re-emits after a lost delivery may fill a gap the producer left: then it is a new run (see
+    // `provenance`). Earlier runs' outputs settle within the delivery timeout.
+    let run = st.next_run(fence.delivery_timeout * 2).await;
+    // A raised incarnation (a gap, a recreated source) is used only once the control plane keeps it: outputs of
+    // a later holder, which starts from the stored one, must not look older than these to downstream units.
+    if !st.incarnation_granted().await {
+        return Err(UnitError::Fenced);
+    }
+    let mut origin = Origin::new(&u.unit_id, st.epoch, st.incarnation(), run);
     let mut key_buf = Vec::new();
     while let Some(batch) = sent.recv().await {
         let first = batch.records.first_offset();
@@ -264,7 +282,7 @@ async fn respond(
         if !fence.may_produce() || st.stop.is_cancelled() {
             return Err(UnitError::Fenced);
         }
-        let acks = BatchAcks::new();
+        let acks = BatchAcks::of_unit(&st.delivery);
         let (mut outputs, mut dead_letters) = (0u64, 0u64);
         let (mut filtered, mut failed) = (0u64, 0u64);
         // More streams named than the unit has routes: some are not its (and resolving them would cost the answer's
@@ -297,10 +315,11 @@ async fn respond(
                     if values.is_empty() {
                         filtered += 1;
                     }
-                    for v in values {
+                    for (index, v) in values.iter().enumerate() {
                         let (topic, key_fields) = targets.get(v.route).map_err(UnitError::Protocol)?;
                         let key = output_key(&v.value, key_fields, source_key, &mut key_buf);
-                        send(st, fence, &acks, &origin, topic, key, &v.value, rec.offset).await?;
+                        let origin = origin.at(rec.offset, index as u32);
+                        send(st, fence, &acks, origin, topic, key, &v.value, rec.offset).await?;
                         outputs += 1;
                     }
                 }
@@ -321,7 +340,7 @@ async fn respond(
                         original_bytes: None,
                     };
                     let bytes = letter.to_bytes(rec.value, ctx.max_message_bytes.saturating_sub(RECORD_OVERHEAD));
-                    send(st, fence, &acks, &origin, &u.dead_letter_topic, source_key, &bytes, rec.offset).await?;
+                    send(st, fence, &acks, origin.at(rec.offset, 0), &u.dead_letter_topic, source_key, &bytes, rec.offset).await?;
                     dead_letters += 1;
                 }
             }
@@ -329,7 +348,7 @@ async fn respond(
         ctx.metrics.records_filtered.with_label_values(&label).inc_by(filtered);
         ctx.metrics.records_failed.with_label_values(&label).inc_by(failed);
         let next_offset = batch.records.last_offset() + 1;
-        let p = Pending { first, len: batch.records.len(), next_offset, acks, outputs, dead_letters, _permits: batch.permits };
+        let p = Pending { first, len: batch.records.len(), next_offset, acks, outputs, dead_letters, marks: batch.marks, _permits: batch.permits };
         if pending.send(p).await.is_err() {
             return Ok(());
         }
@@ -352,6 +371,7 @@ async fn acknowledge(ctx: &WorkerCtx, st: &UnitState, mut pending: mpsc::Receive
         ctx.metrics.records_out.with_label_values(&label).inc_by(p.outputs);
         ctx.metrics.dead_letters.with_label_values(&label).inc_by(p.dead_letters);
         st.safe_offset.store(p.next_offset, Ordering::SeqCst);
+        st.commit_marks(p.next_offset, &p.marks);
     }
     Ok(())
 }

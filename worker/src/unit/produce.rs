@@ -10,18 +10,48 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
 pub type Producer = ThreadedProducer<AckContext>;
 
-/// The header every output and dead letter carries: `<unit id>@<epoch>` of the unit that produced it.
+/// The header every output and dead letter carries: `<unit id>@<epoch>` of the unit that produced it, followed for
+/// a transform's outputs and dead letters by their position (see `provenance::Origin`).
 pub const ORIGIN_HEADER: &str = "millrace-origin";
 
+/// The header without a position, for a table sync's dead letters (retried one by one, out of order: a reader
+/// must never drop one as already read).
 pub fn origin(st: &UnitState) -> String {
     format!("{}@{}", st.unit.unit_id, st.epoch)
+}
+
+/// A unit's outputs still in the producer, whatever run of its pipeline queued them, and the deliveries that
+/// failed: a failed one may leave a gap (a later record delivered), which decides whether the next run's
+/// re-emits may be dropped downstream (see `provenance`).
+#[derive(Default)]
+pub struct Delivery {
+    outstanding: AtomicUsize,
+    failures: AtomicU64,
+}
+
+impl Delivery {
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every output handed over is delivered or failed, at most `limit`; whether they all were.
+    pub async fn settled(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.outstanding.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
 }
 
 /// The acknowledgements one batch still waits for, and the first failure among them.
@@ -30,11 +60,17 @@ pub struct BatchAcks {
     pending: AtomicUsize,
     failed: Mutex<Option<KafkaError>>,
     done: Notify,
+    unit: Option<Arc<Delivery>>,
 }
 
 impl BatchAcks {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { pending: AtomicUsize::new(1), failed: Mutex::new(None), done: Notify::new() })
+        Arc::new(Self { pending: AtomicUsize::new(1), failed: Mutex::new(None), done: Notify::new(), unit: None })
+    }
+
+    /// A batch whose deliveries also count in its unit's `Delivery`.
+    pub fn of_unit(unit: &Arc<Delivery>) -> Arc<Self> {
+        Arc::new(Self { pending: AtomicUsize::new(1), failed: Mutex::new(None), done: Notify::new(), unit: Some(unit.clone()) })
     }
 
     fn release(&self) {
@@ -66,6 +102,12 @@ impl ProducerContext for AckContext {
     fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<BatchAcks>) {
         if let Err((e, _)) = result {
             acks.failed.lock().expect("acks lock").get_or_insert_with(|| e.clone());
+        }
+        if let Some(u) = &acks.unit {
+            if result.is_err() {
+                u.failures.fetch_add(1, Ordering::SeqCst);
+            }
+            u.outstanding.fetch_sub(1, Ordering::SeqCst);
         }
         acks.release();
     }
@@ -110,8 +152,14 @@ pub fn hand_over(
         rec = rec.key(k);
     }
     acks.pending.fetch_add(1, Ordering::AcqRel);
+    if let Some(u) = &acks.unit {
+        u.outstanding.fetch_add(1, Ordering::SeqCst);
+    }
     producer.send(rec).map_err(|(e, _)| {
         acks.pending.fetch_sub(1, Ordering::AcqRel);
+        if let Some(u) = &acks.unit {
+            u.outstanding.fetch_sub(1, Ordering::SeqCst);
+        }
         e
     })
 }

@@ -5,12 +5,23 @@
 //! while the partition's high watermark is past it, makes the reader step back until it finds a record at or
 //! before the start (dropping those before it). What cannot be found was deleted, and is counted as lost.
 //!
+//! A partition that ends before the start offset, or whose offsets go back while a unit reads it, was deleted and
+//! created again (or truncated) outside Millrace: the unit says so (`UnitError::SourceRecreated`), counts what it
+//! had not read of the old one as lost, and reads the new one from its beginning, rather than skip the new one's
+//! records up to the old offset. A topic recreated while no unit ran and already past the old offset when one
+//! starts cannot be told from the old one (offsets alone do not say), and is read on from the committed offset.
+//!
 //! Replayed dead letters (`millrace dlq replay`) go back to their source stream with a `millrace-replay-for`
 //! header naming the one function (a transform's or consumer's name, or `table:<table>`) that failed them: every
 //! other unit reading the stream skips such a record, counts it, and commits past it, so only the failed function
 //! processes it again.
+//!
+//! Records a unit has already read (re-emits of an upstream unit after a fault, known by their provenance header)
+//! are skipped and committed past the same way, and counted (see `provenance`).
 
 use super::pipeline::UnitError;
+use super::produce::ORIGIN_HEADER;
+use super::provenance::{self, Marks};
 use super::{UnitState, WorkerCtx};
 use crate::metrics::Metrics;
 use millrace_proto::v1::{InputRecord, UnitKind};
@@ -67,13 +78,16 @@ pub struct Source {
     /// What this unit answers to in a replay header: its name, or `table:<table>` for a table sync.
     replay_name: Vec<u8>,
     replays_skipped: prometheus::IntCounter,
+    duplicates_dropped: prometheus::IntCounter,
     /// The safe offset the unit starts from.
     start: i64,
+    /// What the unit had read before `start` (see `provenance`).
+    marks: Marks,
 }
 
 impl Source {
     pub fn stream(&self) -> Messages<'_> {
-        Messages { inner: self.consumer.stream(), source: self, after: self.start, skipped_to: None }
+        Messages { inner: self.consumer.stream(), source: self, after: self.start, skipped_to: None, since: Instant::now(), below_since: None, marks: self.marks.clone(), snapshot: None }
     }
 
     /// Whether the record was replayed for another function than this unit's.
@@ -91,6 +105,7 @@ pub fn consumer(ctx: &WorkerCtx, st: &Arc<UnitState>, start: i64) -> Result<Sour
         _ => u.name.clone(),
     };
     let replays_skipped = ctx.metrics.replays_skipped.with_label_values(&[&u.name]);
+    let duplicates_dropped = ctx.metrics.duplicates_dropped.with_label_values(&[&u.name]);
     let c = ClientConfig::new()
         .set("bootstrap.servers", &ctx.kafka_brokers)
         // Partitions are assigned by the control plane; the group id only names the client.
@@ -108,8 +123,10 @@ pub fn consumer(ctx: &WorkerCtx, st: &Arc<UnitState>, start: i64) -> Result<Sour
         .set("fetch.wait.max.ms", "50")
         .set("statistics.interval.ms", "1000")
         .create_with_context(LagContext { st: st.clone(), metrics: ctx.metrics.clone() })?;
+    // Only this consumer's fetches tell where the partition ends now (a recreated topic ends elsewhere).
+    st.high_watermark.store(-1, Ordering::Relaxed);
     seek(&c, st, start)?;
-    Ok(Source { consumer: c, replay_name: replay_name.into_bytes(), replays_skipped, start })
+    Ok(Source { consumer: c, replay_name: replay_name.into_bytes(), replays_skipped, duplicates_dropped, start, marks: st.marks_at(start) })
 }
 
 fn seek(c: &StreamConsumer<LagContext>, st: &UnitState, offset: i64) -> Result<(), KafkaError> {
@@ -127,12 +144,22 @@ pub struct Messages<'a> {
     after: i64,
     /// The offset after the last record skipped since then, while the unit has not committed past it.
     skipped_to: Option<i64>,
+    /// When the last record came (or the reader started).
+    since: Instant,
+    /// Since when the partition has been seen ending before `after` (see `END_CONFIRM`).
+    below_since: Option<Instant>,
+    /// What the unit has read (see `provenance`), and a copy of it once taken, while it holds.
+    marks: Marks,
+    snapshot: Option<Arc<Marks>>,
 }
 
 pub type Record<'a> = BorrowedMessage<'a>;
 
 /// How often a unit with skipped records to commit past, and nothing else to read, checks its safe offset.
 const SKIP_COMMIT_POLL: Duration = Duration::from_millis(50);
+/// How often a unit with nothing to read checks that its partition still reaches its position (a topic deleted
+/// and created again starts over below it; some brokers then answer fetches with nothing rather than an error).
+const END_CHECK: Duration = Duration::from_millis(1000);
 
 /// Bytes a record takes in a batch.
 pub fn size(m: &Record<'_>) -> usize {
@@ -225,15 +252,58 @@ impl Held {
 pub async fn next_record<'a>(st: &UnitState, messages: &mut Messages<'a>, until: Option<Instant>) -> Result<Option<Record<'a>>, UnitError> {
     loop {
         let Some(m) = next_any(st, messages, until).await? else { return Ok(None) };
-        if !messages.source.replayed_for_another(&m) {
+        // Offsets only grow within a partition: one below the last handed out is a new topic's.
+        if m.offset() < messages.after {
+            let unread = (st.high_watermark.load(Ordering::Relaxed) - messages.after).max(0);
+            let detail = format!("offset {} came after offset {}", m.offset(), messages.after - 1);
+            return Err(recreated(st, detail, unread));
+        }
+        if messages.source.replayed_for_another(&m) {
+            messages.skip(st, &m);
+        } else if messages.seen_before(&m) {
+            messages.drop_duplicate(st, &m);
+        } else {
             messages.handed_out(&m);
             return Ok(Some(m));
         }
-        messages.skip(st, &m);
     }
 }
 
 impl Messages<'_> {
+    /// Whether the record is a re-emit of one the unit read already; if not, it counts as read now.
+    fn seen_before(&mut self, m: &Record<'_>) -> bool {
+        let origin = m.headers().and_then(|hs| hs.iter().find(|h| h.key == ORIGIN_HEADER)).and_then(|h| h.value);
+        match origin.and_then(provenance::parse) {
+            Some((unit, at)) => {
+                let seen = self.marks.read(unit, at);
+                if !seen {
+                    self.snapshot = None;
+                }
+                seen
+            }
+            None => {
+                self.marks.read_other();
+                false
+            }
+        }
+    }
+
+    /// The marks as of the last record handed out (shared while they do not change: one copy a batch at most).
+    pub fn marks(&mut self) -> Arc<Marks> {
+        self.snapshot.get_or_insert_with(|| Arc::new(self.marks.clone())).clone()
+    }
+
+    /// The marks as of the record before the last one handed out (which waits for the next batch).
+    pub fn marks_before_last(&self) -> Arc<Marks> {
+        Arc::new(self.marks.without_last())
+    }
+
+    fn drop_duplicate(&mut self, st: &UnitState, m: &Record<'_>) {
+        tracing::debug!(unit = st.unit.unit_id, offset = m.offset(), "skipping a record already read (a re-emit after a fault upstream)");
+        self.source.duplicates_dropped.inc();
+        self.skipped(st, m);
+    }
+
     fn handed_out(&mut self, m: &Record<'_>) {
         // Whatever was skipped before this record is committed with it.
         self.after = m.offset() + 1;
@@ -243,6 +313,10 @@ impl Messages<'_> {
     fn skip(&mut self, st: &UnitState, m: &Record<'_>) {
         tracing::debug!(unit = st.unit.unit_id, offset = m.offset(), "skipping a record replayed for another function");
         self.source.replays_skipped.inc();
+        self.skipped(st, m);
+    }
+
+    fn skipped(&mut self, st: &UnitState, m: &Record<'_>) {
         self.skipped_to = Some(m.offset() + 1);
         st.position.fetch_max(m.offset() + 1, Ordering::Relaxed);
         self.commit_skipped(st);
@@ -254,6 +328,11 @@ impl Messages<'_> {
         if let Some(to) = self.skipped_to {
             let moved = st.safe_offset.compare_exchange(self.after, to, Ordering::SeqCst, Ordering::SeqCst).is_ok();
             if moved || st.safe_offset.load(Ordering::SeqCst) >= to {
+                if moved {
+                    // Skipped records change no marks: those as of the last record handed out hold here too.
+                    let marks = self.marks();
+                    st.commit_marks(to, &marks);
+                }
                 self.after = to;
                 self.skipped_to = None;
             }
@@ -269,17 +348,13 @@ async fn next_any<'a>(st: &UnitState, messages: &mut Messages<'a>, until: Option
         None => loop {
             // Skipped records waiting for the unit's last batch: look again now and then while waiting.
             messages.commit_skipped(st);
-            let poll = messages.skipped_to.map(|_| Instant::now() + SKIP_COMMIT_POLL);
-            let wake = match (until, poll) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let recv = async {
-                match wake {
-                    None => Some(messages.inner.next().await),
-                    Some(t) => tokio::time::timeout_at(t, messages.inner.next()).await.ok(),
-                }
-            };
+            // Checked here, not only when a wait times out: callers may give up waiting sooner than that.
+            if messages.since.elapsed() >= END_CHECK {
+                check_end(st, messages)?;
+            }
+            let poll = messages.skipped_to.map_or(Instant::now() + END_CHECK, |_| Instant::now() + SKIP_COMMIT_POLL);
+            let wake = until.map_or(poll, |u| u.min(poll));
+            let recv = async { tokio::time::timeout_at(wake, messages.inner.next()).await.ok() };
             tokio::select! {
                 _ = st.drain.cancelled() => return Ok(None),
                 got = recv => match got {
@@ -292,7 +367,10 @@ async fn next_any<'a>(st: &UnitState, messages: &mut Messages<'a>, until: Option
     };
     match got {
         None => Ok(None),
-        Some(Ok(m)) => Ok(Some(m)),
+        Some(Ok(m)) => {
+            messages.since = Instant::now();
+            Ok(Some(m))
+        }
         Some(Err(e)) => Err(e.into()),
     }
 }
@@ -309,6 +387,8 @@ pub async fn first_record<'a>(
         return next_record(st, messages, None).await;
     }
     let mut back = 0i64;
+    // Since when the partition has been seen ending before the start (see `END_CONFIRM`).
+    let mut below_since: Option<Instant> = None;
     // Found by offset alone: records before the start are dropped whatever their headers.
     let first = loop {
         let got = next_any(st, messages, Some(Instant::now() + PROBE_WAIT)).await?;
@@ -316,9 +396,24 @@ pub async fn first_record<'a>(
             return Ok(None);
         }
         let high = st.high_watermark.load(Ordering::Relaxed);
+        let ends_before = |high: i64| (0..start).contains(&high);
+        if !ends_before(high) {
+            below_since = None;
+        }
         match got {
+            None if ends_before(high) => {
+                if below_since.get_or_insert_with(Instant::now).elapsed() >= END_CONFIRM {
+                    return Err(ends_early(st, start, high));
+                }
+                continue;
+            }
             // Nothing there yet (or not known yet): keep waiting where we are.
             None if high <= start => continue,
+            // Not stepping back, yet a record before the start: the batch holding the start (Apache Kafka), or a
+            // log that ends before it (recreated; the consumer went back to its start). Its end tells which.
+            Some(r) if r.offset() < start && back == 0 && stays_below(st, start).await => {
+                return Err(ends_early(st, start, st.high_watermark.load(Ordering::Relaxed)))
+            }
             Some(r) if r.offset() <= start => match skip_to(st, messages, r, start).await? {
                 Some(r) => break r,
                 None => return Ok(None),
@@ -340,8 +435,62 @@ pub async fn first_record<'a>(
         messages.skip(st, &first);
         return next_record(st, messages, None).await;
     }
+    if messages.seen_before(&first) {
+        messages.drop_duplicate(st, &first);
+        return next_record(st, messages, None).await;
+    }
     messages.handed_out(&first);
     Ok(Some(first))
+}
+
+/// How long a partition must be seen ending before a unit's offset before the unit takes it as recreated: a newly
+/// elected partition leader may briefly answer with a lower high watermark, and reading a whole partition again
+/// on one such answer would be far worse than waiting.
+const END_CONFIRM: Duration = Duration::from_secs(5);
+
+/// A unit waiting at the end of its partition: does the partition still reach as far as what was read?
+fn check_end(st: &UnitState, messages: &mut Messages<'_>) -> Result<(), UnitError> {
+    let high = st.high_watermark.load(Ordering::Relaxed);
+    if !(0..messages.after).contains(&high) {
+        messages.below_since = None;
+        return Ok(());
+    }
+    if messages.below_since.get_or_insert_with(Instant::now).elapsed() < END_CONFIRM {
+        return Ok(());
+    }
+    let detail = format!("it ends at offset {high}, before offset {} already reached", messages.after);
+    Err(recreated(st, detail, 0))
+}
+
+/// How long a unit waits for the first fetch statistics to say where its partition ends (they come each second).
+const HIGH_WAIT: Duration = Duration::from_millis(2500);
+
+/// Whether the partition ends before `start` by this consumer's fetches, and keeps doing so for `END_CONFIRM`
+/// (waiting briefly for the first statistics). False as soon as it reaches `start`, or if its end stays unknown.
+/// (ListOffsets would answer sooner, but undercounts by up to a batch on some brokers: a false "recreated" would
+/// read the whole partition again.)
+async fn stays_below(st: &UnitState, start: i64) -> bool {
+    let first = Instant::now() + HIGH_WAIT;
+    let mut below_since: Option<Instant> = None;
+    loop {
+        let high = st.high_watermark.load(Ordering::Relaxed);
+        if high >= start || (high < 0 && Instant::now() >= first) || st.drain.is_cancelled() {
+            return false;
+        }
+        if high >= 0 && below_since.get_or_insert_with(Instant::now).elapsed() >= END_CONFIRM {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn recreated(st: &UnitState, detail: String, unread: i64) -> UnitError {
+    UnitError::SourceRecreated { topic: st.unit.source_topic.clone(), partition: st.unit.partition, detail, unread }
+}
+
+/// The partition ends at `high`, before the committed `start`. What the old topic held past `start` is unknown.
+fn ends_early(st: &UnitState, start: i64, high: i64) -> UnitError {
+    recreated(st, format!("it ends at offset {high}, before the committed offset {start}"), 0)
 }
 
 /// Drops records before `start`, returning the one at it (or the first after it, where offsets have gaps).

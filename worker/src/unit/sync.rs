@@ -8,6 +8,7 @@
 mod letters;
 
 use super::pipeline::UnitError;
+use super::provenance::Marks;
 use super::source::{consumer, first_record, next_record, BatchBuilder, Held, Messages, Record};
 use super::{Fence, UnitState, WorkerCtx, MAX_BACKOFF, MIN_BACKOFF};
 use crate::clickhouse::InsertError;
@@ -50,6 +51,8 @@ struct Prepared {
     body: Bytes,
     spans: Vec<(usize, Range<usize>)>,
     refused: Vec<(usize, String, &'static str)>,
+    /// What the unit had read once this batch was read (see `provenance`).
+    marks: Arc<Marks>,
     /// The batch's share of the worker's in-flight byte budget, given back once the batch is done.
     _memory: OwnedSemaphorePermit,
 }
@@ -150,6 +153,7 @@ async fn read<'a>(
         }
     }
     let kib = (batch.bytes.div_ceil(1024) as u32).clamp(1, ctx.max_in_flight_kib);
+    let marks = messages.marks();
     let (_, held) = batch.finish();
     let memory = ctx.sync_in_flight_kib.clone().acquire_many_owned(kib).await.expect("semaphore never closed");
     ctx.metrics.records_in.with_label_values(&[&st.unit.name]).inc_by(held.len() as u64);
@@ -163,13 +167,13 @@ async fn read<'a>(
             Err(e) => refused.push((i, e, "RowConversionError")),
         }
     }
-    Ok(Some(Prepared { held, body: Bytes::from(body), spans, refused, _memory: memory }))
+    Ok(Some(Prepared { held, body: Bytes::from(body), spans, refused, marks, _memory: memory }))
 }
 
 /// Inserts a batch, dead-letters what ClickHouse refused (or could not be a row), and moves the safe offset past it.
 async fn finish(ctx: &WorkerCtx, st: &UnitState, fence: &Fence, table: &Table<'_>, p: Prepared) -> Result<(), UnitError> {
     let label = [table.target.table.as_str()];
-    let Prepared { held, body, spans, mut refused, _memory } = p;
+    let Prepared { held, body, spans, mut refused, marks, _memory } = p;
     for (i, e) in insert(ctx, st, fence, table, &body, &spans, &label).await? {
         refused.push((i, e, "ClickHouseRejected"));
     }
@@ -185,6 +189,7 @@ async fn finish(ctx: &WorkerCtx, st: &UnitState, fence: &Fence, table: &Table<'_
     }
     // Everything up to here is in the table or the dead letter queue.
     st.safe_offset.store(held.last_offset() + 1, Ordering::SeqCst);
+    st.commit_marks(held.last_offset() + 1, &marks);
     Ok(())
 }
 
