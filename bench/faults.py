@@ -315,6 +315,7 @@ class Scenario:
         self.assignments: list[tuple[float, dict]] = []
         self.metrics: list[tuple[float, str, float, float]] = []
         self.rows: list[tuple[float, int]] = []
+        self.dropped: dict[str, float] = {}  # worker:pid -> last millrace_duplicates_dropped_total seen (re-emits dropped)
         self.stop_poll = threading.Event()
         self.notes: list[str] = []
         self.workers: list[Proc] = []
@@ -432,13 +433,16 @@ class Scenario:
                     text = urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=2).read().decode()  # type: ignore[attr-defined]
                 except (OSError, http.client.HTTPException):
                     continue
-                out_, ins = 0.0, 0.0
+                out_, ins, dropped = 0.0, 0.0, 0.0
                 for line in text.splitlines():
                     if line.startswith("millrace_records_out_total"):
                         out_ += float(line.rsplit(" ", 1)[1])
+                    elif line.startswith("millrace_duplicates_dropped_total"):
+                        dropped += float(line.rsplit(" ", 1)[1])
                     elif line.startswith("millrace_table_rows_inserted_total"):
                         ins += float(line.rsplit(" ", 1)[1])
                 self.metrics.append((t, f"{w.name}:{w.pid}", out_, ins))
+                self.dropped[f"{w.name}:{w.pid}"] = dropped
 
     # -- posting --
 
@@ -673,6 +677,9 @@ class Scenario:
             "catchup_s": None if caught is None else round(caught - t_posted, 1),
             "posted_s": round(t_posted - (flow_t0 - self.t0), 1),
             "leader_failover_s": self.leader_failover_s,
+            # re-emits the units dropped by provenance (every worker process's last /metrics; a process killed
+            # between two polls may have dropped a few more)
+            "dropped": int(sum(self.dropped.values())),
             "went_on_s": self.went_on(t_fault, t_back) if self.fault in ("cp-down", "postgres-down") else None,
             "ingest_200_during_outage": self.ok_during(t_fault, t_back) if self.fault in ("cp-down", "postgres-down", "cp-kill", "postgres-restart", "clickhouse-restart") else None,
             "topics": topics,
@@ -915,6 +922,7 @@ def line(r: dict) -> str:
         f" recover={fmt(r['recover_s'], 's')} catchup={fmt(r['catchup_s'], 's')}"
         + (f" went_on={fmt(r['went_on_s'], 's')}" if r.get("went_on_s") is not None else "")
         + (f" leader_failover={fmt(r['leader_failover_s'], 's')}" if r["fault"] == "cp-leader" else "")
+        + (f" dropped={r['dropped']}" if r.get("dropped") else "")
         + f" answers={r['answers']} wall={r['wall_s']}s"
     )
 
@@ -931,6 +939,8 @@ def markdown(results: list[dict]) -> str:
         notes = []
         if r.get("leader_failover_s") is not None:
             notes.append(f"another control plane led {r['leader_failover_s']} s after the kill")
+        if r.get("dropped"):
+            notes.append(f"{r['dropped']:,} re-emits dropped by provenance")
         if r.get("went_on_s") is not None:
             notes.append(f"workers went on producing for {r['went_on_s']} s")
         if r.get("ingest_200_during_outage") is not None:
