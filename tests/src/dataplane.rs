@@ -430,3 +430,29 @@ pub async fn external_topic_plan(env: &crate::TestEnv, partitions: i32, records:
         ..Default::default()
     }
 }
+
+/// Outputs made by the units of `held` at the epochs given there (their `millrace-origin` is `<unit>@<epoch>`,
+/// then `;` and the output's position): what a worker that lost those units produced under them.
+pub fn made_at(records: &[Read], held: &HashMap<String, u64>) -> usize {
+    records
+        .iter()
+        .filter(|r| {
+            let origin = r.headers.get("millrace-origin").and_then(|o| o.split(';').next()?.rsplit_once('@'));
+            origin.is_some_and(|(u, e)| held.get(u).is_some_and(|old| e == old.to_string()))
+        })
+        .count()
+}
+
+/// Waits (within WAIT) until every unit of `held` is on worker `to` at a newer epoch.
+pub async fn wait_until_moved(cp: &ControlPlane, held: &HashMap<String, u64>, to: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let on = units_of(&workers(cp).await, to);
+        if held.iter().all(|(u, e)| on.get(u).is_some_and(|e2| e2 > e)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "units did not move to {to}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+

@@ -260,28 +260,11 @@ async fn a_paused_worker_neither_commits_nor_produces_for_units_that_moved() {
 
     wa.signal(Signal::SIGSTOP);
     // Past the lease, A's units move to B; records keep coming meanwhile.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let on_b = units_of(&workers(&cp).await, &b);
-        if moved.iter().all(|(u, e)| on_b.get(u).is_some_and(|e2| e2 > e)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "units did not move off the paused worker");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_moved(&cp, &moved, &b).await;
     produce(&p, &env.topic("src"), &raws(3000..6000)).await;
     let committed_before: HashMap<String, i64> = workers(&cp).await.iter().flat_map(|w| w.assignments.iter().map(|a| (a.unit_id.clone(), a.committed_offset))).collect();
     // Records carry the unit and epoch that produced them: count those of A's units at their old epochs.
-    let stale = |records: &[Read]| {
-        records
-            .iter()
-            .filter(|r| {
-                // `millrace-origin` is `<unit>@<epoch>`, then `;` and the output's position.
-                let origin = r.headers.get("millrace-origin").and_then(|o| o.split(';').next()?.rsplit_once('@'));
-                origin.is_some_and(|(u, e)| moved.get(u).is_some_and(|old| e == old.to_string()))
-            })
-            .count()
-    };
+    let stale = |records: &[Read]| made_at(records, &moved);
     let out = env.topic("out");
     let stale_before = stale(&read_quiet(out.clone(), 4, Duration::from_secs(2)).await);
     wa.signal(Signal::SIGCONT);

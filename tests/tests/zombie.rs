@@ -28,28 +28,12 @@ async fn a_worker_cut_off_from_the_control_plane_but_not_the_broker_is_fenced_an
     proxy.silence();
     let cut = Instant::now();
     // Past its lease, the cut-off worker's units resume on the other one at newer epochs.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let on_b = units_of(&workers(&cp).await, &b);
-        if moving.iter().all(|(u, e)| on_b.get(u).is_some_and(|e2| e2 > e)) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "units did not move off the cut-off worker");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_moved(&cp, &moving, &b).await;
     let moved_after = cut.elapsed();
     let committed_at_move: HashMap<String, i64> =
         workers(&cp).await.iter().flat_map(|w| w.assignments.iter().map(|a| (a.unit_id.clone(), a.committed_offset))).collect();
     // Outputs carry the unit and epoch that made them: those of the cut-off worker's units at their old epochs.
-    let stale = |records: &[Read]| {
-        records
-            .iter()
-            .filter(|r| {
-                let origin = r.headers.get("millrace-origin").and_then(|o| o.split(';').next()?.rsplit_once('@'));
-                origin.is_some_and(|(u, e)| moving.get(u).is_some_and(|old| e == old.to_string()))
-            })
-            .count()
-    };
+    let stale = |records: &[Read]| made_at(records, &moving);
     let out = env.topic("out");
     let stale_at_move = stale(&read_quiet(out.clone(), 4, Duration::from_secs(2)).await);
     // Records keep coming while it is cut off, and after.
