@@ -2,11 +2,13 @@
 //! tables, and hands workers their assignments.
 
 pub mod api;
+pub mod applying;
 pub mod coordinator;
 pub mod diff;
 pub mod error;
 pub mod forward;
 pub mod ingest_paths;
+pub mod intent;
 pub mod leadership;
 pub mod names;
 pub mod plan;
@@ -142,6 +144,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         // A write arriving while no control plane leads (at start, during a failover) waits this long for one.
         leader_wait: Duration::from_millis(config.leader_lease_ms) * 3 / 2,
     };
+    let _finishing = AbortOnDrop(tokio::spawn(api.clone().finish_on_taking_office()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ControlPlaneServer<api::Api>>().await;

@@ -1,5 +1,6 @@
-//! Declarations and the apply log in Postgres. An apply runs inside one transaction that holds an advisory
-//! lock, so concurrent applies queue up (for a bounded time) and a failed one records nothing.
+//! Declarations and the apply log in Postgres. The short steps of an apply run in transactions that hold an
+//! advisory lock, so concurrent applies queue up (for a bounded time); provisioning runs between them, holding
+//! none (`crate::intent`).
 
 use crate::diff::Planned;
 use crate::error::Error;
@@ -76,7 +77,7 @@ impl Store {
                 }
             }
         }
-        let store = Self { apply_wait, ..Self::pool_of(url, timeout, 8, Duration::from_secs(600)).await? };
+        let store = Self { apply_wait, ..Self::pool_of(url, timeout, 8, Duration::from_secs(30)).await? };
         // Migrations wait for each other (several control planes start at once) and may take long: not under
         // the pool's statement and lock timeouts.
         let mut conn = store.pool.acquire().await?;
@@ -115,9 +116,16 @@ impl Store {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| Error::InvalidArgument(format!("--database-url {shown}: {e}")))?
             // A session that vanished mid-transaction (its host gone without a reset) must not hold its locks
-            // until TCP notices: Postgres ends a transaction idle this long (an apply's provisioning idles its
-            // transaction, so the apply pool's is long).
-            .options([("statement_timeout", ms.as_str()), ("lock_timeout", ms.as_str()), ("idle_in_transaction_session_timeout", idle_ms.as_str())]);
+            // until TCP notices: Postgres ends a transaction idle this long. Keepalives let the server notice a
+            // client host that vanished (sqlx sets none on its side; every wait here is bounded by a timeout).
+            .options([
+                ("statement_timeout", ms.as_str()),
+                ("lock_timeout", ms.as_str()),
+                ("idle_in_transaction_session_timeout", idle_ms.as_str()),
+                ("tcp_keepalives_idle", "10"),
+                ("tcp_keepalives_interval", "5"),
+                ("tcp_keepalives_count", "3"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(timeout)
@@ -133,33 +141,36 @@ impl Store {
         &self.pool
     }
 
-    /// Starts an apply: a transaction holding the apply lock, and this process's apply gate. Waits at most
-    /// `apply_wait` for an apply in progress, then answers busy.
-    pub async fn begin_apply(&self) -> Result<(OwnedMutexGuard<()>, Transaction<'static, Postgres>), Error> {
-        let busy = || {
-            Error::Busy(format!(
-                "another apply has been running for over {:?} (it may be waiting on the broker or ClickHouse): try again when it finishes",
-                self.apply_wait
-            ))
-        };
-        let gate = tokio::time::timeout(self.apply_wait, self.apply_gate.clone().lock_owned()).await.map_err(|_| busy())?;
+    /// This process's apply gate: one apply at a time per process, for its whole length (check, provisioning,
+    /// record). Waits at most `apply_wait` for an apply in progress, then answers busy.
+    pub async fn apply_gate(&self) -> Result<OwnedMutexGuard<()>, Error> {
+        tokio::time::timeout(self.apply_wait, self.apply_gate.clone().lock_owned()).await.map_err(|_| self.busy())
+    }
+
+    fn busy(&self) -> Error {
+        Error::Busy(format!(
+            "another apply has been running for over {:?} (it may be waiting on the broker or ClickHouse): try again when it finishes",
+            self.apply_wait
+        ))
+    }
+
+    /// A transaction holding the apply lock (across control planes), waiting at most `apply_wait` for it. Held for
+    /// the short steps of an apply only: no transaction is open while the broker or ClickHouse work.
+    pub async fn begin_locked(&self) -> Result<Transaction<'static, Postgres>, Error> {
         let mut tx = self.pool.begin().await?;
         let wait = self.apply_wait.as_millis().max(1);
         for setting in ["lock_timeout", "statement_timeout"] {
             sqlx::query(&format!("SET LOCAL {setting} = {wait}")).execute(&mut *tx).await?;
         }
         match sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPLY_LOCK).execute(&mut *tx).await {
-            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("55P03") | Some("57014")) => return Err(busy()),
+            Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("55P03") | Some("57014")) => return Err(self.busy()),
             other => other?,
         };
         // Back to the pool's bounds for the apply's own statements.
         for setting in ["lock_timeout", "statement_timeout"] {
             sqlx::query(&format!("SET LOCAL {setting} = DEFAULT")).execute(&mut *tx).await?;
         }
-        // Provisioning runs inside the transaction: the connection idles while the broker and ClickHouse work,
-        // which is no statement, so statement_timeout does not cut it short (idle_in_transaction_session_timeout
-        // bounds it).
-        Ok((gate, tx))
+        Ok(tx)
     }
 
     /// Every declaration, as a state (inside an apply's transaction, or alone with `&pool`).

@@ -6,7 +6,11 @@
 //! every generated client takes it: `ControlPlaneClient::new(failover)`.
 //!
 //! A call is retried on the next address within the same call, so one dead control plane costs a client nothing
-//! but a refused connection. The request's message is kept for that (control plane calls send one message: unary
+//! but a refused connection. Calls that must not run twice (`NOT_REPEATABLE`: registering, applying, deleting,
+//! replaying) are retried only where the address surely did not act on them: no connection could be made, or it
+//! answered UNAVAILABLE. After silence or a broken connection they fail (UNAVAILABLE, saying so), and the caller's
+//! next call goes to the next address: a worker registered twice would hold units under a ghost id until its
+//! lease ran out. The request's message is kept for that (control plane calls send one message: unary
 //! or server streaming). A call whose own deadline (`tonic::Request::set_timeout`) passes is not retried (its
 //! caller's time is spent), but the next call goes to the next address.
 
@@ -27,6 +31,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How to write a list of addresses, for error messages.
 const HOW: &str = "write host:port or http://host:port, several separated by commas (for example 127.0.0.1:50051,10.0.0.2:50051)";
+
+/// Calls retried on another address only when the first surely did not get them.
+pub const NOT_REPEATABLE: &[&str] = &[
+    "/millrace.v1.WorkerCoordinator/Register",
+    "/millrace.v1.ControlPlane/ApplyPlan",
+    "/millrace.v1.ControlPlane/DeleteResource",
+];
 
 /// Connect timeout of each address unless the caller sets another: a host that does not answer (rather than
 /// refusing) costs this much once, then the next address is tried.
@@ -198,6 +209,7 @@ impl Inner {
         let message = body.collect().await.map_err(|e| Box::new(e) as BoxError)?.to_bytes();
         let n = self.channels.len();
         let start = self.current.load(Ordering::SeqCst);
+        let repeatable = !NOT_REPEATABLE.contains(&parts.uri.path());
         let mut misses: Vec<(usize, Miss)> = Vec::new();
         for k in 0..n {
             let i = (start + k) % n;
@@ -222,6 +234,16 @@ impl Inner {
                 Err(e) if caused_by::<tonic::TimeoutExpired>(&*e) => {
                     self.missed(i, "no answer within the call's deadline");
                     return Err(e);
+                }
+                // It may have acted on the call: not repeated elsewhere.
+                Err(e) if !repeatable && !caused_by::<tonic::ConnectError>(&*e) => {
+                    let why = chain(&*e);
+                    self.missed(i, &why);
+                    return Err(Box::new(tonic::Status::unavailable(format!(
+                        "{} did not answer ({why}) and may have made the call, so it was not repeated on another address: \
+                         check whether it took effect, then try again",
+                        self.addresses.urls()[i]
+                    ))));
                 }
                 Err(e) => {
                     let why = chain(&*e);

@@ -50,7 +50,10 @@ impl WorkerCoordinator for Coordinator {
         Ok(Response::new(RegisterResponse { worker_id: self.name.into(), ..Default::default() }))
     }
     async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        Err(Status::unimplemented(""))
+        if self.unavailable {
+            return Err(Status::unavailable(format!("{} is not the leader", self.name)));
+        }
+        Ok(Response::new(HeartbeatResponse { lease_ms: 1, ..Default::default() }))
     }
     type WatchAssignmentsStream = tokio_stream::Empty<Result<AssignmentSet, Status>>;
     async fn watch_assignments(&self, _: Request<WatchAssignmentsRequest>) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
@@ -137,7 +140,8 @@ async fn an_address_that_accepts_but_never_answers_costs_one_attempt_timeout() {
     let f = Failover::new(&list, |e| e).attempt_timeout(Duration::from_millis(300));
     let mut c = WorkerCoordinatorClient::new(f.clone());
     let started = std::time::Instant::now();
-    assert_eq!(register(&mut c).await.unwrap(), "live");
+    let beat = c.heartbeat(HeartbeatRequest::default()).await.expect("a heartbeat is repeated on the next address");
+    assert_eq!(beat.into_inner().lease_ms, 1);
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 
     // A call's own deadline is not retried elsewhere, but the next call goes to the next address.
@@ -146,6 +150,22 @@ async fn an_address_that_accepts_but_never_answers_costs_one_attempt_timeout() {
     let mut req = Request::new(RegisterRequest::default());
     req.set_timeout(Duration::from_millis(300));
     assert!(c.register(req).await.is_err());
+    assert_eq!(f.current(), format!("http://{live}"));
+    assert_eq!(register(&mut c).await.unwrap(), "live");
+}
+
+#[tokio::test]
+async fn a_registration_that_got_no_answer_is_not_made_again_elsewhere() {
+    // The silent address may have registered the worker: registering again at the next one would leave a ghost
+    // holding units. The call fails saying so; the next one goes to the next address.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (live, _stop) = serve("live", false).await;
+    let list = Addresses::parse(&format!("{},{live}", hung.local_addr().unwrap())).unwrap();
+    let f = Failover::new(&list, |e| e).attempt_timeout(Duration::from_millis(300));
+    let mut c = WorkerCoordinatorClient::new(f.clone());
+    let e = register(&mut c).await.expect_err("not repeated on the live address");
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("was not repeated on another address"), "{}", e.message());
     assert_eq!(f.current(), format!("http://{live}"));
     assert_eq!(register(&mut c).await.unwrap(), "live");
 }

@@ -37,13 +37,18 @@ impl Replica {
     /// Starts one on a free port, with `env`'s database, topics and tables and `extra` flags; returns once it
     /// answers.
     pub async fn start(env: &TestEnv, name: &str, extra: &[&str]) -> Self {
+        Self::start_with_brokers(env, name, &kafka_brokers(), extra).await
+    }
+
+    /// The same, against the broker at `brokers` (a test's own).
+    pub async fn start_with_brokers(env: &TestEnv, name: &str, brokers: &str, extra: &[&str]) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
         let log_dir = std::env::temp_dir().join("millrace-test-logs");
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let log = log_dir.join(format!("{}-{name}.log", env.id));
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary())
-            .args(["--listen", &listen, "--database-url", &env.database_url, "--kafka-brokers", &kafka_brokers()])
+            .args(["--listen", &listen, "--database-url", &env.database_url, "--kafka-brokers", brokers])
             .args(["--clickhouse-url", &clickhouse_url(), "--clickhouse-database", &env.clickhouse_database])
             .args(["--topic-namespace", &env.topic_namespace])
             .args(extra)
