@@ -46,6 +46,24 @@ fn client_of<T>(req: &Request<T>, given: &str) -> String {
     req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
 }
 
+/// Set when dropped before `answered`: the handler's future was dropped, its caller gone.
+#[derive(Default)]
+struct Gone(std::sync::Arc<std::sync::atomic::AtomicBool>, bool);
+
+impl Gone {
+    fn answered(mut self) {
+        self.1 = true;
+    }
+}
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 fn key_from(kind: i32, name: String, version: String) -> Result<ResourceKey, Error> {
     match ResourceKind::try_from(kind) {
         Ok(ResourceKind::Unspecified) | Err(_) => {
@@ -72,9 +90,13 @@ impl ControlPlane for Api {
         }
         // Run to its end even if the caller hangs up: an apply cut short mid-provisioning would be left to the
         // next apply to finish.
-        let api = self.clone();
-        let applied = tokio::spawn(async move { api.apply(r.plan.unwrap_or_default(), r.dry_run, &client).await });
-        Ok(Response::new(applied.await.map_err(|e| Error::Internal(format!("the apply failed: {e}")))??))
+        // (Not begun at all if the caller hangs up while it waits its turn.)
+        let (api, gone) = (self.clone(), Gone::default());
+        let flag = gone.0.clone();
+        let applied = tokio::spawn(async move { api.apply_unless(r.plan.unwrap_or_default(), r.dry_run, &client, &flag).await });
+        let answer = applied.await.map_err(|e| Error::Internal(format!("the apply failed: {e}")))??;
+        gone.answered();
+        Ok(Response::new(answer))
     }
 
     async fn get_resource(&self, req: Request<GetResourceRequest>) -> Result<Response<GetResourceResponse>, Status> {
@@ -105,9 +127,11 @@ impl ControlPlane for Api {
             return Ok(Response::new(forward::delete(&at, r, self.forward_timeout).await?));
         }
         let key = key_from(r.kind, r.name, r.version)?;
-        let api = self.clone();
-        let deleted = tokio::spawn(async move { api.delete(key, &client).await });
+        let (api, gone) = (self.clone(), Gone::default());
+        let flag = gone.0.clone();
+        let deleted = tokio::spawn(async move { api.delete_unless(key, &client, &flag).await });
         let change = deleted.await.map_err(|e| Error::Internal(format!("the delete failed: {e}")))??;
+        gone.answered();
         Ok(Response::new(DeleteResourceResponse { change: Some(change) }))
     }
 

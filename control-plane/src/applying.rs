@@ -13,9 +13,11 @@ use crate::resource::{life_cycle, physical_name, spec, ResourceKey, State};
 use crate::store::Store;
 use millrace_proto::v1::resource::Spec;
 use millrace_proto::v1::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// How long workers get to stop the units of a deleted topic before the topic goes (they stop them at once).
-const UNITS_STOP_WITHIN: std::time::Duration = std::time::Duration::from_millis(1000);
+const UNITS_STOP_WITHIN: Duration = Duration::from_millis(1000);
 
 /// What one intent did.
 struct Done {
@@ -24,31 +26,43 @@ struct Done {
     apply_id: i64,
 }
 
+/// Longest wait between two tries to finish an interrupted apply while this control plane leads.
+const FINISH_RETRY_MAX: Duration = Duration::from_secs(30);
+
 impl Api {
     /// Validates, diffs and (unless a dry run) provisions and records a plan. A dry run takes no lock: it reads
     /// what is stored and judges the plan against it.
     pub async fn apply(&self, plan: Plan, dry_run: bool, client: &str) -> Result<ApplyPlanResponse, Error> {
+        self.apply_unless(plan, dry_run, client, &AtomicBool::new(false)).await
+    }
+
+    /// The same, not begun once `gone` is set (its caller hung up while it waited its turn).
+    pub async fn apply_unless(&self, plan: Plan, dry_run: bool, client: &str, gone: &AtomicBool) -> Result<ApplyPlanResponse, Error> {
         let desired = plan::validate(plan.clone())?;
         if dry_run {
             let stored = Store::load_state(self.store.pool()).await?;
             let (changes, _, _) = self.judge(&desired, &stored, true).await?;
             return Ok(ApplyPlanResponse { changes, dry_run, apply_id: 0 });
         }
-        let done = self.run(Intent::Apply(plan), client).await?;
+        let done = self.run(Intent::Apply(plan), client, gone).await?;
         Ok(ApplyPlanResponse { changes: done.changes, dry_run, apply_id: done.apply_id })
     }
 
     /// Deletes one resource as its life cycle allows.
     pub async fn delete(&self, key: ResourceKey, client: &str) -> Result<ResourceChange, Error> {
-        let done = self.run(Intent::Delete(key), client).await?;
+        self.delete_unless(key, client, &AtomicBool::new(false)).await
+    }
+
+    pub async fn delete_unless(&self, key: ResourceKey, client: &str, gone: &AtomicBool) -> Result<ResourceChange, Error> {
+        let done = self.run(Intent::Delete(key), client, gone).await?;
         Ok(done.changes.into_iter().next().unwrap_or_default())
     }
 
     /// One intent, after any left unfinished, under this process's apply gate; then the topics it removes.
-    async fn run(&self, intent: Intent, client: &str) -> Result<Done, Error> {
+    async fn run(&self, intent: Intent, client: &str, gone: &AtomicBool) -> Result<Done, Error> {
         let gate = self.store.apply_gate().await?;
         self.finish_interrupted().await?;
-        let done = self.execute(&intent, client, None).await?;
+        let done = self.execute(&intent, client, None, gone).await?.expect("a new intent is made or fails");
         drop(gate);
         self.after(&intent, client, &done).await?;
         Ok(done)
@@ -63,59 +77,85 @@ impl Api {
     }
 
     /// Finishes an intent a control plane recorded and did not finish (it died while provisioning, or lost office).
-    /// Called holding the apply gate. One that can no longer be made (the plan is refused now) is dropped with a
-    /// warning; one that cannot be made now (a dependency is down) fails this call, so that nothing overtakes it.
+    /// Called holding the apply gate. One the cluster refuses now (judged before anything is touched) or that
+    /// cannot be decoded is dropped with a warning; one that cannot be made now fails this call and stays, so that
+    /// no apply overtakes it.
     async fn finish_interrupted(&self) -> Result<(), Error> {
         let mut conn = self.store.pool().acquire().await?;
         let Some(p) = intent::pending(&mut conn).await? else { return Ok(()) };
         drop(conn);
-        tracing::warn!(intent = p.id, what = p.intent.label(), client = p.client, term = p.term, "finishing an apply a control plane began and did not finish");
-        match self.execute(&p.intent, &p.client, Some(p.id)).await {
-            Ok(done) => {
+        let intent = match &p.intent {
+            Ok(i) => i.clone(),
+            Err(why) => return self.abandon(&p, why).await,
+        };
+        tracing::warn!(intent = p.id, what = intent.label(), client = p.client, term = p.term, "finishing an apply a control plane began and did not finish");
+        let stored = Store::load_state(self.store.pool()).await?;
+        match self.plan_intent(&intent, &stored).await {
+            Err(e @ (Error::InvalidPlan(_) | Error::InvalidArgument(_) | Error::NotFound(_) | Error::FailedPrecondition(_))) => {
+                return self.abandon(&p, &format!("the cluster refuses it now: {e}")).await;
+            }
+            Err(e) => return Err(blocked(&p, e)),
+            Ok(_) => {}
+        }
+        match self.execute(&intent, &p.client, Some(p.id), &AtomicBool::new(false)).await {
+            Ok(Some(done)) => {
                 // Its topics go in the background: deleting them takes the apply gate, held here.
-                let api = self.clone();
+                let (api, client) = (self.clone(), p.client.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = api.after(&p.intent, &p.client, &done).await {
+                    if let Err(e) = api.after(&intent, &client, &done).await {
                         tracing::warn!(error = %e, "finished an interrupted apply, but not its topic deletions");
                     }
                 });
                 Ok(())
             }
-            Err(e @ (Error::Unavailable { .. } | Error::Busy(_) | Error::NotLeader(_))) => Err(Error::unavailable(
-                "the apply begun earlier",
-                format!("{} by {} was interrupted and cannot be finished now ({e})", p.intent.label(), p.client),
-            )),
-            Err(e) => {
-                tracing::warn!(intent = p.id, client = p.client, error = %e, "an unfinished apply can no longer be made: dropped");
-                let mut tx = self.store.begin_locked().await?;
-                intent::close(&mut tx, p.id).await?;
-                tx.commit().await?;
-                Ok(())
-            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(blocked(&p, e)),
         }
     }
 
-    /// Finishes any unfinished intent whenever this process takes office. Runs until aborted.
+    /// Drops an unfinished intent that can never be made, saying why; only while leading.
+    async fn abandon(&self, p: &intent::Pending, why: &str) -> Result<(), Error> {
+        tracing::warn!(intent = p.id, client = p.client, started_at = %p.started_at, why, "an unfinished apply is dropped: it can never be made");
+        let leadership = self.coordinator.leadership();
+        let term = leadership.current()?;
+        let mut tx = self.store.begin_locked().await?;
+        intent::abandon(&mut tx, p.id).await?;
+        leadership.fence(&mut tx, term).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Finishes any unfinished intent whenever this process takes office, and keeps trying (backing off) while it
+    /// leads and one cannot be finished yet. Runs until aborted.
     pub async fn finish_on_taking_office(self) {
         let mut terms = self.coordinator.leadership().subscribe();
+        let mut wait = Duration::from_secs(1);
         loop {
-            if terms.borrow_and_update().is_some() {
+            if self.coordinator.leadership().leading() {
                 let finished = async {
                     let _gate = self.store.apply_gate().await?;
                     self.finish_interrupted().await
                 };
                 if let Err(e) = finished.await {
-                    tracing::warn!(error = %e, "could not finish an interrupted apply on taking office: the next apply tries again");
+                    tracing::warn!(error = %e, retry_in = ?wait, "could not finish an interrupted apply yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        changed = terms.changed() => if changed.is_err() { return },
+                    }
+                    wait = (wait * 2).min(FINISH_RETRY_MAX);
+                    continue;
                 }
             }
+            wait = Duration::from_secs(1);
             if terms.changed().await.is_err() {
                 return;
             }
         }
     }
 
-    /// Checks, provisions and records one intent (`replacing` is the id of an unfinished one this takes over).
-    async fn execute(&self, intent: &Intent, client: &str, replacing: Option<i64>) -> Result<Done, Error> {
+    /// Checks, provisions and records one intent. `takeover` is the id of an unfinished one this finishes (None:
+    /// a new one, not begun if `gone` is set by then). Ok(None): the one to finish was finished meanwhile.
+    async fn execute(&self, intent: &Intent, client: &str, takeover: Option<i64>, gone: &AtomicBool) -> Result<Option<Done>, Error> {
         let leadership = self.coordinator.leadership();
         let term = leadership.current()?;
         // Judged first, holding nothing (judging asks the broker and ClickHouse), then confirmed under the lock
@@ -125,13 +165,7 @@ impl Api {
             let stored = Store::load_state(self.store.pool()).await?;
             let (changes, planned) = self.plan_intent(intent, &stored).await?;
             let mut tx = self.store.begin_locked().await?;
-            if let Some(p) = intent::pending(&mut tx).await? {
-                // Another control plane's, recorded since this one looked (it led then).
-                if Some(p.id) != replacing {
-                    return Err(Error::Busy(format!("an apply by {} is unfinished: try again when it finishes", p.client)));
-                }
-                intent::close(&mut tx, p.id).await?;
-            }
+            let pending = intent::pending(&mut tx).await?;
             if Store::load_state(&mut *tx).await? != stored {
                 tries += 1;
                 if tries < 3 {
@@ -139,18 +173,38 @@ impl Api {
                 }
                 return Err(Error::Busy("the declarations kept changing while this apply was checked: try again".into()));
             }
-            let id = intent::open(&mut tx, intent, client, term).await?;
+            let id = match (takeover, pending) {
+                (None, None) if gone.load(Ordering::SeqCst) => {
+                    return Err(Error::FailedPrecondition("the caller hung up before the apply began: nothing was done".into()));
+                }
+                (None, None) => intent::open(&mut tx, intent, client, term).await?,
+                // Another control plane's, recorded since this one looked (it led then).
+                (None, Some(p)) => {
+                    return Err(Error::Busy(format!("an apply by {} is unfinished: try again when it finishes", p.client)));
+                }
+                (Some(old), Some(p)) if p.id == old => {
+                    intent::take_over(&mut tx, old, term).await?;
+                    old
+                }
+                (Some(_), _) => return Ok(None),
+            };
             leadership.fence(&mut tx, term).await?;
             tx.commit().await?;
             break (stored, changes, planned, id);
         };
 
-        if let Err(e) = self.provisioner.execute(&planned).await {
-            // Nothing is recorded: the intent goes, so that nobody finishes what failed. (Should that fail too,
-            // the next apply finishes it, which is what the caller asked for.)
+        // A deposed leader stops between two resources; the one that took the intent over finishes it.
+        let leading = || leadership.term() == Some(term);
+        if let Err(e) = self.provisioner.execute(&planned, &leading).await {
+            if takeover.is_some() {
+                // Finishing failed: the intent stays for the next try.
+                return Err(e);
+            }
+            // Nothing is recorded: its intent goes (unless another leader took it over), so that nobody finishes
+            // what failed. (Should that fail too, the next apply finishes it, which is what its caller asked for.)
             let closed = async {
                 let mut tx = self.store.begin_locked().await?;
-                intent::close(&mut tx, id).await?;
+                intent::close(&mut tx, id, term).await?;
                 tx.commit().await.map_err(Error::from)
             };
             if let Err(c) = closed.await {
@@ -159,20 +213,26 @@ impl Api {
             return Err(e);
         }
 
-        let mut tx = self.store.begin_locked().await?;
-        if !intent::close(&mut tx, id).await? {
-            return Err(Error::NotLeader(format!(
-                "this control plane's apply was taken over by another (it provisioned for longer than it led); \
-                 the other finishes it: check with `millrace ls`"
-            )));
+        let recorded = async {
+            let mut tx = self.store.begin_locked().await?;
+            leadership.fence(&mut tx, term).await?;
+            if !intent::close(&mut tx, id, term).await? {
+                return Err(Error::NotLeader("another control plane took the apply over".into()));
+            }
+            if Store::load_state(&mut *tx).await? != stored {
+                return Err(Error::Internal("the declarations changed while it provisioned".into()));
+            }
+            let apply_id = Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
+            tx.commit().await?;
+            Ok(apply_id)
+        };
+        match recorded.await {
+            Ok(apply_id) => Ok(Some(Done { changes, planned, apply_id })),
+            Err(e) => Err(Error::Unfinished(format!(
+                "the apply was made but not recorded ({e}): the leading control plane finishes it (on its next apply, \
+                 or on taking office); check with `millrace ls` in a few seconds, or apply again"
+            ))),
         }
-        if Store::load_state(&mut *tx).await? != stored {
-            return Err(Error::Internal("the declarations changed while this apply provisioned; nothing was recorded: apply again".into()));
-        }
-        let apply_id = Store::record(&mut tx, &planned, client, &self.provisioner.topic_namespace).await?;
-        leadership.fence(&mut tx, term).await?;
-        tx.commit().await?;
-        Ok(Done { changes, planned, apply_id })
     }
 
     /// An intent's changes against what is stored, or why it cannot be made.
@@ -289,7 +349,7 @@ impl Api {
         }
         tokio::time::sleep(UNITS_STOP_WITHIN).await;
         let dropped = async {
-            // Under the apply lock again: a plan applied meanwhile may have declared the resource anew. Another
+            // Under the apply gate again: a plan applied meanwhile may have declared the resource anew. Another
             // apply running is waited for (a few times), never raced.
             let mut tries = 0;
             let _gate = loop {
@@ -298,8 +358,9 @@ impl Api {
                     other => break other?,
                 }
             };
-            let mut tx = self.store.begin_locked().await?;
-            let stored = Store::load_state(&mut *tx).await?;
+            // Checked against what is stored now; the deletion itself holds no transaction (this process's gate
+            // keeps its own applies out, and only the leader applies).
+            let stored = Store::load_state(self.store.pool()).await?;
             let gone: Vec<&Planned> = drops.into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
             self.provisioner.drop_topics(&gone).await?;
             // Their partition counts go with them: a stream declared again may have fewer partitions.
@@ -317,4 +378,16 @@ impl Api {
             ))
         })
     }
+}
+
+/// An unfinished apply that cannot be finished now: every apply waits for it. Says what blocks it and how to
+/// abandon it.
+fn blocked(p: &intent::Pending, e: Error) -> Error {
+    let what = p.intent.as_ref().map(Intent::label).unwrap_or("apply");
+    Error::Unfinished(format!(
+        "the {what} begun by {} at {} (intent {}) is unfinished and cannot be finished now: {e}. Applies wait for it: \
+         bring back what it needs and try again; to abandon it instead, run `DELETE FROM apply_intents WHERE id = {}` \
+         in the control plane's database (what it made stays, undeclared)",
+        p.client, p.started_at, p.id, p.id
+    ))
 }

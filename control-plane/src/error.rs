@@ -23,6 +23,10 @@ pub enum Error {
     /// if anyone.
     #[error("{0}: try again in a few seconds (a control plane takes office within its leader lease)")]
     NotLeader(String),
+    /// An apply that began (its intent recorded) and was not recorded, or one begun earlier that blocks the next:
+    /// the leading control plane finishes it.
+    #[error("{0}")]
+    Unfinished(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -54,7 +58,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable { .. } | Error::NotLeader(_) => Code::Unavailable,
-            Error::Busy(_) => Code::Aborted,
+            Error::Busy(_) | Error::Unfinished(_) => Code::Aborted,
             Error::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -84,8 +84,10 @@ fn forwarded<T>(message: T) -> Request<T> {
 /// away mid-call (its answer a transport error) named, with what to do.
 fn answered(address: &str, s: Status) -> Status {
     match s.code() {
+        // UNKNOWN, not UNAVAILABLE: a client with several addresses repeats an UNAVAILABLE write elsewhere, and
+        // this one may have been made.
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown if !s.message().contains("try again") => Status::new(
-            s.code(),
+            Code::Unknown,
             format!("forwarded to the leader at {address}, which did not answer ({}): the write may or may not have been made; try again in a few seconds", s.message()),
         ),
         _ => s,

@@ -21,9 +21,12 @@ pub enum Intent {
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,
-    pub intent: Intent,
+    /// Err: it cannot be decoded (written by another version), with why.
+    pub intent: Result<Intent, String>,
     pub client: String,
+    /// The leader's term it is being made in.
     pub term: i64,
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Intent {
@@ -47,8 +50,8 @@ impl Intent {
         }
     }
 
-    fn decode(kind: &str, payload: &[u8]) -> Result<Self, Error> {
-        let bad = |e: String| Error::Internal(format!("the unfinished {kind} in apply_intents cannot be decoded ({e})"));
+    fn decode(kind: &str, payload: &[u8]) -> Result<Self, String> {
+        let bad = |e: String| format!("the unfinished {kind} in apply_intents cannot be decoded ({e})");
         match kind {
             "apply" => Plan::decode(payload).map(Intent::Apply).map_err(|e| bad(e.to_string())),
             "delete" => {
@@ -81,23 +84,40 @@ pub async fn open(conn: &mut PgConnection, intent: &Intent, client: &str, term: 
     }
 }
 
-/// Removes intent `id`; false if it was not there (finished or taken over by another control plane).
-pub async fn close(conn: &mut PgConnection, id: i64) -> Result<bool, Error> {
-    let done = sqlx::query("DELETE FROM apply_intents WHERE id = $1").bind(id).execute(conn).await?;
+/// Removes intent `id` if it is still made in `term`; false if not (finished, or taken over by the leader of a
+/// later term).
+pub async fn close(conn: &mut PgConnection, id: i64, term: i64) -> Result<bool, Error> {
+    let done = sqlx::query("DELETE FROM apply_intents WHERE id = $1 AND term = $2").bind(id).bind(term).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes intent `id` whoever makes it (it is abandoned).
+pub async fn abandon(conn: &mut PgConnection, id: i64) -> Result<(), Error> {
+    sqlx::query("DELETE FROM apply_intents WHERE id = $1").bind(id).execute(conn).await?;
+    Ok(())
+}
+
+/// Makes intent `id` this leader's, in `term`: its earlier maker, should it still be provisioning, no longer leads
+/// and can neither record it nor remove it.
+pub async fn take_over(conn: &mut PgConnection, id: i64, term: i64) -> Result<bool, Error> {
+    let done = sqlx::query("UPDATE apply_intents SET term = $2 WHERE id = $1").bind(id).bind(term).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// The unfinished intent, if any.
 pub async fn pending(conn: &mut PgConnection) -> Result<Option<Pending>, Error> {
-    let row = sqlx::query("SELECT id, kind, payload, client, term FROM apply_intents ORDER BY id LIMIT 1").fetch_optional(conn).await?;
+    let row = sqlx::query("SELECT id, kind, payload, client, term, started_at FROM apply_intents ORDER BY id LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
     let Some(row) = row else { return Ok(None) };
     let kind: String = row.try_get("kind")?;
     let payload: Vec<u8> = row.try_get("payload")?;
     Ok(Some(Pending {
         id: row.try_get("id")?,
-        intent: Intent::decode(&kind, &payload)?,
+        intent: Intent::decode(&kind, &payload),
         client: row.try_get("client")?,
         term: row.try_get("term")?,
+        started_at: row.try_get("started_at")?,
     }))
 }
 

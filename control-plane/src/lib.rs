@@ -163,9 +163,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "control plane serving");
     let closing = coordinator.clone();
     let resigning = leadership.clone();
+    let applying = api.store.clone();
     let shutdown = async move {
         shutdown.await;
         closing.close_streams();
+        // An apply in progress ends first (bounded by --apply-wait-ms): a leader that resigned mid-provisioning
+        // would provision beside the next one.
+        let _ = applying.apply_gate().await;
         // Another control plane takes office at once rather than after the lease.
         leading.0.abort();
         resigning.resign().await;

@@ -6,11 +6,11 @@
 //! every generated client takes it: `ControlPlaneClient::new(failover)`.
 //!
 //! A call is retried on the next address within the same call, so one dead control plane costs a client nothing
-//! but a refused connection. Calls that must not run twice (`NOT_REPEATABLE`: registering, applying, deleting,
-//! replaying) are retried only where the address surely did not act on them: no connection could be made, or it
-//! answered UNAVAILABLE. After silence or a broken connection they fail (UNAVAILABLE, saying so), and the caller's
-//! next call goes to the next address: a worker registered twice would hold units under a ghost id until its
-//! lease ran out. The request's message is kept for that (control plane calls send one message: unary
+//! but a refused connection. Calls that must not run twice (`NOT_REPEATABLE`: registering, applying, deleting)
+//! are retried only where the address surely did not act on them: no connection could be made, or it answered
+//! UNAVAILABLE (control planes answer UNAVAILABLE only for what they did not do). After silence or a broken
+//! connection they fail (UNAVAILABLE, saying so), and the caller's next call goes to the next address. (A worker
+//! also names each registration, so that its own retry of one made already is answered with the same worker.) The request's message is kept for that (control plane calls send one message: unary
 //! or server streaming). A call whose own deadline (`tonic::Request::set_timeout`) passes is not retried (its
 //! caller's time is spent), but the next call goes to the next address.
 

@@ -78,10 +78,19 @@ async fn an_apply_holds_nothing_while_it_provisions_and_the_next_leader_finishes
     // Killed mid-provisioning: its caller hears so, and nothing is recorded yet.
     first.kill9();
     assert!(applying.await.unwrap().is_err(), "an apply whose control plane died cannot have answered OK");
-    broker.resume();
-    let second = Replica::start_with_brokers(&env, "second", &broker.addr, &[]).await;
-    second.wait_to_lead(WAIT).await;
 
+    // The next leader tries to finish it while the broker still hangs: that fails, and the intent stays.
+    let second = Replica::start_with_brokers(&env, "second", &broker.addr, &["--dependency-timeout-ms", "1500"]).await;
+    second.wait_to_lead(WAIT).await;
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(&second.log).unwrap_or_default().contains("could not finish an interrupted apply yet") {
+        assert!(Instant::now() < deadline, "the new leader did not try to finish the apply: see {}", second.log.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(held(&pool).await.0, 1, "a failed try to finish an interrupted apply dropped it");
+
+    // The broker is back: the leader's next try finishes it, with no apply asking.
+    broker.resume();
     // The new leader finishes it: declared, its topic made, the intent gone.
     let topic = env.topic("kept");
     let deadline = Instant::now() + WAIT;

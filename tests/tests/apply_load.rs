@@ -16,7 +16,7 @@ async fn applies_stuck_on_a_silent_broker_never_cost_a_worker_its_lease() {
     let cp = ControlPlane::start(config).await.expect("control plane starts");
     let mut coordinator = WorkerCoordinatorClient::connect(cp.addr.clone()).await.expect("connect");
     let reg = coordinator
-        .register(RegisterRequest { name: format!("{}-w", env.id), http_address: "127.0.0.1:1".into() })
+        .register(RegisterRequest { name: format!("{}-w", env.id), http_address: "127.0.0.1:1".into(), ..Default::default() })
         .await
         .expect("register")
         .into_inner();

@@ -92,7 +92,7 @@ async fn a_unit_declared_again_gets_an_epoch_above_any_it_had() {
     // The test is the worker, so it sees the epochs it is sent and can commit at an old one, as a stale worker would.
     let mut coord = WorkerCoordinatorClient::connect(cp.addr.clone()).await.expect("connect");
     let reg = coord
-        .register(RegisterRequest { name: format!("{}-fake", env.id), http_address: "127.0.0.1:1".into() })
+        .register(RegisterRequest { name: format!("{}-fake", env.id), http_address: "127.0.0.1:1".into(), ..Default::default() })
         .await
         .expect("register")
         .into_inner();

@@ -82,9 +82,16 @@ struct Session {
 /// Registers (again and again, as leases come and go) until `shutdown`.
 pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
+    // Sent again with every retry of one registration: one that got no answer but was made is answered again,
+    // not made twice (a second registration would hold units until its lease ran out).
+    let mut registration = uuid::Uuid::new_v4().to_string();
     while !shutdown.is_cancelled() {
         let sent = Instant::now();
-        let reg = RegisterRequest { name: settings.name.clone(), http_address: settings.http_address.clone() };
+        let reg = RegisterRequest {
+            name: settings.name.clone(),
+            http_address: settings.http_address.clone(),
+            registration: registration.clone(),
+        };
         let failure = match tokio::time::timeout(CALL_TIMEOUT, client.register(reg)).await {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(e)) => Err(format!("{:?}: {}", e.code(), e.message())),
@@ -100,6 +107,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
             }
         };
         backoff = Duration::from_millis(200);
+        registration = uuid::Uuid::new_v4().to_string();
         tracing::info!(worker_id = r.worker_id, generation = r.generation, lease_ms = r.lease_ms, "registered");
         let lease = Arc::new(Lease::new(sent, Duration::from_millis(r.lease_ms), Duration::from_millis(r.heartbeat_interval_ms)));
         // Nothing may wait in the producer longer than 30% of the lease (see `Fence`).

@@ -16,18 +16,26 @@ type AssignmentStream = Pin<Box<dyn futures::Stream<Item = Result<AssignmentSet,
 impl WorkerCoordinator for Coordinator {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         let r = req.into_inner();
-        let worker_id = uuid::Uuid::new_v4().to_string();
+        if r.registration.len() > 64 || !r.registration.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(Error::InvalidArgument("registration must be up to 64 letters, digits and dashes (a uuid)".into()).into());
+        }
         let name: String = r.name.chars().take(200).collect();
-        let (generation, lease_ms): (i64, i64) = sqlx::query_as(
+        // A registration made already (its answer lost) is answered again: same worker, same generation while its
+        // lease holds (a new generation if it ran out: its units may have moved).
+        let (worker_id, generation, lease_ms): (String, i64, i64) = sqlx::query_as(
             "WITH l AS (SELECT COALESCE((SELECT worker_lease_ms FROM leader), $4::bigint) AS ms)
-             INSERT INTO workers (worker_id, name, http_address, generation, lease_expires_at)
-             SELECT $1, $2, $3, nextval('worker_generation'), now() + l.ms * interval '1 millisecond' FROM l
-             RETURNING generation, (SELECT ms FROM l)",
+             INSERT INTO workers (worker_id, name, http_address, generation, lease_expires_at, registration)
+             SELECT $1, $2, $3, nextval('worker_generation'), now() + l.ms * interval '1 millisecond', NULLIF($5, '') FROM l
+             ON CONFLICT (registration) DO UPDATE SET
+               generation = CASE WHEN workers.lease_expires_at > now() THEN workers.generation ELSE EXCLUDED.generation END,
+               lease_expires_at = GREATEST(workers.lease_expires_at, EXCLUDED.lease_expires_at)
+             RETURNING worker_id, generation, (SELECT ms FROM l)",
         )
-        .bind(&worker_id)
+        .bind(uuid::Uuid::new_v4().to_string())
         .bind(&name)
         .bind(r.http_address.chars().take(200).collect::<String>())
         .bind(self.lease_ms())
+        .bind(&r.registration)
         .fetch_one(self.inner.store.pool())
         .await
         .map_err(Error::from)?;

@@ -239,7 +239,7 @@ async fn workers_get_the_lease_the_leader_wrote_whatever_this_replicas_flag() {
     take_office(&leader).await;
     let follower = coordinator(&url, leadership(&url, "follower:1", Duration::from_secs(30)).await).await;
     let reg = follower
-        .register(tonic::Request::new(RegisterRequest { name: "w".into(), http_address: "127.0.0.1:1".into() }))
+        .register(tonic::Request::new(RegisterRequest { name: "w".into(), http_address: "127.0.0.1:1".into(), ..Default::default() }))
         .await
         .unwrap()
         .into_inner();
@@ -293,8 +293,8 @@ async fn a_write_on_a_follower_goes_to_the_leader_or_says_who_it_was_and_to_try_
     drop_database(&url).await;
 }
 
-/// An apply made by a leader whose term ended while it provisioned records nothing (its topics are made, as by
-/// any apply that fails after provisioning: applying again is idempotent).
+/// An apply of a leader whose term ended (its own view not lapsed yet) records nothing: its intent is refused
+/// by the fence before anything is provisioned.
 #[tokio::test]
 async fn an_apply_of_a_deposed_leader_records_nothing() {
     use millrace_proto::v1::field_type::Kind;
@@ -363,5 +363,28 @@ async fn every_postgres_session_has_keepalives() {
         }
         pool.close().await;
     }
+    drop_database(&url).await;
+}
+
+/// A registration retried with its id (its first answer lost, or sent to another replica) is answered again: one
+/// worker, one generation; another id is another worker; a bad id is refused saying what to send.
+#[tokio::test]
+async fn a_retried_registration_is_the_same_worker() {
+    let url = database().await;
+    let l = leadership(&url, "a:1", Duration::from_secs(30)).await;
+    let (a, b) = (coordinator(&url, l.clone()).await, coordinator(&url, leadership(&url, "b:1", Duration::from_secs(30)).await).await);
+    let reg = |id: &str| tonic::Request::new(RegisterRequest { name: "w".into(), http_address: "127.0.0.1:1".into(), registration: id.into() });
+    let first = a.register(reg("4b1c0b1e-0000-4000-8000-000000000001")).await.unwrap().into_inner();
+    let again = b.register(reg("4b1c0b1e-0000-4000-8000-000000000001")).await.unwrap().into_inner();
+    assert_eq!((&again.worker_id, again.generation), (&first.worker_id, first.generation));
+    let other = a.register(reg("4b1c0b1e-0000-4000-8000-000000000002")).await.unwrap().into_inner();
+    assert_ne!(other.worker_id, first.worker_id);
+    let (unnamed1, unnamed2) = (a.register(reg("")).await.unwrap().into_inner(), a.register(reg("")).await.unwrap().into_inner());
+    assert_ne!(unnamed1.worker_id, unnamed2.worker_id, "without an id every registration is new");
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(a.inner.store.pool()).await.unwrap();
+    assert_eq!(workers, 4);
+    let refused = a.register(reg("x'; DROP TABLE workers; --")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("letters, digits and dashes"), "{}", refused.message());
     drop_database(&url).await;
 }

@@ -47,8 +47,10 @@ fn is_topic(s: &Spec) -> bool {
 impl Provisioner {
     /// Applies the physical side of a diff: first every create and update, then the deletes of tables. Topics
     /// are deleted later, by `drop_topics`, once the units reading them were revoked. Both dependencies are
-    /// pinged first, so an outage fails the apply before anything is touched.
-    pub async fn execute(&self, planned: &[Planned]) -> Result<(), Error> {
+    /// pinged first, so an outage fails the apply before anything is touched. Stops between two resources once
+    /// `leading` says this control plane no longer leads (the new leader finishes the apply).
+    pub async fn execute(&self, planned: &[Planned], leading: &(dyn Fn() -> bool + Sync)) -> Result<(), Error> {
+        let stop = || Error::NotLeader("this control plane stopped provisioning: it no longer leads, and the leader finishes the apply".into());
         let touches: Vec<(Touch, &Planned)> = planned.iter().map(|p| (touch(p), p)).collect();
         let uses = |f: fn(&Spec) -> bool| {
             touches.iter().any(|(t, _)| matches!(t, Touch::Ensure(s) | Touch::Drop(s) if f(s)))
@@ -61,12 +63,18 @@ impl Provisioner {
         }
         for (t, p) in &touches {
             if let Touch::Ensure(s) = t {
+                if !leading() {
+                    return Err(stop());
+                }
                 self.ensure(s, p).await?;
             }
         }
         for (t, _) in &touches {
             if let Touch::Drop(s) = t {
                 if !is_topic(s) {
+                    if !leading() {
+                        return Err(stop());
+                    }
                     self.drop(s).await?;
                 }
             }

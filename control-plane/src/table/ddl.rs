@@ -167,14 +167,20 @@ pub fn alter_options(database: &str, physical: &str, desired: &Table, stored: &T
     let settings = features::query_settings(desired, server);
     let mut stmt = |sql: String, settings: &Vec<(&'static str, &'static str)>| out.push(Statement { sql, settings: settings.clone() });
     let old_settings = features::query_settings(stored, server);
+    // Made again after a control plane died midway (its apply is finished by the next): where the server takes
+    // IF [NOT] EXISTS for indexes (20.1 on; 19.x parses DROP's but fails), an index already gone or added is no
+    // error.
+    let again = server.version >= features::INDEXES_WITHOUT_SETTING;
+    let (if_exists, if_not_exists) = if again { ("IF EXISTS ", "IF NOT EXISTS ") } else { ("", "") };
     for old in &stored.indexes {
         if !desired.indexes.contains(old) {
-            stmt(format!("{target} DROP INDEX {}", quote_ch(&old.name)), &old_settings);
+            stmt(format!("{target} DROP INDEX {if_exists}{}", quote_ch(&old.name)), &old_settings);
         }
     }
     for new in &desired.indexes {
         if !stored.indexes.contains(new) {
-            stmt(format!("{target} ADD {}", index_clause(new)), &settings);
+            let clause = index_clause(new).replacen("INDEX ", &format!("INDEX {if_not_exists}"), 1);
+            stmt(format!("{target} ADD {clause}"), &settings);
         }
     }
     if desired.ttl != stored.ttl && !desired.ttl.is_empty() {
@@ -277,11 +283,15 @@ mod tests {
         assert_eq!(
             sql,
             vec![
-                "ALTER TABLE `db`.`t` DROP INDEX `b`",
-                "ALTER TABLE `db`.`t` ADD INDEX `b` (z) TYPE set(100) GRANULARITY 2",
+                "ALTER TABLE `db`.`t` DROP INDEX IF EXISTS `b`",
+                "ALTER TABLE `db`.`t` ADD INDEX IF NOT EXISTS `b` (z) TYPE set(100) GRANULARITY 2",
                 "ALTER TABLE `db`.`t` MODIFY TTL ts + INTERVAL 1 DAY",
                 "ALTER TABLE `db`.`t` MODIFY SETTING s = 2",
             ]
         );
+        // 19.x: indexes, but no IF [NOT] EXISTS for them.
+        let old = Server { version: features::Version::new(19, 6), has_keeper: false };
+        let sql: Vec<String> = alter_options("db", "t", &desired, &stored, &old).into_iter().map(|s| s.sql).collect();
+        assert_eq!(sql[..2], ["ALTER TABLE `db`.`t` DROP INDEX `b`", "ALTER TABLE `db`.`t` ADD INDEX `b` (z) TYPE set(100) GRANULARITY 2"]);
     }
 }
