@@ -110,3 +110,44 @@ async fn an_apply_holds_nothing_while_it_provisions_and_the_next_leader_finishes
     drop(second);
     env.cleanup().await;
 }
+
+/// An apply whose caller hangs up mid-provisioning is made all the same (it is not cut off half made): once the
+/// broker answers, the stream is declared and its topic exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_apply_whose_caller_hangs_up_midway_is_made_whole() {
+    let env = TestEnv::new();
+    let broker = PrivateBroker::start().await;
+    let mut config = env.config_with(&["--dependency-timeout-ms", "60000"]);
+    config.kafka_brokers = broker.addr.clone();
+    let cp = ControlPlane::start(config).await.expect("control plane starts");
+    let pool = sqlx::PgPool::connect(&env.database_url).await.expect("the test's database");
+    broker.pause();
+    let mut c = cp.client().await;
+    let plan = Plan { streams: vec![stream("left", raw_fields(), 1)], ..Default::default() };
+    let applying = tokio::spawn(async move { apply(&mut c, &plan, false).await });
+    let deadline = Instant::now() + WAIT;
+    while held(&pool).await.0 == 0 {
+        assert!(Instant::now() < deadline, "the apply never began provisioning");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The caller gives up (its connection goes with the task).
+    applying.abort();
+    let _ = applying.await;
+    broker.resume();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = cp.client().await;
+        let got = c
+            .get_resource(GetResourceRequest { kind: ResourceKind::Stream as i32, name: "left".into(), version: String::new() })
+            .await;
+        if got.is_ok() && held(&pool).await == (0, 0, 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "an apply whose caller hung up was left unmade");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(partitions(&broker.addr, &env.topic("left")), 1);
+    pool.close().await;
+    cp.stop().await;
+    env.cleanup().await;
+}
