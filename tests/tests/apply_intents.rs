@@ -2,6 +2,7 @@
 //! provisions, then records the plan. A control plane killed mid-provisioning leaves the intent, and the next leader
 //! finishes the apply.
 
+use millrace_proto::v1::control_plane_client::ControlPlaneClient;
 use millrace_proto::v1::{GetResourceRequest, Plan, ResourceKind};
 use millrace_tests::broker::PrivateBroker;
 use millrace_tests::replicas::Replica;
@@ -39,6 +40,21 @@ fn partitions(brokers: &str, topic: &str) -> usize {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("consumer");
     let md = c.fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(5))).expect("metadata");
     md.topics().iter().find(|t| t.name() == topic && t.error().is_none()).map_or(0, |t| t.partitions().len())
+}
+
+/// Waits until stream `name` is declared (asked of the control plane at `url`) and no intent, lock or open
+/// transaction is left; `what` says what failed otherwise.
+async fn wait_made(url: &str, name: &str, pool: &sqlx::PgPool, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = ControlPlaneClient::connect(url.to_string()).await.expect("connect to the control plane");
+        let got = c.get_resource(GetResourceRequest { kind: ResourceKind::Stream as i32, name: name.into(), version: String::new() }).await;
+        if got.is_ok() && held(pool).await == (0, 0, 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -93,18 +109,7 @@ async fn an_apply_holds_nothing_while_it_provisions_and_the_next_leader_finishes
     broker.resume();
     // The new leader finishes it: declared, its topic made, the intent gone.
     let topic = env.topic("kept");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut c = second.client().await;
-        let got = c
-            .get_resource(GetResourceRequest { kind: ResourceKind::Stream as i32, name: "kept".into(), version: String::new() })
-            .await;
-        if got.is_ok() && held(&pool).await == (0, 0, 0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the interrupted apply was not finished: see {}", second.log.display());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_made(&second.url(), "kept", &pool, &format!("the interrupted apply was not finished: see {}", second.log.display())).await;
     assert_eq!(partitions(&broker.addr, &topic), 2, "the finished apply made its topic");
     pool.close().await;
     drop(second);
@@ -134,18 +139,7 @@ async fn an_apply_whose_caller_hangs_up_midway_is_made_whole() {
     applying.abort();
     let _ = applying.await;
     broker.resume();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut c = cp.client().await;
-        let got = c
-            .get_resource(GetResourceRequest { kind: ResourceKind::Stream as i32, name: "left".into(), version: String::new() })
-            .await;
-        if got.is_ok() && held(&pool).await == (0, 0, 0) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "an apply whose caller hung up was left unmade");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_made(&cp.addr, "left", &pool, "an apply whose caller hung up was left unmade").await;
     assert_eq!(partitions(&broker.addr, &env.topic("left")), 1);
     pool.close().await;
     cp.stop().await;
