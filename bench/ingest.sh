@@ -22,6 +22,8 @@ bash scripts/stack.sh start
 eval "$(bash scripts/stack.sh env)"
 echo "== building (release)"
 cargo build --release --locked -p millrace-control-plane -p millrace-worker -p millrace-bench
+# BENCH_BIN_DIR: the control plane and worker of another build (say an earlier commit's), to compare in one sitting.
+bin=${BENCH_BIN_DIR:-target/release}
 bash "$PEER/setup.sh" >"$out/peer-setup.log" 2>&1 || { cat "$out/peer-setup.log"; exit 1; }
 command -v wrk >/dev/null || { apt-get update -qq >/dev/null; apt-get install -y -qq wrk >/dev/null; }
 py=$PEER_BENCH_ENV/py/bin/python
@@ -37,11 +39,11 @@ db=millrace_bench_ingest
 cport=$(free_port) hport=$(free_port)
 psql -q -h 127.0.0.1 -p "${MILLRACE_PG_PORT:-5432}" -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" postgres
 curl -s "$MILLRACE_CLICKHOUSE_URL" --data-binary "DROP DATABASE IF EXISTS $db" >/dev/null
-RUST_LOG=warn target/release/millrace-control-plane --listen 127.0.0.1:$cport \
+RUST_LOG=warn "$bin"/millrace-control-plane --listen 127.0.0.1:$cport \
   --database-url "postgres://postgres@127.0.0.1:${MILLRACE_PG_PORT:-5432}/$db" --kafka-brokers "$BROKER" \
   --clickhouse-database "$db" >"$out/control-plane.log" 2>&1 & pids+=($!)
 wait_port "$cport"
-RUST_LOG=warn target/release/millrace-worker --control-plane http://127.0.0.1:$cport --kafka-brokers "$BROKER" \
+RUST_LOG=warn "$bin"/millrace-worker --control-plane http://127.0.0.1:$cport --kafka-brokers "$BROKER" \
   --http-listen 127.0.0.1:$hport >"$out/worker.log" 2>&1 & pids+=($!)
 worker_pid=$!
 wait_port "$hport"

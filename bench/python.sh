@@ -12,7 +12,8 @@
 #
 # RUNNERS picks the runners of each round (default: all five) and PROCS the process counts tried afterwards
 # (default "1 2 4"; "" for none); SDKPY runs the Python sidecar with another interpreter (say a venv holding an
-# earlier SDK, to compare two versions in one sitting).
+# earlier SDK, to compare two versions in one sitting); BENCH_BIN_DIR runs the control plane and worker of another
+# build (a directory holding millrace-control-plane and millrace-worker, say an earlier commit's), built by nobody.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000} ROUNDS=${2:-3} NMOOSE=${NMOOSE:-200000}
@@ -24,7 +25,8 @@ bash scripts/stack.sh start
 eval "$(bash scripts/stack.sh env)"
 bash scripts/sdk.sh
 echo "== building (release)"
-cargo build --release --locked -p millrace-control-plane -p millrace-worker
+[ -n "${BENCH_BIN_DIR:-}" ] || cargo build --release --locked -p millrace-control-plane -p millrace-worker
+bin=${BENCH_BIN_DIR:-target/release}
 cargo build --release --locked -p millrace-sdk --example reference
 bash "$PEER/setup.sh" >"$out/peer-setup.log" 2>&1 || { cat "$out/peer-setup.log"; exit 1; }
 py=$PEER_BENCH_ENV/py/bin/python
@@ -38,12 +40,12 @@ cport=$(free_port) rport=$(free_port) hport=$(free_port)
 pyport=$(( ($(free_port) % 20000) + 30000 ))   # room for 4 consecutive ports
 db=postgres://postgres@127.0.0.1:${MILLRACE_PG_PORT:-5432}/millrace_bench_py
 psql -q -h 127.0.0.1 -p "${MILLRACE_PG_PORT:-5432}" -U postgres -c 'DROP DATABASE IF EXISTS millrace_bench_py WITH (FORCE)' postgres
-RUST_LOG=warn target/release/millrace-control-plane --listen 127.0.0.1:$cport --database-url "$db" \
+RUST_LOG=warn "$bin"/millrace-control-plane --listen 127.0.0.1:$cport --database-url "$db" \
   --kafka-brokers "$BROKER" --clickhouse-database millrace_bench_py >"$out/control-plane.log" 2>&1 & pids+=($!)
 RUST_LOG=warn target/release/examples/reference --listen 127.0.0.1:$rport >"$out/rust-sidecar.log" 2>&1 & pids+=($!)
 rust_pid=$!
 wait_port "$cport"; wait_port "$rport"
-RUST_LOG=warn target/release/millrace-worker --control-plane http://127.0.0.1:$cport --kafka-brokers "$BROKER" \
+RUST_LOG=warn "$bin"/millrace-worker --control-plane http://127.0.0.1:$cport --kafka-brokers "$BROKER" \
   --sidecar "default=http://127.0.0.1:$pyport,rust=http://127.0.0.1:$rport" --http-listen 127.0.0.1:$hport \
   >"$out/worker.log" 2>&1 & pids+=($!)
 worker_pid=$!

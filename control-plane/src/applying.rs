@@ -97,7 +97,15 @@ impl Api {
             Err(e) => return Err(blocked(&p, e)),
             Ok(_) => {}
         }
-        match self.execute(&intent, &p.client, Some(p.id), &AtomicBool::new(false)).await {
+        let made = self.execute(&intent, &p.client, Some(p.id), &AtomicBool::new(false)).await;
+        if let Err(e @ (Error::InvalidPlan(_) | Error::InvalidArgument(_) | Error::FailedPrecondition(_))) = &made {
+            // The broker or ClickHouse refuses what it asks (a table made by hand with other columns): it can
+            // never be finished, and would block every apply.
+            return self
+                .abandon(&p, &format!("{e} (what it made before it was interrupted stays, and may differ from what is declared)"))
+                .await;
+        }
+        match made {
             Ok(Some(done)) => {
                 // Its topics go in the background: deleting them takes the apply gate, held here.
                 let (api, client) = (self.clone(), p.client.clone());
@@ -199,6 +207,13 @@ impl Api {
             if takeover.is_some() {
                 // Finishing failed: the intent stays for the next try.
                 return Err(e);
+            }
+            if matches!(e, Error::NotLeader(_)) {
+                // Deposed midway: the intent stays, and the leader finishes it.
+                return Err(Error::Unfinished(format!(
+                    "the apply began, and this control plane stopped leading while it provisioned ({e}): the \
+                     leading control plane finishes it; check with `millrace ls` in a few seconds"
+                )));
             }
             // Nothing is recorded: its intent goes (unless another leader took it over), so that nobody finishes
             // what failed. (Should that fail too, the next apply finishes it, which is what its caller asked for.)
@@ -359,7 +374,11 @@ impl Api {
                 }
             };
             // Checked against what is stored now; the deletion itself holds no transaction (this process's gate
-            // keeps its own applies out, and only the leader applies).
+            // keeps its own applies out, and only the leader applies: a control plane that no longer leads leaves
+            // the topics, as another may have declared them again).
+            if !self.coordinator.leadership().leading() {
+                return Err(Error::NotLeader("this control plane stopped leading before it deleted them".into()));
+            }
             let stored = Store::load_state(self.store.pool()).await?;
             let gone: Vec<&Planned> = drops.into_iter().filter(|p| !stored.contains_key(&p.key)).collect();
             self.provisioner.drop_topics(&gone).await?;

@@ -169,10 +169,11 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         closing.close_streams();
         // An apply in progress ends first (bounded by --apply-wait-ms): a leader that resigned mid-provisioning
         // would provision beside the next one.
-        let _ = applying.apply_gate().await;
+        let held = applying.apply_gate().await;
         // Another control plane takes office at once rather than after the lease.
         leading.0.abort();
         resigning.resign().await;
+        drop(held);
     };
     let server = tonic::transport::Server::builder()
         .add_service(health_service)

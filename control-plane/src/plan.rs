@@ -467,6 +467,10 @@ pub fn referrers<'a>(state: &'a State, target: &ResourceKey) -> Vec<&'a Resource
 }
 
 #[cfg(test)]
+#[path = "plan_fuzz_tests.rs"]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use millrace_proto::v1::{field_type::Kind, Field, FieldType, FunctionRef, ScalarType, Stream, Transform};

@@ -14,6 +14,10 @@ pub mod sidecar;
 pub mod types;
 pub mod unit;
 
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod fuzz_tests;
+
 use anyhow::Context;
 pub use config::Config;
 use millrace_proto::endpoints::Failover;

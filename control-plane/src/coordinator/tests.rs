@@ -383,6 +383,17 @@ async fn a_retried_registration_is_the_same_worker() {
     assert_ne!(unnamed1.worker_id, unnamed2.worker_id, "without an id every registration is new");
     let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM workers").fetch_one(a.inner.store.pool()).await.unwrap();
     assert_eq!(workers, 4);
+    // Retried after its lease ran out (its units may have moved meanwhile): the same worker at a new generation.
+    sqlx::query("UPDATE workers SET lease_expires_at = now() - interval '1 second' WHERE worker_id = $1")
+        .bind(&first.worker_id)
+        .execute(a.inner.store.pool())
+        .await
+        .unwrap();
+    let late = a.register(reg("4b1c0b1e-0000-4000-8000-000000000001")).await.unwrap().into_inner();
+    assert_eq!(late.worker_id, first.worker_id);
+    assert!(late.generation > first.generation, "{} after {}", late.generation, first.generation);
+    let stale = a.heartbeat(tonic::Request::new(HeartbeatRequest { worker_id: first.worker_id.clone(), generation: first.generation })).await;
+    assert!(stale.is_err(), "a heartbeat of the old generation was taken");
     let refused = a.register(reg("x'; DROP TABLE workers; --")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("letters, digits and dashes"), "{}", refused.message());

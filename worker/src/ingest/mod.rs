@@ -24,6 +24,8 @@ const MAX_LISTED: usize = 1000;
 /// Invalid records of one request sent to the dead letter queue, at most; the answer says how many went. A body
 /// of millions of invalid records would otherwise queue millions of letters for one refused request.
 const MAX_DEAD_LETTERS: usize = 10_000;
+/// Errors of one invalid record its dead letter names, at most.
+const DEAD_LETTER_ERRORS: usize = 10;
 /// Room a record needs in a broker message beside its value (key, headers, framing).
 const RECORD_OVERHEAD: usize = 512;
 /// The metrics label of requests that name no known ingest API: one series, whatever the paths.
@@ -193,13 +195,17 @@ impl Ingest {
                         keys.push(k);
                     }
                 }
-                Err(errs) => {
+                Err(mut errs) => {
                     invalid_count += 1;
                     keys = Vec::new();
                     if errors.len() < MAX_LISTED {
-                        errors.extend(errs.iter().map(|FieldError { field, reason }| RecordError { record: i, field: field.clone(), reason: reason.clone() }));
+                        let room = MAX_LISTED - errors.len();
+                        errors.extend(errs.iter().take(room).map(|FieldError { field, reason }| RecordError { record: i, field: field.clone(), reason: reason.clone() }));
                     }
-                    if invalid.len() < MAX_DEAD_LETTERS {
+                    // Kept for a dead letter only where one goes, with its first few errors: 10,000 records of 100
+                    // errors each would hold a hundred megabytes for one request.
+                    if api.dead_letter_topic.is_some() && invalid.len() < MAX_DEAD_LETTERS {
+                        errs.truncate(DEAD_LETTER_ERRORS);
                         invalid.push((i, errs));
                     }
                 }
@@ -305,7 +311,7 @@ fn content_type(headers: &HeaderMap) -> Result<bool, IngestError> {
 }
 
 /// The records of a body: one JSON object, a JSON array of them, or one per line.
-fn split(body: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, IngestError> {
+pub(crate) fn split(body: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, IngestError> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(IngestError::BadBody("the body is empty: send a JSON object, an array of them, or NDJSON".into()));

@@ -16,7 +16,12 @@ pub struct Decimal {
 /// A decimal as text: an optional `-`, digits, an optional point and digits, an optional exponent (`e`/`E`, an
 /// optional sign, digits), within precision and scale. Ok: its plain text (as given when it has no exponent).
 pub fn check_decimal(s: &str, precision: u32, scale: u32) -> Result<Cow<'_, str>, String> {
-    let bad = || format!("expected a decimal number, got {s}");
+    // At most 40 characters of what was sent: a refusal echoing a megabyte would not fit its dead letter.
+    let bad = || {
+        let shown: String = s.chars().take(40).collect();
+        let more = if shown.len() < s.len() { "…" } else { "" };
+        format!("expected a decimal number, got {shown}{more}")
+    };
     let (negative, body) = match s.strip_prefix('-') {
         Some(b) => (true, b),
         None => (false, s),

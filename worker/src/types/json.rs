@@ -9,7 +9,7 @@
 //! JSONEachRow.
 
 use super::map::Entries;
-use super::value::{At, Loc, ValueSeed};
+use super::value::{push_error, At, Loc, ValueSeed};
 use super::{of_field, write_value, Family, Ty};
 use crate::schema::FieldError;
 use millrace_proto::v1::JsonType;
@@ -149,7 +149,7 @@ impl Walk<'_, '_, '_, '_> {
         if !self.st.too_deep {
             self.st.too_deep = true;
             let field = self.st.root.render();
-            self.st.errors.push(FieldError { field, reason: format!("nested deeper than {MAX_DEPTH} levels") });
+            push_error(self.st.errors, || FieldError { field, reason: format!("nested deeper than {MAX_DEPTH} levels") });
         }
         true
     }

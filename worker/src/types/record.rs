@@ -2,7 +2,7 @@
 //! `Schema` is the compiled record type.
 
 use super::record_fields::{Keys, Name, Seen};
-use super::value::{check_raw, At, Loc, ValueSeed};
+use super::value::{check_raw, push_error, At, Loc, ValueSeed};
 use super::{left_out, write_value, Family, Ty};
 use crate::schema::{FieldError, Schema};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -95,14 +95,15 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_, 'de> {
         while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
             let Some(i) = schema.position(&name) else {
                 if !schema.allow_extra {
-                    let field = Loc::Field(&self.loc, &name).render();
-                    self.errors.push(FieldError { field, reason: "not a field of the stream".into() });
+                    push_error(self.errors, || FieldError { field: Loc::Field(&self.loc, &name).render(), reason: "not a field of the stream".into() });
                 }
-                map.next_value::<IgnoredAny>()?;
+                // As raw text, which serde_json checks is UTF-8 (IgnoredAny does not): an extra field is dropped
+                // only when the record is sent, and a record that is not UTF-8 must be refused here.
+                map.next_value::<&'de RawValue>()?;
                 continue;
             };
             if seen.mark(i) {
-                self.errors.push(FieldError { field: Loc::Field(&self.loc, &name).render(), reason: "given twice".into() });
+                push_error(self.errors, || FieldError { field: Loc::Field(&self.loc, &name).render(), reason: "given twice".into() });
             }
             let f = &schema.fields[i];
             let loc = Loc::Field(&self.loc, &f.name);
@@ -122,7 +123,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_, 'de> {
         }
         for (i, f) in schema.fields.iter().enumerate() {
             if !seen.has(i) && f.required {
-                self.errors.push(FieldError { field: Loc::Field(&self.loc, &f.name).render(), reason: "required, missing".into() });
+                push_error(self.errors, || FieldError { field: Loc::Field(&self.loc, &f.name).render(), reason: "required, missing".into() });
             }
         }
         Ok(())
@@ -154,7 +155,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, '_, 'de> {
 
 impl RecordSeed<'_, '_, '_> {
     fn not_object<E>(self, got: &str) -> Result<(), E> {
-        self.errors.push(FieldError { field: self.loc.render(), reason: format!("expected an object, got {got}") });
+        push_error(self.errors, || FieldError { field: self.loc.render(), reason: format!("expected an object, got {got}") });
         Ok(())
     }
 }

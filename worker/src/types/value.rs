@@ -1,11 +1,24 @@
 //! The ingest check's walk over one value: each JSON token is handed to the value's family as it is read, so a
 //! record is checked in one pass without building a tree.
 
-use super::{Family, Refusal, Scalar, Ty};
+use super::{Decimal, Family, Refusal, Scalar, Ty};
 use crate::schema::FieldError;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
+
+/// The errors kept for one record, and a last one saying there were more: a record refused for a million wrong
+/// items would otherwise hold a million errors (about 100 bytes of memory for each byte of the record).
+pub const MAX_ERRORS: usize = 100;
+
+/// Records an error of a record, unless it has `MAX_ERRORS` already (the error is made only when kept).
+pub fn push_error(errors: &mut Vec<FieldError>, error: impl FnOnce() -> FieldError) {
+    match errors.len().cmp(&MAX_ERRORS) {
+        std::cmp::Ordering::Less => errors.push(error()),
+        std::cmp::Ordering::Equal => errors.push(FieldError { field: String::new(), reason: format!("more than {MAX_ERRORS} errors: the rest are not listed") }),
+        std::cmp::Ordering::Greater => {}
+    }
+}
 
 /// Where a value lies in a record, rendered only when something is wrong there (this runs for every value).
 #[derive(Clone, Copy)]
@@ -46,7 +59,7 @@ impl At<'_, '_> {
     }
 
     pub fn push(self, reason: String) {
-        self.errors.push(FieldError { field: self.loc.render(), reason });
+        push_error(self.errors, || FieldError { field: self.loc.render(), reason });
     }
 }
 
@@ -70,10 +83,26 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         match self.ty {
-            Ty::Optional(o) => d.deserialize_any(o.seed(self.at)),
+            Ty::Decimal(dec) => raw_decimal(dec, false, d, self.at),
+            Ty::Optional(o) => match &*o.0 {
+                Ty::Decimal(dec) => raw_decimal(dec, true, d, self.at),
+                _ => d.deserialize_any(o.seed(self.at)),
+            },
             _ => d.deserialize_any(self),
         }
     }
+}
+
+/// A decimal anywhere (optional, in a list, a map, a record, a JSON path) is checked on its digits as written, as
+/// rows write them: read as a float, 1e-400 or 0.1000000000000000001 would pass as 0 or 0.1.
+fn raw_decimal<'de, D: Deserializer<'de>>(dec: &Decimal, optional: bool, d: D, at: At<'_, '_>) -> Result<(), D::Error> {
+    let raw = <&'de RawValue as serde::Deserialize>::deserialize(d)?;
+    if !(optional && raw.get() == "null") {
+        if let Err(reason) = dec.check_raw(raw) {
+            at.push(reason);
+        }
+    }
+    Ok(())
 }
 
 impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
@@ -116,5 +145,9 @@ pub fn check_raw(ty: &Ty, raw: &RawValue, at: At<'_, '_>) {
         return;
     }
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    let _ = ValueSeed { ty, at }.deserialize(&mut de);
+    // What serde_json cannot read (a number beyond f64, 1e400) must be refused, not dropped with its error.
+    let At { loc, errors } = at;
+    if let Err(e) = (ValueSeed { ty, at: At { loc, errors: &mut *errors } }).deserialize(&mut de) {
+        At { loc, errors }.push(format!("cannot be read: {e}"));
+    }
 }
