@@ -231,6 +231,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"version": health.version, "uptime_seconds": health.uptime_seconds,
             "dependencies": deps, "live_workers": health.live_workers, "leader": {"address": health.leader_address, "term": health.leader_term},
+            "apply_in_progress": health.apply_in_progress,
             "workers": ws, "not_running": idle}))?);
         return Ok(());
     }
@@ -238,6 +239,9 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<()> {
     match health.leader_address.as_str() {
         "" => println!("  leader       NONE (no control plane leads now: applies wait; try again in a few seconds)"),
         a => println!("  leader       {a} (term {}{})", health.leader_term, if health.is_leader { ", this one" } else { "" }),
+    }
+    if !health.apply_in_progress.is_empty() {
+        println!("  applying     {} (an unfinished one is finished by the leader; applies wait for it)", health.apply_in_progress);
     }
     for d in &health.dependencies {
         println!("  {:<12} {}{}", d.name, if d.reachable { "reachable" } else { "UNREACHABLE" }, if d.detail.is_empty() { String::new() } else { format!(": {}", d.detail) });

@@ -13,6 +13,9 @@ use millrace_proto::v1::*;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
 
+/// How long a status waits for each dependency's answer.
+const STATUS_PING: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct Api {
     pub store: Store,
@@ -73,6 +76,20 @@ fn key_from(kind: i32, name: String, version: String) -> Result<ResourceKey, Err
     }
 }
 
+
+impl Api {
+    /// The intent in `apply_intents`, described for `millrace status` ("" if none, or unreadable now).
+    async fn apply_in_progress(&self) -> String {
+        let Ok(mut conn) = self.store.pool().acquire().await else { return String::new() };
+        match crate::intent::pending(&mut conn).await {
+            Ok(Some(p)) => {
+                let what = p.intent.as_ref().map(crate::intent::Intent::label).unwrap_or("apply");
+                format!("{what} by {} since {} (intent {}, term {})", p.client, p.started_at.format("%Y-%m-%d %H:%M:%S UTC"), p.id, p.term)
+            }
+            _ => String::new(),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl ControlPlane for Api {
@@ -151,8 +168,16 @@ impl ControlPlane for Api {
     }
 
     async fn get_status(&self, _req: Request<GetStatusRequest>) -> Result<Response<GetStatusResponse>, Status> {
-        let (pg, kafka, ch) =
-            tokio::join!(self.store.ping(), self.provisioner.kafka.ping(), self.provisioner.clickhouse.ping());
+        // A status is for a person waiting: a dependency that does not answer within a few seconds is shown as
+        // such, rather than holding the answer for the whole dependency timeout.
+        async fn bounded(what: &'static str, ping: impl std::future::Future<Output = Result<(), Error>>) -> Result<(), Error> {
+            tokio::time::timeout(STATUS_PING, ping).await.unwrap_or_else(|_| Err(Error::unavailable(what, format!("no answer within {STATUS_PING:?}"))))
+        }
+        let (pg, kafka, ch) = tokio::join!(
+            bounded("Postgres", self.store.ping()),
+            bounded("the broker", self.provisioner.kafka.ping()),
+            bounded("ClickHouse", self.provisioner.clickhouse.ping())
+        );
         let dep = |name: &str, r: Result<(), Error>| DependencyStatus {
             name: name.into(),
             reachable: r.is_ok(),
@@ -167,6 +192,7 @@ impl ControlPlane for Api {
                 *resource_counts.entry(kind_label(kind).to_string()).or_insert(0u64) += 1;
             }
         }
+        let apply_in_progress = if pg.is_ok() { self.apply_in_progress().await } else { String::new() };
         Ok(Response::new(GetStatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -176,6 +202,7 @@ impl ControlPlane for Api {
             leader_address: leader.as_ref().map(|l| l.address.clone()).unwrap_or_default(),
             leader_term: leader.as_ref().map_or(0, |l| l.term as u64),
             is_leader: self.coordinator.leadership().leading(),
+            apply_in_progress,
         }))
     }
 

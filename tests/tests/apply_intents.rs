@@ -3,7 +3,7 @@
 //! finishes the apply.
 
 use millrace_proto::v1::control_plane_client::ControlPlaneClient;
-use millrace_proto::v1::{GetResourceRequest, Plan, ResourceKind};
+use millrace_proto::v1::{GetResourceRequest, GetStatusRequest, Plan, ResourceKind};
 use millrace_tests::broker::PrivateBroker;
 use millrace_tests::replicas::Replica;
 use millrace_tests::*;
@@ -135,11 +135,16 @@ async fn an_apply_whose_caller_hangs_up_midway_is_made_whole() {
         assert!(Instant::now() < deadline, "the apply never began provisioning");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // `millrace status` shows it.
+    let status = cp.client().await.get_status(GetStatusRequest {}).await.expect("status").into_inner();
+    assert!(status.apply_in_progress.starts_with("apply by "), "status shows no apply in progress: {status:?}");
     // The caller gives up (its connection goes with the task).
     applying.abort();
     let _ = applying.await;
     broker.resume();
     wait_made(&cp.addr, "left", &pool, "an apply whose caller hung up was left unmade").await;
+    let status = cp.client().await.get_status(GetStatusRequest {}).await.expect("status").into_inner();
+    assert_eq!(status.apply_in_progress, "", "a finished apply is still shown");
     assert_eq!(partitions(&broker.addr, &env.topic("left")), 1);
     pool.close().await;
     cp.stop().await;
