@@ -11,6 +11,8 @@
 # Prints a summary; BENCHMARKS.md keeps the figures.
 #
 #   bash bench/ingest.sh [N] [ROUNDS]        (defaults 1000000 and 3; BENCH_PARTS=ingest|sync|latency for one part)
+#   BENCH_TLS=1 also runs each ingest round against a second worker serving HTTPS that wants an ingest token
+#   (RUNNER=millrace-ingest-tls), beside the plain one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000} ROUNDS=${2:-3} PARTS=${BENCH_PARTS:-all}
@@ -47,24 +49,45 @@ RUST_LOG=warn "$bin"/millrace-worker --control-plane http://127.0.0.1:$cport --k
   --http-listen 127.0.0.1:$hport >"$out/worker.log" 2>&1 & pids+=($!)
 worker_pid=$!
 wait_port "$hport"
+if [ "${BENCH_TLS:-0}" = 1 ]; then
+  # A second worker: HTTPS (a self-signed certificate for 127.0.0.1) and an ingest token.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$out/tls.key" -out "$out/tls.pem" >/dev/null 2>&1
+  export BENCH_TOKEN=bench-ingest-token PEER_INGEST_LUA=$PEER/ingest.lua
+  tport=$(free_port)
+  RUST_LOG=warn "$bin"/millrace-worker --control-plane http://127.0.0.1:$cport --kafka-brokers "$BROKER" \
+    --http-listen 127.0.0.1:$tport --tls-cert "$out/tls.pem" --tls-key "$out/tls.key" --ingest-token "$BENCH_TOKEN" \
+    >"$out/worker-tls.log" 2>&1 & pids+=($!)
+  tls_pid=$!
+  wait_port "$tport"
+fi
 apply() { "$MILLRACE_GRPCURL" -plaintext -max-time 60 -d "{\"plan\": $1}" 127.0.0.1:$cport millrace.v1.ControlPlane/ApplyPlan >/dev/null; }
 fields='[{"name":"id","type":{"scalar":"STRING"},"key":true},{"name":"value","type":{"scalar":"INT64"}}]'
 ch() { curl -sS "$MILLRACE_CLICKHOUSE_URL" --data-binary "$1"; }
 
 # One Millrace ingest run: a fresh stream and ingest API, the peers' warm-up, load and count.
 millrace_ingest() {
-  local per=$1 tag name url line secs codes rate result
+  local per=$1 tls=${2:-} tag name url line secs codes rate result pid=$worker_pid runner=millrace-ingest script=$PEER/ingest.lua
   tag=$(date +%s%N); name=pb_ingest_$tag; url=http://127.0.0.1:$hport/ingest/$name
+  if [ -n "$tls" ]; then
+    url=https://127.0.0.1:$tport/ingest/$name pid=$tls_pid runner=millrace-ingest-tls script=bench/ingest_token.lua
+  fi
   apply "{\"streams\":[{\"name\":\"$name\",\"fields\":$fields,\"parallelism\":4}],
     \"ingestApis\":[{\"name\":\"$name\",\"destination\":{\"name\":\"$name\"}}]}"
   "$py" - "$url" "$per" <<'PY'
-import http.client, json, sys, time
+import http.client, json, os, ssl, sys, time
 from urllib.parse import urlparse
 u, per = urlparse(sys.argv[1]), int(sys.argv[2])
+headers = {"content-type": "application/json"}
+if u.scheme == "https":
+    headers["authorization"] = "Bearer " + os.environ["BENCH_TOKEN"]
 for k in range(10):
     for _ in range(100):
-        c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-        c.request("POST", u.path, json.dumps([{"id": f"w{k}_{i}", "value": i} for i in range(per)]), {"content-type": "application/json"})
+        if u.scheme == "https":
+            c = http.client.HTTPSConnection(u.hostname, u.port, timeout=30, context=ssl._create_unverified_context())
+        else:
+            c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        c.request("POST", u.path, json.dumps([{"id": f"w{k}_{i}", "value": i} for i in range(per)]), headers)
         r = c.getresponse(); r.read()
         if r.status == 200:
             break
@@ -72,14 +95,14 @@ for k in range(10):
     assert r.status == 200, r.status
 PY
   local w0 b0 w1 b1
-  w0=$(ticks "$worker_pid") b0=$(ticks "$broker_pid")
-  wrk -t1 -c 64 -d 300s --timeout 60s -s "$PEER/ingest.lua" "$url" -- "$N" "$per" >"$out/wrk.out" 2>&1
-  w1=$(ticks "$worker_pid") b1=$(ticks "$broker_pid")
+  w0=$(ticks "$pid") b0=$(ticks "$broker_pid")
+  wrk -t1 -c 64 -d 300s --timeout 60s -s "$script" "$url" -- "$N" "$per" >"$out/wrk.out" 2>&1
+  w1=$(ticks "$pid") b1=$(ticks "$broker_pid")
   line=$(grep '^posts=' "$out/wrk.out")
   secs=$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$line"); codes=$(sed -n 's/.*codes=\([^ ]*\).*/\1/p' <<<"$line")
   rate=$(awk -v n="$N" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
   result=$(check count "$BROKER" "$name" "$N") || true
-  echo "RUNNER=millrace-ingest N=$N per_post=$per conns=64 rate=$rate codes=$codes $result" \
+  echo "RUNNER=$runner N=$N per_post=$per conns=64 rate=$rate codes=$codes $result" \
     "server_cpu=$(awk -v t=$((w1 - w0)) -v hz="$hz" -v s="$secs" 'BEGIN { printf "%.2f", t / hz / s }')" \
     "server_cpu_s_per_M=$(awk -v t=$((w1 - w0)) -v hz="$hz" -v n="$N" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }')" \
     "broker_cpu=$(awk -v t=$((b1 - b0)) -v hz="$hz" -v s="$secs" 'BEGIN { printf "%.2f", t / hz / s }')"
@@ -95,6 +118,7 @@ if [ "$PARTS" = all ] || [ "$PARTS" = ingest ]; then
     for per in ${BENCH_PER_POST:-1000 100}; do
       [ "${BENCH_PEERS:-1}" = 0 ] || BROKER=$BROKER bash "$PEER/ingest.sh" moose "$N" "$per" | tee -a "$results"
       millrace_ingest "$per" | tee -a "$results"
+      if [ "${BENCH_TLS:-0}" = 1 ]; then millrace_ingest "$per" tls | tee -a "$results"; fi
     done
   done
 fi

@@ -14,6 +14,7 @@
 # (default "1 2 4"; "" for none); SDKPY runs the Python sidecar with another interpreter (say a venv holding an
 # earlier SDK, to compare two versions in one sitting); BENCH_BIN_DIR runs the control plane and worker of another
 # build (a directory holding millrace-control-plane and millrace-worker, say an earlier commit's), built by nobody.
+# BENCH_TLS=1 runs every Millrace runner with TLS and the sidecar token between the worker and its sidecars.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000} ROUNDS=${2:-3} NMOOSE=${NMOOSE:-200000}
@@ -36,18 +37,28 @@ source bench/common.sh
 
 start_broker
 
+# BENCH_TLS=1: the worker calls both sidecars over TLS (a self-signed certificate for 127.0.0.1) with a sidecar token.
+scheme=http sidecar_env=() tls_flags=()
+if [ "${BENCH_TLS:-0}" = 1 ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$out/tls.key" -out "$out/tls.pem" >/dev/null 2>&1
+  scheme=https
+  sidecar_env=(MILLRACE_TLS_CERT="$out/tls.pem" MILLRACE_TLS_KEY="$out/tls.key" MILLRACE_SIDECAR_TOKEN=bench-sidecar-token)
+  tls_flags=(--tls-ca "$out/tls.pem" --sidecar-token bench-sidecar-token)
+fi
+
 cport=$(free_port) rport=$(free_port) hport=$(free_port)
 pyport=$(( ($(free_port) % 20000) + 30000 ))   # room for 4 consecutive ports
 db=postgres://postgres@127.0.0.1:${MILLRACE_PG_PORT:-5432}/millrace_bench_py
 psql -q -h 127.0.0.1 -p "${MILLRACE_PG_PORT:-5432}" -U postgres -c 'DROP DATABASE IF EXISTS millrace_bench_py WITH (FORCE)' postgres
 RUST_LOG=warn "$bin"/millrace-control-plane --listen 127.0.0.1:$cport --database-url "$db" \
   --kafka-brokers "$BROKER" --clickhouse-database millrace_bench_py >"$out/control-plane.log" 2>&1 & pids+=($!)
-RUST_LOG=warn target/release/examples/reference --listen 127.0.0.1:$rport >"$out/rust-sidecar.log" 2>&1 & pids+=($!)
+env "${sidecar_env[@]}" RUST_LOG=warn target/release/examples/reference --listen 127.0.0.1:$rport >"$out/rust-sidecar.log" 2>&1 & pids+=($!)
 rust_pid=$!
 wait_port "$cport"; wait_port "$rport"
 RUST_LOG=warn "$bin"/millrace-worker --control-plane http://127.0.0.1:$cport --kafka-brokers "$BROKER" \
-  --sidecar "default=http://127.0.0.1:$pyport,rust=http://127.0.0.1:$rport" --http-listen 127.0.0.1:$hport \
-  >"$out/worker.log" 2>&1 & pids+=($!)
+  --sidecar "default=$scheme://127.0.0.1:$pyport,rust=$scheme://127.0.0.1:$rport" --http-listen 127.0.0.1:$hport \
+  "${tls_flags[@]}" >"$out/worker.log" 2>&1 & pids+=($!)
 worker_pid=$!
 wait_port "$hport"
 export MILLRACE_CONTROL_PLANE=127.0.0.1:$cport MILLRACE_KAFKA_BROKERS=$BROKER
@@ -86,7 +97,7 @@ millrace_py() {
   sed -e "s/\"@SRC@\")/\"$src\", $cfg)/; s/\"@DST@\")/\"$dst\", $cfg)/" \
     -e "s/from moose_lib import Key, Stream/from millrace import Key, LifeCycle, Stream, StreamConfig/" "$PEER/moose_app.py" >"$app"
   grep -q 'from millrace import' "$app" || { echo "could not rewrite $PEER/moose_app.py"; exit 1; }
-  "$sdkpy" -m millrace serve "$app" --port "$pyport" --processes "$procs" >"$out/py-sidecar.log" 2>&1 &
+  env "${sidecar_env[@]}" "$sdkpy" -m millrace serve "$app" --port "$pyport" --processes "$procs" >"$out/py-sidecar.log" 2>&1 &
   sidecar=$!
   pids+=("$sidecar")   # stopped on exit even when a step fails
   for i in $(seq 0 $((procs - 1))); do wait_port $((pyport + i)); done

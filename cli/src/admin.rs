@@ -10,18 +10,25 @@ use std::path::PathBuf;
 use std::time::Duration;
 use millrace_proto::endpoints::{Addresses, Failover};
 
+#[derive(Clone)]
 pub struct Ctx {
     /// Every control plane address given; calls go to the first that answers.
     pub control_plane: Addresses,
     pub brokers: String,
     pub json: bool,
+    /// Sent with every control plane call (the admin token, when the control plane wants one).
+    pub token: Option<millrace_proto::auth::Secret>,
+    /// TLS to `https://` addresses.
+    pub tls: millrace_proto::tls::Client,
 }
 
 impl Ctx {
     /// A client over every address: a call goes to the first that answers (one that refuses the connection, does
     /// not connect within 3 s, does not answer within 30 s or answers UNAVAILABLE gives way to the next).
     pub async fn client(&self) -> anyhow::Result<ControlPlaneClient<Failover>> {
-        let channel = Failover::new(&self.control_plane, |e| e.connect_timeout(Duration::from_secs(3))).attempt_timeout(Duration::from_secs(30));
+        let channel = Failover::new(&self.control_plane, &self.tls, |e| e.connect_timeout(Duration::from_secs(3)))
+            .attempt_timeout(Duration::from_secs(30))
+            .token(self.token.as_ref());
         Ok(ControlPlaneClient::new(channel))
     }
 
@@ -37,6 +44,9 @@ pub fn refused(s: tonic::Status) -> anyhow::Error {
             "the control plane cannot be reached ({}): start it (millrace dev), or set --control-plane (MILLRACE_CONTROL_PLANE) to its address, or several separated by commas",
             s.message()
         );
+    }
+    if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) {
+        return anyhow::anyhow!("the control plane refused the call: {} (millrace takes it from --admin-token or MILLRACE_ADMIN_TOKEN)", s.message());
     }
     anyhow::anyhow!("the control plane answered {:?}: {}", s.code(), s.message())
 }
@@ -61,10 +71,15 @@ pub fn home() -> PathBuf {
 pub fn python_plan(ctx: &Ctx, what: &str, app: &str) -> anyhow::Result<()> {
     let py = sdk_python();
     anyhow::ensure!(py.exists(), "the Python SDK is not installed: run `bash scripts/sdk.sh` (or `millrace dev` once)");
-    // Every address, as the Python SDK takes them.
-    let target = ctx.control_plane.host_ports();
+    // Every address, as the Python SDK takes them (with the scheme when one is https).
+    let tls = ctx.control_plane.urls().iter().any(|u| u.starts_with("https://"));
+    let target = if tls { ctx.control_plane.to_string() } else { ctx.control_plane.host_ports() };
     let mut cmd = std::process::Command::new(py);
     cmd.args(["-m", "millrace", what, app, "--control-plane", &target]);
+    // Given as a flag here: passed on the way the SDK reads it (never on its command line, which others can see).
+    if let Some(t) = &ctx.token {
+        cmd.env("MILLRACE_ADMIN_TOKEN", t.expose());
+    }
     if ctx.json {
         cmd.arg("--json");
     }

@@ -5,6 +5,7 @@
 //! project, from its directory: see `dev_project`), else the reference example. A process it started that dies is
 //! reported and started again (`supervise`). Ctrl-C (or SIGTERM) stops what it started, last started first.
 
+use millrace_proto::auth::Role;
 use crate::admin::{home, repo, sdk_python, Ctx};
 use crate::dev_project::{self, Project};
 use crate::dev_state::State;
@@ -152,7 +153,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     if ctx.control_plane.urls().len() > 1 {
         println!("millrace dev runs one control plane: on {} (the first of --control-plane)", first);
     }
-    let ctx = &Ctx { control_plane: first, brokers: ctx.brokers.clone(), json: ctx.json };
+    let ctx = &Ctx { control_plane: first, ..ctx.clone() };
     let found = Project::find(args.app.as_deref())?;
     // The built-in example keeps the state it always had; an app's is its project's.
     let anchor = found.as_ref().map(Project::state_anchor);
@@ -380,6 +381,15 @@ async fn endpoints(ctx: &Ctx, args: &Args, state: &State) {
     println!("  control plane   {}   (millrace ls, millrace status)", ctx.control_plane);
     println!("  metrics         http://{}/metrics", args.http_listen);
     println!("  ClickHouse      http://127.0.0.1:8123   database {}", state.clickhouse_database);
+    let set: Vec<&str> = Role::ALL.iter().filter(|r| std::env::var(r.env()).is_ok_and(|v| !v.is_empty())).map(|r| r.name()).collect();
+    if set.is_empty() {
+        println!("  tokens, TLS     none (local). In production: MILLRACE_ADMIN_TOKEN, _WORKER_TOKEN, _INGEST_TOKEN and");
+        println!("                  _SIDECAR_TOKEN, each process the ones it uses, and MILLRACE_TLS_CERT/KEY: docs/deploy.md");
+    } else {
+        println!("  tokens          from the environment: {} (every process here was given them)", set.join(", "));
+    }
+    // The curl lines send the ingest token when there is one (read from the environment by the shell, not printed).
+    let auth = if std::env::var(Role::Ingest.env()).is_ok_and(|v| !v.is_empty()) { "-H \"Authorization: Bearer $MILLRACE_INGEST_TOKEN\" " } else { "" };
     let Ok(resources) = ctx.resources().await else { return };
     for r in &resources {
         if let Some(Spec::IngestApi(api)) = r.resource.as_ref().and_then(|r| r.spec.as_ref()) {
@@ -395,7 +405,7 @@ async fn endpoints(ctx: &Ctx, args: &Args, state: &State) {
             });
             let example = serde_json::Value::Object(fields.unwrap_or_default().iter().map(|f| (f.name.clone(), sample(f))).collect());
             println!("  ingest          http://{}/ingest/{path}", args.http_listen);
-            println!("    curl -s -H 'Content-Type: application/json' -d '{example}' http://{}/ingest/{path}", args.http_listen);
+            println!("    curl -s {auth}-H 'Content-Type: application/json' -d '{example}' http://{}/ingest/{path}", args.http_listen);
         }
     }
     for r in &resources {

@@ -26,6 +26,12 @@ struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// The admin token, when the control plane wants one (apply, delete, replay, and reads).
+    #[arg(long, global = true, env = "MILLRACE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<millrace_proto::auth::Secret>,
+    /// TLS of the calls to `https://` addresses.
+    #[command(flatten)]
+    tls: millrace_proto::tls::ClientTls,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,7 +71,14 @@ async fn main() {
     let cli = Cli::parse();
     // `host:port` or `http://host:port`, as the Python CLI and the SDKs take them (MILLRACE_CONTROL_PLANE is shared
     // with them): parsed, and refused naming the bad address, by clap.
-    let ctx = admin::Ctx { control_plane: cli.control_plane.clone(), brokers: cli.kafka_brokers.clone(), json: cli.json };
+    let tls = match cli.tls.load() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let ctx = admin::Ctx { control_plane: cli.control_plane.clone(), brokers: cli.kafka_brokers.clone(), json: cli.json, token: cli.admin_token.clone(), tls };
     let result = match cli.command {
         Command::Dev(args) => dev::run(&ctx, args).await,
         Command::Plan { app } => admin::python_plan(&ctx, "plan", &app),

@@ -33,9 +33,9 @@ pub struct ReplayArgs {
     /// replay: the worker HTTP address whose ingest API checks again the records it refused.
     #[arg(long, env = "MILLRACE_INGEST_URL", default_value = "http://127.0.0.1:4000")]
     ingest_url: String,
-    /// replay: the ingest API key, if the worker has one (--ingest-api-key).
-    #[arg(long, env = "MILLRACE_INGEST_API_KEY", hide_env_values = true)]
-    ingest_api_key: Option<String>,
+    /// replay: the ingest token, if the worker wants one (`--ingest-api-key` is its former name).
+    #[arg(long, alias = "ingest-api-key", env = "MILLRACE_INGEST_TOKEN", hide_env_values = true)]
+    ingest_token: Option<millrace_proto::auth::Secret>,
     /// replay: seconds to read the queue to its end, and then to have every record acknowledged.
     #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 120)]
     timeout_s: u64,
@@ -146,7 +146,7 @@ pub async fn replay(ctx: &Ctx, queue: &str, letters: &[&Read], args: &ReplayArgs
         }
     }
     if !apis.is_empty() {
-        let http = Http::new(&args.ingest_url, args.ingest_api_key.clone());
+        let http = Http::new(&args.ingest_url, args.ingest_token.clone(), &ctx.tls);
         for (at, result) in send_to_apis(&http, &apis, deadline).await {
             if let Err((v, reason)) = result {
                 outcomes[at].result = Err(v);
@@ -300,8 +300,9 @@ fn delivered<E>(r: Result<rdkafka::producer::future_producer::OwnedDeliveryResul
 /// POSTs to the worker's ingest API.
 struct Http {
     base: String,
-    key: Option<String>,
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    key: Option<millrace_proto::auth::Secret>,
+    /// HTTP, or HTTPS verified as the gRPC calls are (`--tls-ca`).
+    client: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>,
 }
 
 /// An answer of the ingest API: status and body.
@@ -311,15 +312,20 @@ struct Answer {
 }
 
 impl Http {
-    fn new(base: &str, key: Option<String>) -> Self {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    fn new(base: &str, key: Option<millrace_proto::auth::Secret>, tls: &millrace_proto::tls::Client) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.rustls().as_ref().clone())
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
         Self { base: base.trim_end_matches('/').to_string(), key, client }
     }
 
     async fn post(&self, path: &str, body: Vec<u8>) -> Result<Answer, String> {
         let mut req = hyper::Request::post(format!("{}{path}", self.base)).header("content-type", "application/json");
-        if let Some(k) = &self.key {
-            req = req.header("authorization", format!("Bearer {k}"));
+        if let Some(k) = self.key.as_ref().and_then(|k| k.bearer()) {
+            req = req.header("authorization", k);
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("--ingest-url {:?} is not a URL: {e}", self.base))?;
         let answer = self.client.request(req).await.map_err(|e| format!("the ingest API at {} cannot be reached: {e}", self.base))?;
@@ -427,8 +433,8 @@ async fn send_chunk(http: &Http, path: &str, mut chunk: Vec<&ToApi>, deadline: I
             }
             404 | 413 => return fail_all(results, &chunk, Verdict::Skipped, format!("the ingest API refused it: {message}")),
             503 if Instant::now() + backoff < deadline => pause(&mut backoff).await,
-            401 => {
-                let why = format!("the ingest API wants its key: pass --ingest-api-key (or MILLRACE_INGEST_API_KEY) ({message})");
+            401 | 403 => {
+                let why = format!("the ingest API wants its token: pass --ingest-token (or MILLRACE_INGEST_TOKEN) ({message})");
                 return fail_all(results, &chunk, Verdict::Failed, why);
             }
             code => return fail_all(results, &chunk, Verdict::Failed, format!("the ingest API answered {code}: {message}")),

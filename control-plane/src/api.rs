@@ -26,6 +26,8 @@ pub struct Api {
     pub forward_timeout: std::time::Duration,
     /// How long a write waits for a leader while none leads.
     pub leader_wait: std::time::Duration,
+    /// How writes reach the leader (TLS).
+    pub via: forward::Via,
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -96,13 +98,14 @@ impl ControlPlane for Api {
     async fn apply_plan(&self, req: Request<ApplyPlanRequest>) -> Result<Response<ApplyPlanResponse>, Status> {
         let client = client_of(&req, &req.get_ref().client);
         let was_forwarded = req.metadata().contains_key(forward::FORWARDED);
+        let via = self.via.with_caller(&req);
         let r = req.into_inner();
         // A dry run writes nothing: any control plane answers it.
         if !r.dry_run {
             if let Route::Leader(at) = forward::route(self.coordinator.leadership(), self.store.pool(), was_forwarded, self.leader_wait).await? {
                 // The leader records who applied, not which control plane passed it on.
                 let r = ApplyPlanRequest { client, ..r };
-                return Ok(Response::new(forward::apply(&at, r, self.forward_timeout).await?));
+                return Ok(Response::new(forward::apply(&at, r, self.forward_timeout, &via).await?));
             }
         }
         // Run to its end even if the caller hangs up: an apply cut short mid-provisioning would be left to the
@@ -138,10 +141,11 @@ impl ControlPlane for Api {
     async fn delete_resource(&self, req: Request<DeleteResourceRequest>) -> Result<Response<DeleteResourceResponse>, Status> {
         let client = client_of(&req, &req.get_ref().client);
         let was_forwarded = req.metadata().contains_key(forward::FORWARDED);
+        let via = self.via.with_caller(&req);
         let r = req.into_inner();
         if let Route::Leader(at) = forward::route(self.coordinator.leadership(), self.store.pool(), was_forwarded, self.leader_wait).await? {
             let r = DeleteResourceRequest { client, ..r };
-            return Ok(Response::new(forward::delete(&at, r, self.forward_timeout).await?));
+            return Ok(Response::new(forward::delete(&at, r, self.forward_timeout, &via).await?));
         }
         let key = key_from(r.kind, r.name, r.version)?;
         let (api, gone) = (self.clone(), Gone::default());

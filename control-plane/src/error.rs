@@ -13,6 +13,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A call that proves it comes from someone else than the one it names (a worker session).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A dependency could not be reached; nothing was recorded.
     #[error("{what} is unreachable: {detail}. Nothing was recorded; retry once it is back")]
     Unavailable { what: &'static str, detail: String },
@@ -57,6 +60,7 @@ impl From<Error> for Status {
             Error::InvalidPlan(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Unavailable { .. } | Error::NotLeader(_) => Code::Unavailable,
             Error::Busy(_) | Error::Unfinished(_) => Code::Aborted,
             Error::Internal(_) => Code::Internal,

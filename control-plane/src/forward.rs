@@ -9,7 +9,8 @@ use millrace_proto::v1::control_plane_client::ControlPlaneClient;
 use millrace_proto::v1::*;
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// Set on a forwarded request: its receiver makes the write or refuses it, and never forwards it again.
@@ -63,8 +64,36 @@ fn url(address: &str) -> String {
     if address.contains("://") { address.to_string() } else { format!("http://{address}") }
 }
 
-async fn client(address: &str, timeout: Duration) -> Result<ControlPlaneClient<Channel>, Status> {
-    let endpoint = Endpoint::from_shared(url(address))
+/// How a write is passed on: over TLS when the leader's address is `https://`, with the caller's own token (the
+/// leader checks it again).
+#[derive(Clone, Debug, Default)]
+pub struct Via {
+    pub tls: millrace_proto::tls::Client,
+    pub authorization: Option<MetadataValue<Ascii>>,
+    /// This control plane serves TLS: a token it was sent over TLS never goes on over plaintext.
+    pub serving_tls: bool,
+}
+
+impl Via {
+    /// `self` carrying the token of `req`.
+    pub fn with_caller<T>(&self, req: &Request<T>) -> Via {
+        let authorization = req.metadata().get("authorization").cloned().map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        Via { tls: self.tls.clone(), authorization, serving_tls: self.serving_tls }
+    }
+}
+
+async fn client(address: &str, timeout: Duration, via: &Via) -> Result<ControlPlaneClient<Channel>, Status> {
+    if via.serving_tls && !url(address).starts_with("https://") {
+        return Err(Status::failed_precondition(format!(
+            "this control plane serves TLS but the leader advertises the plaintext address {address}: give every control plane the same --tls-cert and --tls-key"
+        )));
+    }
+    let endpoint = via
+        .tls
+        .endpoint(&url(address))
         .map_err(|e| Status::unavailable(format!("the leader advertises {address:?}, which is not an address ({e}): set its --advertise")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(timeout);
@@ -74,9 +103,12 @@ async fn client(address: &str, timeout: Duration) -> Result<ControlPlaneClient<C
     Ok(ControlPlaneClient::new(channel))
 }
 
-fn forwarded<T>(message: T) -> Request<T> {
+fn forwarded<T>(message: T, via: &Via) -> Request<T> {
     let mut r = Request::new(message);
-    r.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r.metadata_mut().insert(FORWARDED, MetadataValue::from_static("1"));
+    if let Some(a) = &via.authorization {
+        r.metadata_mut().insert("authorization", a.clone());
+    }
     r
 }
 
@@ -94,14 +126,14 @@ fn answered(address: &str, s: Status) -> Status {
     }
 }
 
-pub async fn apply(address: &str, req: ApplyPlanRequest, timeout: Duration) -> Result<ApplyPlanResponse, Status> {
+pub async fn apply(address: &str, req: ApplyPlanRequest, timeout: Duration, via: &Via) -> Result<ApplyPlanResponse, Status> {
     tracing::info!(leader = address, client = req.client, "forwarding an apply to the leader");
-    let mut c = client(address, timeout).await?;
-    c.apply_plan(forwarded(req)).await.map(|r| r.into_inner()).map_err(|s| answered(address, s))
+    let mut c = client(address, timeout, via).await?;
+    c.apply_plan(forwarded(req, via)).await.map(|r| r.into_inner()).map_err(|s| answered(address, s))
 }
 
-pub async fn delete(address: &str, req: DeleteResourceRequest, timeout: Duration) -> Result<DeleteResourceResponse, Status> {
+pub async fn delete(address: &str, req: DeleteResourceRequest, timeout: Duration, via: &Via) -> Result<DeleteResourceResponse, Status> {
     tracing::info!(leader = address, client = req.client, "forwarding a delete to the leader");
-    let mut c = client(address, timeout).await?;
-    c.delete_resource(forwarded(req)).await.map(|r| r.into_inner()).map_err(|s| answered(address, s))
+    let mut c = client(address, timeout, via).await?;
+    c.delete_resource(forwarded(req, via)).await.map(|r| r.into_inner()).map_err(|s| answered(address, s))
 }

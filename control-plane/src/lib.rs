@@ -76,6 +76,15 @@ pub struct Config {
     /// about the time from the leader's death to another control plane leading.
     #[arg(long, env = "MILLRACE_LEADER_LEASE_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(300..))]
     pub leader_lease_ms: u64,
+    /// Tokens per role: applies and deletes need the admin token, workers the worker token, once set.
+    #[command(flatten)]
+    pub tokens: millrace_proto::auth::Tokens,
+    /// TLS of the gRPC listener.
+    #[command(flatten)]
+    pub tls: millrace_proto::tls::ServerTls,
+    /// TLS of the calls to the leader (forwarded writes), when it serves TLS.
+    #[command(flatten)]
+    pub client_tls: millrace_proto::tls::ClientTls,
 }
 
 /// Aborts its task when dropped, so the tasks `serve` (or a loop) starts end with it, even when it is aborted.
@@ -112,9 +121,16 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
     );
     let provisioner = provision::Provisioner { kafka, clickhouse, topic_namespace: config.topic_namespace.clone() };
     let coordinator_store = store::Store::connect_coordinator(&config.database_url, config.timeout()).await?;
+    config.tokens.check_form().map_err(Error::InvalidArgument)?;
+    // Checked before anything starts: a bad certificate or key stops the process with its name.
+    let server_tls = config.tls.tonic().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let client_tls = config.client_tls.load().map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let listening = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.listen.clone());
     let advertise = config.advertise.clone().filter(|a| !a.is_empty()).unwrap_or_else(|| listening.clone());
-    if advertise.starts_with("0.0.0.0") || advertise.starts_with("[::]") {
+    // Followers reach the leader at its advertised address, over TLS when it serves TLS.
+    let advertise = if config.tls.enabled() && !advertise.contains("://") { format!("https://{advertise}") } else { advertise };
+    let host = advertise.split_once("://").map_or(advertise.as_str(), |(_, h)| h);
+    if host.starts_with("0.0.0.0") || host.starts_with("[::]") {
         tracing::warn!(advertise, "advertising an unspecified address: other hosts' control planes cannot forward writes here; set --advertise");
     }
     let leadership = leadership::Leadership::new(
@@ -143,6 +159,7 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         forward_timeout: Duration::from_millis(config.apply_wait_ms) + config.timeout() * 4,
         // A write arriving while no control plane leads (at start, during a failover) waits this long for one.
         leader_wait: Duration::from_millis(config.leader_lease_ms) * 3 / 2,
+        via: forward::Via { tls: client_tls, authorization: None, serving_tls: config.tls.enabled() },
     };
     let _finishing = AbortOnDrop(tokio::spawn(api.clone().finish_on_taking_office()));
 
@@ -160,7 +177,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
 
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "control plane serving");
+    tracing::info!(
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = config.tls.enabled(),
+        mutual_tls = config.tls.tls_client_ca.is_some(),
+        tokens = config.tokens.summary(),
+        "control plane serving"
+    );
     let closing = coordinator.clone();
     let resigning = leadership.clone();
     let applying = api.store.clone();
@@ -175,7 +198,13 @@ pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<
         resigning.resign().await;
         drop(held);
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls {
+        builder = builder.tls_config(tls).map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?;
+    }
+    let server = builder
+        // Health and reflection stay open; every Millrace call needs its role's token once that is set.
+        .layer(millrace_proto::auth::grpc_layer(config.tokens.clone(), millrace_proto::auth::control_plane_rules))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

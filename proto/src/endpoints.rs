@@ -30,7 +30,7 @@ use tower::ServiceExt;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How to write a list of addresses, for error messages.
-const HOW: &str = "write host:port or http://host:port, several separated by commas (for example 127.0.0.1:50051,10.0.0.2:50051)";
+const HOW: &str = "write host:port, http://host:port or https://host:port (TLS), several separated by commas (for example 127.0.0.1:50051,10.0.0.2:50051)";
 
 /// Calls retried on another address only when the first surely did not get them.
 pub const NOT_REPEATABLE: &[&str] = &[
@@ -51,13 +51,13 @@ pub enum AddressError {
     Invalid { address: String, why: String },
 }
 
-/// A non-empty list of control plane addresses, each normalised to `http://host:port`.
+/// A non-empty list of control plane addresses, each normalised to `http://host:port` (or `https://host:port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addresses(Vec<String>);
 
 impl Addresses {
-    /// Parses `a,b,c`: each `host:port`, `http://host:port` or `grpc://host:port`; blanks around commas and empty
-    /// items are ignored.
+    /// Parses `a,b,c`: each `host:port`, `http://host:port`, `grpc://host:port` or `https://host:port` (TLS); blanks
+    /// around commas and empty items are ignored.
     pub fn parse(list: &str) -> Result<Self, AddressError> {
         let parsed = list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(one).collect::<Result<Vec<_>, _>>()?;
         if parsed.is_empty() {
@@ -66,7 +66,7 @@ impl Addresses {
         Ok(Self(parsed))
     }
 
-    /// Every address, as `http://host:port`.
+    /// Every address, as `http://host:port` or `https://host:port`.
     pub fn urls(&self) -> &[String] {
         &self.0
     }
@@ -78,7 +78,7 @@ impl Addresses {
 
     /// Every address as `host:port` (the form Python's grpc takes), comma-separated.
     pub fn host_ports(&self) -> String {
-        self.0.iter().map(|u| u.trim_start_matches("http://")).collect::<Vec<_>>().join(",")
+        self.0.iter().map(|u| u.trim_start_matches("http://").trim_start_matches("https://")).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -97,10 +97,10 @@ impl FromStr for Addresses {
 
 fn one(address: &str) -> Result<String, AddressError> {
     let bad = |why: &str| AddressError::Invalid { address: address.to_string(), why: why.to_string() };
-    let rest = match address.split_once("://") {
-        None => address,
-        Some(("http" | "grpc", rest)) => rest,
-        Some(("https", _)) => return Err(bad("uses https, which Millrace's clients do not speak (TLS goes in front of them)")),
+    let (scheme, rest) = match address.split_once("://") {
+        None => ("http", address),
+        Some(("http" | "grpc", rest)) => ("http", rest),
+        Some(("https", rest)) => ("https", rest),
         Some((scheme, _)) => return Err(bad(&format!("has the scheme {scheme:?}"))),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -122,7 +122,7 @@ fn one(address: &str) -> Result<String, AddressError> {
     }
     match authority.port_u16() {
         Some(0) | None => Err(bad("has no port")),
-        Some(_) => Ok(format!("http://{authority}")),
+        Some(_) => Ok(format!("{scheme}://{authority}")),
     }
 }
 
@@ -130,6 +130,8 @@ fn one(address: &str) -> Result<String, AddressError> {
 #[derive(Clone)]
 pub struct Failover {
     inner: Arc<Inner>,
+    /// `Bearer <token>` sent with every call, when the caller has a token.
+    authorization: Option<http::HeaderValue>,
     /// Longest wait for one address's answer (its headers: a stream's opening) before the next is tried.
     attempt_timeout: Option<Duration>,
 }
@@ -143,14 +145,25 @@ struct Inner {
 
 impl Failover {
     /// Channels to every address, connected on first use, each with `CONNECT_TIMEOUT` and then `configure`
-    /// (keepalive, message sizes: anything tonic's `Endpoint` sets). Needs a tokio runtime.
-    pub fn new(addresses: &Addresses, configure: impl Fn(Endpoint) -> Endpoint) -> Self {
+    /// (keepalive, message sizes: anything tonic's `Endpoint` sets); `https://` addresses speak TLS as `tls` says.
+    /// Needs a tokio runtime.
+    pub fn new(addresses: &Addresses, tls: &crate::tls::Client, configure: impl Fn(Endpoint) -> Endpoint) -> Self {
         let channels = addresses
             .urls()
             .iter()
-            .map(|u| configure(Endpoint::from_shared(u.clone()).expect("checked by Addresses::parse").connect_timeout(CONNECT_TIMEOUT)).connect_lazy())
+            .map(|u| configure(tls.endpoint(u).expect("checked by Addresses::parse").connect_timeout(CONNECT_TIMEOUT)).connect_lazy())
             .collect();
-        Self { inner: Arc::new(Inner { addresses: addresses.clone(), channels, current: AtomicUsize::new(0) }), attempt_timeout: None }
+        Self {
+            inner: Arc::new(Inner { addresses: addresses.clone(), channels, current: AtomicUsize::new(0) }),
+            attempt_timeout: None,
+            authorization: None,
+        }
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call (none when `token` is `None` or empty).
+    pub fn token(mut self, token: Option<&crate::auth::Secret>) -> Self {
+        self.authorization = token.filter(|t| !t.is_empty()).and_then(crate::auth::Secret::bearer);
+        self
     }
 
     /// Gives each address at most `d` to answer a call (to send its response headers: for a server stream, to
@@ -188,7 +201,10 @@ impl tower::Service<http::Request<Body>> for Failover {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        if let Some(h) = &self.authorization {
+            req.headers_mut().insert(http::header::AUTHORIZATION, h.clone());
+        }
         let (inner, attempt_timeout) = (self.inner.clone(), self.attempt_timeout);
         Box::pin(async move { inner.call(req, attempt_timeout).await })
     }

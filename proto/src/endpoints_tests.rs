@@ -7,6 +7,8 @@ use tonic::{Code, Request, Response, Status};
 #[test]
 fn lists_with_or_without_scheme_parse_to_urls() {
     let a = Addresses::parse(" 127.0.0.1:50051, http://10.0.0.2:7000/ ,grpc://cp.example:1,").unwrap();
+    assert_eq!(Addresses::parse("https://cp.example:443,cp:1").unwrap().urls(), ["https://cp.example:443", "http://cp:1"]);
+    assert_eq!(Addresses::parse("https://cp.example:443").unwrap().host_ports(), "cp.example:443");
     assert_eq!(a.urls(), ["http://127.0.0.1:50051", "http://10.0.0.2:7000", "http://cp.example:1"]);
     assert_eq!(a.first(), "http://127.0.0.1:50051");
     assert_eq!(a.host_ports(), "127.0.0.1:50051,10.0.0.2:7000,cp.example:1");
@@ -19,7 +21,7 @@ fn lists_with_or_without_scheme_parse_to_urls() {
 fn a_bad_address_is_named_with_what_to_write() {
     for (list, bad, why) in [
         ("127.0.0.1:50051,10.0.0.2", "10.0.0.2", "has no port"),
-        ("https://cp:443", "https://cp:443", "https"),
+        ("https://cp", "https://cp", "has no port"),
         ("ftp://cp:1", "ftp://cp:1", "scheme"),
         ("cp:1/api", "cp:1/api", "has a path"),
         ("cp:port", "cp:port", "is not a host and port"),
@@ -29,7 +31,7 @@ fn a_bad_address_is_named_with_what_to_write() {
     ] {
         let e = Addresses::parse(list).unwrap_err().to_string();
         assert!(e.contains(&format!("{bad:?}")) && e.contains(why), "{list}: {e}");
-        assert!(e.contains("write host:port or http://host:port, several separated by commas"), "{e}");
+        assert!(e.contains("write host:port, http://host:port or https://host:port (TLS), several separated by commas"), "{e}");
     }
     assert_eq!(Addresses::parse(" , ").unwrap_err(), AddressError::Empty);
     assert!(Addresses::parse("").unwrap_err().to_string().contains("write host:port"));
@@ -95,7 +97,7 @@ async fn register(c: &mut WorkerCoordinatorClient<Failover>) -> Result<String, S
 async fn a_dead_address_first_is_skipped_and_the_live_one_kept() {
     let (live, _stop) = serve("live", false).await;
     let dead = dead_port();
-    let f = Failover::new(&Addresses::parse(&format!("{dead},{live}")).unwrap(), |e| e);
+    let f = Failover::new(&Addresses::parse(&format!("{dead},{live}")).unwrap(), &Default::default(), |e| e);
     let mut c = WorkerCoordinatorClient::new(f.clone());
     assert_eq!(register(&mut c).await.unwrap(), "live");
     assert_eq!(f.current(), format!("http://{live}"), "sticks to the address that answered");
@@ -107,7 +109,7 @@ async fn unavailable_moves_on_and_a_stopped_control_plane_is_left_for_the_next()
     let (follower, _f) = serve("follower", true).await;
     let (a, stop_a) = serve("a", false).await;
     let (b, _b) = serve("b", false).await;
-    let f = Failover::new(&Addresses::parse(&format!("{follower},{a},{b}")).unwrap(), |e| e);
+    let f = Failover::new(&Addresses::parse(&format!("{follower},{a},{b}")).unwrap(), &Default::default(), |e| e);
     let mut c = WorkerCoordinatorClient::new(f.clone());
     assert_eq!(register(&mut c).await.unwrap(), "a", "UNAVAILABLE tries the next address");
     drop(stop_a);
@@ -119,14 +121,14 @@ async fn unavailable_moves_on_and_a_stopped_control_plane_is_left_for_the_next()
 #[tokio::test]
 async fn when_nothing_answers_the_error_is_unavailable_and_names_every_address() {
     let (dead1, dead2) = (dead_port(), dead_port());
-    let mut c = WorkerCoordinatorClient::new(Failover::new(&Addresses::parse(&format!("{dead1},{dead2}")).unwrap(), |e| e));
+    let mut c = WorkerCoordinatorClient::new(Failover::new(&Addresses::parse(&format!("{dead1},{dead2}")).unwrap(), &Default::default(), |e| e));
     let e = register(&mut c).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains(&dead1) && e.message().contains(&dead2), "{}", e.message());
 
     // Only a replica that cannot serve: its own answer, which may name the leader, reaches the caller.
     let (follower, _f) = serve("follower", true).await;
-    let mut c = WorkerCoordinatorClient::new(Failover::new(&Addresses::parse(&format!("{dead1},{follower}")).unwrap(), |e| e));
+    let mut c = WorkerCoordinatorClient::new(Failover::new(&Addresses::parse(&format!("{dead1},{follower}")).unwrap(), &Default::default(), |e| e));
     let e = register(&mut c).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (Code::Unavailable, "follower is not the leader"));
 }
@@ -137,7 +139,7 @@ async fn an_address_that_accepts_but_never_answers_costs_one_attempt_timeout() {
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (live, _stop) = serve("live", false).await;
     let list = Addresses::parse(&format!("{},{live}", hung.local_addr().unwrap())).unwrap();
-    let f = Failover::new(&list, |e| e).attempt_timeout(Duration::from_millis(300));
+    let f = Failover::new(&list, &Default::default(), |e| e).attempt_timeout(Duration::from_millis(300));
     let mut c = WorkerCoordinatorClient::new(f.clone());
     let started = std::time::Instant::now();
     let beat = c.heartbeat(HeartbeatRequest::default()).await.expect("a heartbeat is repeated on the next address");
@@ -145,7 +147,7 @@ async fn an_address_that_accepts_but_never_answers_costs_one_attempt_timeout() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 
     // A call's own deadline is not retried elsewhere, but the next call goes to the next address.
-    let f = Failover::new(&list, |e| e);
+    let f = Failover::new(&list, &Default::default(), |e| e);
     let mut c = WorkerCoordinatorClient::new(f.clone());
     let mut req = Request::new(RegisterRequest::default());
     req.set_timeout(Duration::from_millis(300));
@@ -161,7 +163,7 @@ async fn a_registration_that_got_no_answer_is_not_made_again_elsewhere() {
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (live, _stop) = serve("live", false).await;
     let list = Addresses::parse(&format!("{},{live}", hung.local_addr().unwrap())).unwrap();
-    let f = Failover::new(&list, |e| e).attempt_timeout(Duration::from_millis(300));
+    let f = Failover::new(&list, &Default::default(), |e| e).attempt_timeout(Duration::from_millis(300));
     let mut c = WorkerCoordinatorClient::new(f.clone());
     let e = register(&mut c).await.expect_err("not repeated on the live address");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");

@@ -1,7 +1,9 @@
 //! The Millrace gRPC contract, generated from `millrace/v1/*.proto` by `build.rs`.
 //! Crates meet only through these types.
 
+pub mod auth;
 pub mod endpoints;
+pub mod tls;
 
 pub mod v1 {
     tonic::include_proto!("millrace.v1");

@@ -1,7 +1,8 @@
 """Control plane addresses: one, or several separated by commas (`10.0.0.1:50051,10.0.0.2:50051`, each with or
-without `http://`), as every Millrace client takes them (`--control-plane`, `MILLRACE_CONTROL_PLANE`). A call goes
-to the address that last answered, and to the next one when it cannot connect or answers UNAVAILABLE (a replica
-that cannot serve the call now), as the Rust clients do (`millrace_proto::endpoints`)."""
+without `http://`; `https://` for TLS, see millrace.security), as every Millrace client takes them
+(`--control-plane`, `MILLRACE_CONTROL_PLANE`). A call goes to the address that last answered, and to the next one
+when it cannot connect or answers UNAVAILABLE (a replica that cannot serve the call now), as the Rust clients do
+(`millrace_proto::endpoints`). A refused token ends the call: another replica would refuse it too."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Callable, Optional, TypeVar
 
 import grpc
 
+from . import security
+
 DEFAULT = "127.0.0.1:50051"
-HOW = "write host:port or http://host:port, several separated by commas (for example 127.0.0.1:50051,10.0.0.2:50051)"
+HOW = "write host:port, http://host:port or https://host:port (TLS), several separated by commas (for example 127.0.0.1:50051,10.0.0.2:50051)"
 # Per address: a host that does not answer (rather than refusing) costs this much, then the next is tried.
 CONNECT_TIMEOUT = 5.0
 
@@ -35,17 +38,18 @@ class Unreachable(Exception):
         return ", ".join(self.addresses)
 
 
-def _one(address: str) -> str:
+def _one(address: str) -> tuple[str, bool]:
+    """(the target grpc takes, whether to speak TLS)."""
+
     def bad(why: str) -> AddressError:
         return AddressError(f"control plane address {address!r} {why}: {HOW}")
 
-    rest = address
+    rest, tls = address, False
     if "://" in address:
         scheme, rest = address.split("://", 1)
-        if scheme == "https":
-            raise bad("uses https, which Millrace's clients do not speak (TLS goes in front of them)")
-        if scheme not in ("http", "grpc"):
+        if scheme not in ("http", "grpc", "https"):
             raise bad(f"has the scheme {scheme!r}")
+        tls = scheme == "https"
     if rest.endswith("/"):
         rest = rest[:-1]
     if "/" in rest:
@@ -67,20 +71,34 @@ def _one(address: str) -> str:
         raise bad("has no port" if not port else "is not a host and port")
     if not 0 < int(port) < 65536:
         raise bad("has no port" if int(port) == 0 else "is not a host and port (the port is above 65535)")
-    return f"{host}:{int(port)}"
+    return f"{host}:{int(port)}", tls
 
 
-def parse(text: str) -> list[str]:
-    """The addresses of a list, each as `host:port` (the target grpc takes); blanks and empty items are ignored."""
+def parse_tls(text: str) -> list[tuple[str, bool]]:
+    """The addresses of a list, each as (`host:port`, TLS or not); blanks and empty items are ignored."""
     found = [_one(a) for a in (a.strip() for a in (text or "").split(",")) if a]
     if not found:
         raise AddressError(f"no control plane address given: {HOW}")
     return found
 
 
+def parse(text: str) -> list[str]:
+    """The addresses of a list, each as `host:port` (the target grpc takes)."""
+    return [target for target, _ in parse_tls(text)]
+
+
 # The address that last answered, per list: later calls of this process start there.
 _current: dict[tuple[str, ...], int] = {}
 _lock = threading.Lock()
+
+
+class Refused(Exception):
+    """The control plane refused the call's token (UNAUTHENTICATED or PERMISSION_DENIED); the message says which
+    environment variable to set. `code` is the gRPC code."""
+
+    def __init__(self, message: str, code: grpc.StatusCode):
+        super().__init__(message)
+        self.code = code
 
 
 def _connect(channel: grpc.Channel, timeout: float) -> Optional[str]:
@@ -105,24 +123,36 @@ def _connect(channel: grpc.Channel, timeout: float) -> Optional[str]:
     return "the connection was refused or failed"
 
 
-def call(addresses: str, fn: Callable[[grpc.Channel], T], connect_timeout: float = CONNECT_TIMEOUT) -> T:
+def call(
+    addresses: str,
+    fn: Callable[[grpc.Channel], T],
+    connect_timeout: float = CONNECT_TIMEOUT,
+    credential: Optional[security.Credential] = None,
+) -> T:
     """`fn(channel)` on the first address that connects and does not answer UNAVAILABLE, starting from the one that
-    last answered. Raises AddressError for a bad list, the last UNAVAILABLE (grpc.RpcError) when every address that
-    connected answered so, Unreachable when none connected, and any other grpc.RpcError as it comes."""
-    targets = parse(addresses)
-    key = tuple(targets)
+    last answered; the channel speaks TLS to https:// addresses and sends `credential`'s token. Raises AddressError
+    for a bad list, security.SecurityError for unusable TLS settings, Refused for a refused token, the last
+    UNAVAILABLE (grpc.RpcError) when every address that connected answered so, Unreachable when none connected, and
+    any other grpc.RpcError as it comes."""
+    parsed = parse_tls(addresses)
+    targets = [t for t, _ in parsed]
+    key = tuple(f"{t}{' tls' if tls else ''}" for t, tls in parsed)
     with _lock:
         start = _current.get(key, 0)
     misses: list[str] = []
     last_unavailable: Optional[grpc.RpcError] = None
     for k in range(len(targets)):
         i = (start + k) % len(targets)
-        with grpc.insecure_channel(targets[i]) as channel:
+        tls = parsed[i][1]
+        with security.open_channel(targets[i], tls) as channel:
             why = _connect(channel, connect_timeout)
             if why is None:
                 try:
-                    result = fn(channel)
+                    result = fn(security.with_token(channel, credential.secret if credential else None))
                 except grpc.RpcError as e:
+                    if credential is not None and e.code() in security.AUTH_CODES:
+                        where = f"the control plane at {targets[i]}"
+                        raise Refused(credential.refusal(e.code(), where, e.details()), e.code()) from None
                     if e.code() != grpc.StatusCode.UNAVAILABLE:
                         raise
                     last_unavailable = e
@@ -131,6 +161,10 @@ def call(addresses: str, fn: Callable[[grpc.Channel], T], connect_timeout: float
                     with _lock:
                         _current[key] = i
                     return result
+            elif tls:
+                why += " (over TLS: check that it serves TLS, with a certificate for this host that MILLRACE_TLS_CA, else the system roots, trusts)"
+            else:
+                why += " (if it serves TLS, write https://)"
         misses.append(f"{targets[i]}: {why}")
         with _lock:
             if _current.get(key, 0) == i:

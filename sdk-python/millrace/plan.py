@@ -9,7 +9,7 @@ from typing import Any, Optional
 import grpc
 from google.protobuf import json_format
 
-from . import endpoints, resources
+from . import endpoints, resources, security
 from .v1 import control_plane_pb2, control_plane_pb2_grpc, resources_pb2
 
 DEFAULT_CONTROL_PLANE = endpoints.DEFAULT
@@ -151,9 +151,11 @@ def apply(plan: resources_pb2.Plan, address: str, dry_run: bool, client: str = "
     """ApplyPlan on the control plane at `address` (one, or several separated by commas: the first that answers);
     returns the response or raises ControlPlaneError with a message for a person."""
     request = control_plane_pb2.ApplyPlanRequest(plan=plan, dry_run=dry_run, client=client)
+    apply_plan = lambda channel: control_plane_pb2_grpc.ControlPlaneStub(channel).ApplyPlan(request, timeout=timeout)  # noqa: E731
     try:
-        return endpoints.call(address, lambda channel: control_plane_pb2_grpc.ControlPlaneStub(channel).ApplyPlan(request, timeout=timeout))
-    except endpoints.AddressError as e:
+        # A dry run is the same call: the control plane answers it to the admin token too.
+        return endpoints.call(address, apply_plan, credential=security.admin())
+    except (endpoints.AddressError, endpoints.Refused, security.SecurityError) as e:
         raise ControlPlaneError(str(e)) from None
     except endpoints.Unreachable as e:
         raise ControlPlaneError(

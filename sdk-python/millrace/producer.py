@@ -44,7 +44,7 @@ def topic_of(stream: Any) -> str:
         return cached
     import grpc
 
-    from . import endpoints
+    from . import endpoints, security
     from .v1 import control_plane_pb2, control_plane_pb2_grpc, resources_pb2
 
     kind = resources_pb2.DEAD_LETTER_QUEUE if stream._kind == "dead_letter_queue" else resources_pb2.STREAM
@@ -52,9 +52,15 @@ def topic_of(stream: Any) -> str:
     address = os.environ.get("MILLRACE_CONTROL_PLANE", endpoints.DEFAULT)
     request = control_plane_pb2.GetResourceRequest(kind=kind, name=stream.name, version=stream.version)
     try:
-        got = endpoints.call(address, lambda channel: control_plane_pb2_grpc.ControlPlaneStub(channel).GetResource(request, timeout=10))
+        got = endpoints.call(
+            address,
+            lambda channel: control_plane_pb2_grpc.ControlPlaneStub(channel).GetResource(request, timeout=10),
+            credential=security.catalog_reader(),
+        )
     except endpoints.AddressError as e:
         raise SendError(f"MILLRACE_CONTROL_PLANE: {e}") from None
+    except (endpoints.Refused, security.SecurityError) as e:
+        raise SendError(f"cannot ask where stream {stream.name!r} lives: {e}") from None
     except endpoints.Unreachable as e:
         raise SendError(
             f"cannot ask the control plane at {e.where} where stream {stream.name!r} lives ({e.detail}); "

@@ -1,6 +1,7 @@
 """The sidecar: a FunctionRuntime server hosting every transform and consumer of an app. `serve()` starts N
 processes, one gRPC server each on consecutive ports, restarting any that dies; each lists all N addresses in
-Describe, and the worker spreads batches over them."""
+Describe, and the worker spreads batches over them. With a sidecar token (MILLRACE_SIDECAR_TOKEN) every
+FunctionRuntime call must carry it; with a certificate and key the processes serve TLS only (millrace.security)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Iterator, Optional
 
 import grpc
 
-from . import resources
+from . import resources, security
 from .runner import DEFAULT_CALL_TIMEOUT_MS, Abandoned, Runner, Stuck  # noqa: F401 - the CLI's default
 from .v1 import function_runtime_pb2 as fr
 from .v1 import function_runtime_pb2_grpc as fr_grpc
@@ -173,7 +174,11 @@ def serve_one(
     threads: int = THREADS,
     health: Optional[Health] = None,
     runners_: Optional[dict[str, Runner]] = None,
+    credentials: Optional[grpc.ServerCredentials] = None,
+    tokens: Optional[dict[str, Optional[str]]] = None,
 ) -> grpc.Server:
+    """One server process's gRPC server, started; TLS only with `credentials`; with `tokens` (role -> token, see
+    millrace.security) and a sidecar token among them, FunctionRuntime calls need that token."""
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -185,18 +190,49 @@ def serve_one(
         ("grpc.http2.min_ping_interval_without_data_ms", 1000),
         ("grpc.http2.max_ping_strikes", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="millrace"), options=options)
+    guarded = tokens and tokens.get("sidecar")
+    interceptors = [security.TokenInterceptor("sidecar", tokens, ("/millrace.v1.FunctionRuntime/",))] if guarded else []
+    pool = futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="millrace")
+    server = grpc.server(pool, options=options, interceptors=interceptors)
     health = health or Health()
     functions = runners_ if runners_ is not None else runners(registry, health)
     fr_grpc.add_FunctionRuntimeServicer_to_server(FunctionRuntime(functions, endpoints, health), server)
-    if server.add_insecure_port(f"{host}:{port}") == 0:
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}: is another sidecar running there? Pick another --port")
     server.start()
     return server
 
 
-def endpoints_for(advertise: str, port: int, processes: int) -> list[str]:
-    return [f"http://{advertise}:{port + i}" for i in range(processes)]
+def endpoints_for(advertise: str, port: int, processes: int, tls: bool = False) -> list[str]:
+    """The addresses Describe lists: https:// with TLS, so that the worker connects to each with TLS."""
+    scheme = "https" if tls else "http"
+    return [f"{scheme}://{advertise}:{port + i}" for i in range(processes)]
+
+
+class Settings:
+    """The TLS and token settings of the server processes, from the environment the supervisor sets for them (so
+    that no secret goes on a command line)."""
+
+    def __init__(self, env: Optional[dict] = None):
+        e = env if env is not None else os.environ
+        self.cert, self.key, self.client_ca = (e.get(k) or None for k in ("MILLRACE_TLS_CERT", "MILLRACE_TLS_KEY", "MILLRACE_TLS_CLIENT_CA"))
+        self.tokens = {role: security.token(role, e) for role in security.ROLES}
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.cert)
+
+    def credentials(self) -> Optional[grpc.ServerCredentials]:
+        """Raises security.SecurityError, naming the setting, when they cannot work."""
+        return security.server_credentials(self.cert, self.key, self.client_ca)
+
+    def describe(self) -> str:
+        """For the start line: what callers need, never a secret."""
+        parts = [("mutual TLS" if self.client_ca else "TLS") if self.tls else "plaintext"]
+        parts.append(f"calls need the sidecar token ({security.ROLES['sidecar']})" if self.tokens.get("sidecar") else "no token required")
+        return "; ".join(parts)
 
 
 class Supervisor:
@@ -207,8 +243,9 @@ class Supervisor:
     # A process that ran this long before exiting is restarted at once: its next failure starts the backoff again.
     STEADY = 30.0
 
-    def __init__(self, app: str, host: str, advertise: str, port: int, processes: int):
+    def __init__(self, app: str, host: str, advertise: str, port: int, processes: int, settings: Optional[Settings] = None):
         self.app, self.host, self.advertise, self.port, self.n = app, host, advertise, port, processes
+        self.settings = settings or Settings()
         self.children: list[Optional[subprocess.Popen]] = [None] * processes
         self.stopping = threading.Event()
 
@@ -230,7 +267,8 @@ class Supervisor:
         first = [True] * self.n
         for i in range(self.n):
             self.children[i] = self._start(i)
-        print(f"millrace sidecar: {self.n} process(es) on {', '.join(endpoints_for(self.advertise, self.port, self.n))}", flush=True)
+        listed = ", ".join(endpoints_for(self.advertise, self.port, self.n, self.settings.tls))
+        print(f"millrace sidecar: {self.n} process(es) on {listed} ({self.settings.describe()})", flush=True)
         while not self.stopping.wait(0.1):
             now = time.monotonic()
             for i, child in enumerate(self.children):
@@ -287,9 +325,11 @@ def run_child(registry: resources.Registry, host: str, advertise: str, port: int
                 stop.set()
 
     threading.Thread(target=orphaned, daemon=True).start()
+    settings = Settings()
     try:
-        server = serve_one(registry, host, port + index, endpoints_for(advertise, port, processes), health=health)
-    except OSError as e:
+        listed = endpoints_for(advertise, port, processes, settings.tls)
+        server = serve_one(registry, host, port + index, listed, health=health, credentials=settings.credentials(), tokens=settings.tokens)
+    except (OSError, security.SecurityError) as e:
         print(f"millrace: {e}", file=sys.stderr, flush=True)
         return CANNOT_LISTEN
     code = 0

@@ -25,6 +25,18 @@ CLICKHOUSE = os.environ.get("MILLRACE_CLICKHOUSE_URL", "http://127.0.0.1:8123")
 LOGS = Path(os.environ.get("MILLRACE_TEST_LOGS", "/tmp/millrace-test-logs"))
 WAIT = 60.0
 
+# A stream, a second one and a transform between them: the smallest app the client tests apply.
+ORDERS_APP = """
+from pydantic import BaseModel
+from millrace import Key, Stream
+class Order(BaseModel):
+    id: Key[str]
+    amount: int
+orders = Stream[Order]("orders")
+totals = Stream[Order]("totals")
+orders.add_transform(totals, lambda o: o)
+"""
+
 
 def free_port(count: int = 1) -> int:
     """The first of `count` consecutive free ports."""
@@ -90,7 +102,8 @@ class Stack:
         self.procs.append(p)
         return p
 
-    def start_control_plane(self) -> None:
+    def start_control_plane(self, *extra: str) -> None:
+        """`extra`: more flags (tokens, TLS)."""
         cmd = [
             str(BIN / "millrace-control-plane"),
             "--listen", self.control_plane,
@@ -99,6 +112,7 @@ class Stack:
             "--clickhouse-url", self.clickhouse_url,
             "--clickhouse-database", f"py_{self.id}",
             "--topic-namespace", self.namespace,
+            *extra,
         ]  # fmt: skip
         p = self._spawn("control-plane", cmd)
         wait_until("the control plane to listen", lambda: p.poll() is not None or port_open(self.cp_port))

@@ -9,21 +9,11 @@ from concurrent import futures
 
 import grpc
 import pytest
-from conftest import free_port, write_app
+from conftest import ORDERS_APP as APP, free_port, write_app
 
 from millrace import endpoints, loader
 from millrace.v1 import control_plane_pb2, control_plane_pb2_grpc, resources_pb2
 
-APP = """
-from pydantic import BaseModel
-from millrace import Key, Stream
-class Order(BaseModel):
-    id: Key[str]
-    amount: int
-orders = Stream[Order]("orders")
-totals = Stream[Order]("totals")
-orders.add_transform(totals, lambda o: o)
-"""
 
 
 def test_lists_parse_with_or_without_a_scheme():
@@ -33,6 +23,8 @@ def test_lists_parse_with_or_without_a_scheme():
         "cp.example:1",
     ]
     assert endpoints.parse("[::1]:50051") == ["[::1]:50051"]
+    # https:// means TLS (millrace.security); the target is the same host:port.
+    assert endpoints.parse_tls("https://cp.example:443,cp.example:1") == [("cp.example:443", True), ("cp.example:1", False)]
     assert endpoints.parse(endpoints.DEFAULT) == ["127.0.0.1:50051"]
 
 
@@ -40,7 +32,6 @@ def test_lists_parse_with_or_without_a_scheme():
     "text,bad,why",
     [
         ("127.0.0.1:50051,10.0.0.2", "10.0.0.2", "has no port"),
-        ("https://cp:443", "https://cp:443", "https"),
         ("ftp://cp:1", "ftp://cp:1", "scheme"),
         ("cp:1/api", "cp:1/api", "has a path"),
         ("cp:port", "cp:port", "is not a host and port"),
@@ -54,7 +45,7 @@ def test_a_bad_address_is_named_with_what_to_write(text, bad, why):
     with pytest.raises(endpoints.AddressError) as e:
         endpoints.parse(text)
     assert repr(bad) in str(e.value) and why in str(e.value), str(e.value)
-    assert "write host:port or http://host:port, several separated by commas" in str(e.value)
+    assert "write host:port, http://host:port or https://host:port (TLS), several separated by commas" in str(e.value)
 
 
 def test_an_empty_list_says_what_to_write():

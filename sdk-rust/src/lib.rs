@@ -105,11 +105,21 @@ pub struct Runtime {
     name: String,
     functions: BTreeMap<String, (bool, Arc<dyn Function>)>,
     max_message: usize,
+    /// Calls need the sidecar token once `MILLRACE_SIDECAR_TOKEN` is set (or `tokens` says so).
+    tokens: millrace_proto::auth::Tokens,
+    /// TLS when `MILLRACE_TLS_CERT` and `MILLRACE_TLS_KEY` are set (or `tls` says so).
+    tls: millrace_proto::tls::ServerTls,
 }
 
 impl Runtime {
     pub fn new(name: &str) -> Self {
-        Self { name: name.to_string(), functions: BTreeMap::new(), max_message: 64 << 20 }
+        Self {
+            name: name.to_string(),
+            functions: BTreeMap::new(),
+            max_message: 64 << 20,
+            tokens: millrace_proto::auth::Tokens::from_env(),
+            tls: millrace_proto::tls::ServerTls::from_env(),
+        }
     }
 
     fn add(mut self, name: &str, consumer: bool, f: impl Fn(&[u8]) -> Result<Vec<Bytes>, RecordError> + Send + Sync + 'static) -> Self {
@@ -170,6 +180,22 @@ impl Runtime {
         self
     }
 
+    /// The tokens calls are checked against (by default those of the environment: `MILLRACE_SIDECAR_TOKEN`, and
+    /// the other roles' to tell a wrong role from an unknown token).
+    pub fn tokens(mut self, tokens: millrace_proto::auth::Tokens) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// The TLS the sidecar serves (by default the environment's: `MILLRACE_TLS_CERT`, `MILLRACE_TLS_KEY`,
+    /// `MILLRACE_TLS_CLIENT_CA`).
+    pub fn tls(mut self, tls: millrace_proto::tls::ServerTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The bare service, without the token check or TLS of `serve` and `serve_with_listener`: only for a server
+    /// that authenticates calls itself.
     pub fn into_service(self) -> FunctionRuntimeServer<Self> {
         let max = self.max_message;
         FunctionRuntimeServer::new(self).max_decoding_message_size(max).max_encoding_message_size(64 << 20)
@@ -180,11 +206,19 @@ impl Runtime {
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), tonic::transport::Error> {
-        tonic::transport::Server::builder()
+    ) -> anyhow::Result<()> {
+        self.tokens.check_form().map_err(|e| anyhow::anyhow!(e))?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls.tonic()? {
+            builder = builder.tls_config(tls)?;
+        }
+        let auth = millrace_proto::auth::grpc_layer(self.tokens.clone(), millrace_proto::auth::sidecar_rules);
+        builder
+            .layer(auth)
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-            .await
+            .await?;
+        Ok(())
     }
 
     /// Serves on `addr` until Ctrl-C.
@@ -280,7 +314,9 @@ pub use millrace_proto::endpoints::{AddressError, Addresses, Failover};
 /// A client of the control plane, to apply plans or read what runs from Rust, over one address or several
 /// separated by commas as `MILLRACE_CONTROL_PLANE` takes them (`10.0.0.1:50051,http://10.0.0.2:50051`): each call
 /// goes to the address that last answered, and to the next one when it cannot connect, does not connect within
-/// 2 s or answers UNAVAILABLE. Connects on first use; call it within a tokio runtime.
+/// 2 s or answers UNAVAILABLE. Sends `MILLRACE_ADMIN_TOKEN` when set, and speaks TLS to `https://` addresses
+/// (verified with `MILLRACE_TLS_CA`, else the system's roots). Connects on first use; call it within a tokio
+/// runtime.
 ///
 /// ```no_run
 /// # async fn f() -> anyhow::Result<()> {
@@ -289,8 +325,10 @@ pub use millrace_proto::endpoints::{AddressError, Addresses, Failover};
 /// let workers = cp.list_workers(millrace_proto::v1::ListWorkersRequest {}).await?.into_inner().workers;
 /// # Ok(()) }
 /// ```
-pub fn control_plane(addresses: &str) -> Result<ControlPlaneClient<Failover>, AddressError> {
-    Ok(ControlPlaneClient::new(Failover::new(&Addresses::parse(addresses)?, |e| e)))
+pub fn control_plane(addresses: &str) -> anyhow::Result<ControlPlaneClient<Failover>> {
+    let tls = millrace_proto::tls::ClientTls::from_env().load()?;
+    let token = millrace_proto::auth::Tokens::from_env().admin_token;
+    Ok(ControlPlaneClient::new(Failover::new(&Addresses::parse(addresses)?, &tls, |e| e).token(token.as_ref())))
 }
 
 #[cfg(test)]

@@ -245,6 +245,11 @@ impl Worker {
 
     /// A worker with extra flags (which replace the tests' defaults of the same name), on another broker.
     pub fn start_on(brokers: &str, name: &str, control_plane: &str, sidecar: &str, extra: &[&str]) -> Self {
+        Self::start_env(brokers, name, control_plane, sidecar, extra, &[])
+    }
+
+    /// The same, with environment variables set for it.
+    pub fn start_env(brokers: &str, name: &str, control_plane: &str, sidecar: &str, extra: &[&str], vars: &[(&str, &str)]) -> Self {
         let defaults = [("--batch-linger-ms", "10"), ("--progress-interval-ms", "100")];
         let defaults = defaults.iter().filter(|(flag, _)| !extra.contains(flag)).flat_map(|(f, v)| [*f, *v]);
         let log_dir = std::env::temp_dir().join("millrace-test-logs");
@@ -257,6 +262,7 @@ impl Worker {
             .args(extra)
             // MILLRACE_TEST_WORKER_LOG=debug shows more when a test fails.
             .env("RUST_LOG", std::env::var("MILLRACE_TEST_WORKER_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -341,6 +341,7 @@ pub fn actions(r: &ApplyPlanResponse) -> Vec<(ResourceKind, String, ChangeAction
 // ---- data plane ------------------------------------------------------------------------------------------
 
 pub mod broker;
+pub mod certs;
 pub mod dataplane;
 pub mod http;
 pub mod proxy;

@@ -37,7 +37,7 @@ async fn applies_stuck_on_a_silent_broker_never_cost_a_worker_its_lease() {
         let started = Instant::now();
         let answer = tokio::time::timeout(
             Duration::from_secs(2),
-            coordinator.heartbeat(HeartbeatRequest { worker_id: reg.worker_id.clone(), generation: reg.generation }),
+            coordinator.heartbeat(HeartbeatRequest { worker_id: reg.worker_id.clone(), generation: reg.generation, session: reg.session.clone() }),
         )
         .await;
         match answer {

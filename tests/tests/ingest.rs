@@ -190,6 +190,12 @@ async fn every_bad_request_gets_its_code_and_writes_nothing() {
     assert_eq!(post(&khttp, "/ingest/events", &[JSON], br#"{"id":"k","v2":1}"#).await.status, 401);
     assert_eq!(post(&khttp, "/ingest/events", &[JSON, "Authorization: Bearer wrong"], br#"{"id":"k","v2":1}"#).await.status, 401);
     assert_eq!(post(&khttp, "/ingest/events", &[JSON, "Authorization: Bearer s3cret"], br#"{"id":"k","v2":1}"#).await.status, 200);
+    // The key's former variable still closes the API (an upgrade must not open it).
+    let old = format!("{}-old", env.id);
+    let _o = Worker::start_env(&kafka_brokers(), &old, &cp.addr, "default=http://127.0.0.1:1", &[], &[("MILLRACE_INGEST_API_KEY", "0ld-k3y")]);
+    let ohttp = http_of(&cp, &old).await;
+    assert_eq!(post(&ohttp, "/ingest/events", &[JSON], br#"{"id":"o","v2":1}"#).await.status, 401);
+    assert_eq!(post(&ohttp, "/ingest/events", &[JSON, "Authorization: Bearer 0ld-k3y"], br#"{"id":"o","v2":1}"#).await.status, 200);
     env.cleanup().await;
 }
 

@@ -97,17 +97,17 @@ async fn a_unit_declared_again_gets_an_epoch_above_any_it_had() {
         .expect("register")
         .into_inner();
     let heartbeats = {
-        let (mut c, worker_id, generation) = (coord.clone(), reg.worker_id.clone(), reg.generation);
+        let (mut c, worker_id, generation, session) = (coord.clone(), reg.worker_id.clone(), reg.generation, reg.session.clone());
         let every = Duration::from_millis(reg.heartbeat_interval_ms);
         tokio::spawn(async move {
             loop {
-                let _ = c.heartbeat(HeartbeatRequest { worker_id: worker_id.clone(), generation }).await;
+                let _ = c.heartbeat(HeartbeatRequest { worker_id: worker_id.clone(), generation, session: session.clone() }).await;
                 tokio::time::sleep(every).await;
             }
         })
     };
     let mut stream = coord
-        .watch_assignments(WatchAssignmentsRequest { worker_id: reg.worker_id.clone(), generation: reg.generation })
+        .watch_assignments(WatchAssignmentsRequest { worker_id: reg.worker_id.clone(), generation: reg.generation, session: reg.session.clone() })
         .await
         .expect("watch")
         .into_inner();
@@ -129,6 +129,7 @@ async fn a_unit_declared_again_gets_an_epoch_above_any_it_had() {
             worker_id: reg.worker_id.clone(),
             generation: reg.generation,
             units: vec![UnitProgress { unit_id: unit.into(), epoch: first, committed_offset: 5, lag: 0, ..Default::default() }],
+            session: reg.session.clone(),
         })
         .await
         .expect("report progress")

@@ -65,6 +65,8 @@ type Units = Arc<Mutex<HashMap<String, Running>>>;
 struct Session {
     worker_id: String,
     generation: u64,
+    /// The secret Register answered: every later call sends it (a worker id alone is no credential).
+    secret: String,
     fence: Arc<Fence>,
     units: Units,
     /// Units that left the set and finished: their next progress report lets go of them (`released`).
@@ -117,6 +119,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut client: Client, settings: Settings, sh
         let session = Arc::new(Session {
             worker_id: r.worker_id,
             generation: r.generation,
+            secret: r.session,
             fence: Arc::new(Fence { lease, producer, delivery_timeout }),
             units: Arc::default(),
             releasing: Arc::default(),
@@ -175,7 +178,7 @@ async fn stop_units(running: Vec<Running>, how: impl Fn(&UnitState), limit: Dura
 }
 
 async fn deregister(s: &Session, client: &mut Client) {
-    let req = DeregisterRequest { worker_id: s.worker_id.clone(), generation: s.generation };
+    let req = DeregisterRequest { worker_id: s.worker_id.clone(), generation: s.generation, session: s.secret.clone() };
     match tokio::time::timeout(CALL_TIMEOUT, client.deregister(req)).await {
         Ok(Ok(_)) => tracing::info!(worker_id = s.worker_id, "deregistered: units handed over"),
         Ok(Err(e)) => tracing::warn!(error = %e.message(), "deregistering failed: units move when the lease runs out"),
@@ -197,7 +200,7 @@ async fn heartbeat(s: Arc<Session>, mut client: Client) {
         let attempt = lease.interval().clamp(Duration::from_millis(200), CALL_TIMEOUT);
         // The deadline travels with the call, so that a control plane that does not answer within it is left: the
         // prompt retry goes to the next address (and a refused connection moves on within this attempt).
-        let mut req = tonic::Request::new(HeartbeatRequest { worker_id: s.worker_id.clone(), generation: s.generation });
+        let mut req = tonic::Request::new(HeartbeatRequest { worker_id: s.worker_id.clone(), generation: s.generation, session: s.secret.clone() });
         req.set_timeout(attempt);
         match tokio::time::timeout(attempt + Duration::from_millis(250), client.heartbeat(req)).await {
             Ok(Ok(r)) => {
@@ -248,7 +251,7 @@ async fn heartbeat(s: Arc<Session>, mut client: Client) {
 
 /// Follows the assignment stream until the lease is lost or the worker shuts down, reopening it when it breaks.
 async fn follow(s: &Session, ctx: &Arc<WorkerCtx>, client: &mut Client, shutdown: &CancellationToken) {
-    let req = WatchAssignmentsRequest { worker_id: s.worker_id.clone(), generation: s.generation };
+    let req = WatchAssignmentsRequest { worker_id: s.worker_id.clone(), generation: s.generation, session: s.secret.clone() };
     loop {
         let opened = tokio::select! {
             _ = s.over.cancelled() => return,
@@ -415,7 +418,7 @@ async fn report(s: &Session, client: &mut Client, ctx: &WorkerCtx, states: &[Arc
     if units.is_empty() {
         return;
     }
-    let req = ReportProgressRequest { worker_id: s.worker_id.clone(), generation: s.generation, units };
+    let req = ReportProgressRequest { worker_id: s.worker_id.clone(), generation: s.generation, units, session: s.secret.clone() };
     match tokio::time::timeout(CALL_TIMEOUT, client.report_progress(req)).await {
         Ok(Ok(resp)) => {
             let resp = resp.into_inner();

@@ -53,9 +53,6 @@ pub struct Config {
     /// acknowledgement, so this adds to each request's time.
     #[arg(long, env = "MILLRACE_INGEST_LINGER_MS", default_value_t = 1)]
     pub ingest_linger_ms: u64,
-    /// When set, ingest requests must send `Authorization: Bearer <key>` (401 otherwise).
-    #[arg(long, env = "MILLRACE_INGEST_API_KEY", hide_env_values = true)]
-    pub ingest_api_key: Option<String>,
     /// How often the worker reads the declared ingest APIs from the control plane (and at once on an unknown one).
     #[arg(long, env = "MILLRACE_CATALOG_REFRESH_MS", default_value_t = 2_000)]
     pub catalog_refresh_ms: u64,
@@ -104,6 +101,17 @@ pub struct Config {
     /// lease, so that nothing a unit queued is delivered after its lease could have passed to another worker.
     #[arg(long, env = "MILLRACE_PRODUCE_TIMEOUT_MS", default_value_t = 30_000)]
     pub produce_timeout_ms: u64,
+    /// Tokens: the ingest token is required of ingest requests once set; the worker token is sent to the control
+    /// plane and the sidecar token to the sidecars. The others, when set here too, only tell a wrong role (403)
+    /// from an unknown token (401).
+    #[command(flatten)]
+    pub tokens: millrace_proto::auth::Tokens,
+    /// TLS of the HTTP listener (ingest API, /metrics).
+    #[command(flatten)]
+    pub tls: millrace_proto::tls::ServerTls,
+    /// TLS of the calls to `https://` control planes and sidecars.
+    #[command(flatten)]
+    pub client_tls: millrace_proto::tls::ClientTls,
 }
 
 impl Config {

@@ -47,9 +47,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "--http-request-timeout-ms must exceed --http-body-timeout-ms plus twice --ingest-timeout-ms plus 5 s (the catalog lookup), so that no request is cut off after its records were written"
     );
     let max_in_flight_kib = (config.max_in_flight_bytes / 1024).clamp(1, u32::MAX as usize / 2) as u32;
+    let mut config = config;
+    // The ingest token's former variable still counts: an upgrade must not open an API that was closed.
+    if config.tokens.ingest_token.is_none() {
+        if let Some(key) = std::env::var("MILLRACE_INGEST_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
+            tracing::warn!("MILLRACE_INGEST_API_KEY is now MILLRACE_INGEST_TOKEN: using it as the ingest token; rename it");
+            config.tokens.ingest_token = Some(millrace_proto::auth::Secret::new(key.trim()));
+        }
+    }
+    config.tokens.check_form().map_err(|e| anyhow::anyhow!(e))?;
+    // Certificates are read now: a bad file stops the worker at start, naming it.
+    let client_tls = config.client_tls.load()?;
+    let server_tls = config.tls.rustls(vec![b"http/1.1".to_vec()])?;
     let ctx = Arc::new(unit::WorkerCtx {
         kafka_brokers: config.kafka_brokers.clone(),
-        sidecars: sidecar::Sidecars::new(&config.sidecars, Config::ms(config.sidecar_timeout_ms))?,
+        sidecars: sidecar::Sidecars::new(&config.sidecars, Config::ms(config.sidecar_timeout_ms), client_tls.clone(), config.tokens.sidecar_token.clone())?,
         clickhouse: clickhouse::ClickHouse::new(
             &config.clickhouse_url,
             &config.clickhouse_user,
@@ -71,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     // Every address gets its own channel; calls go to the one that last answered and move on when it fails.
     // Keepalive pings notice a control plane host that vanished without closing its connections.
-    let channel = Failover::new(&config.control_plane, |e| {
+    let channel = Failover::new(&config.control_plane, &client_tls, |e| {
         e.http2_keep_alive_interval(Duration::from_secs(2))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true)
@@ -79,14 +91,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     })
     // Every call the worker makes answers within a second or two (a stream: its opening), so one control plane
     // that accepts connections but does not answer costs a call this much, not the lease.
-    .attempt_timeout(assignments::ATTEMPT_TIMEOUT);
+    .attempt_timeout(assignments::ATTEMPT_TIMEOUT)
+    .token(config.tokens.worker_token.as_ref());
     let client = WorkerCoordinatorClient::new(channel.clone());
     let catalog = ingest::catalog::Catalog::new(ControlPlaneClient::new(channel), ctx.metrics.catalog_refreshes.clone());
     tokio::spawn(catalog.clone().follow(Config::ms(config.catalog_refresh_ms)));
     let ingest_settings = ingest::Settings {
         max_body_bytes: config.ingest_max_body_bytes,
         timeout: Config::ms(config.ingest_timeout_ms),
-        api_key: config.ingest_api_key.clone().filter(|k| !k.is_empty()),
         max_message_bytes: config.max_message_bytes,
         linger_ms: config.ingest_linger_ms,
     };
@@ -96,8 +108,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         body_timeout: Config::ms(config.http_body_timeout_ms),
         request_timeout: Config::ms(config.http_request_timeout_ms),
     };
-    metrics::serve(listener.into_std()?, config.http_threads, ctx.metrics.clone(), ingest.routes(), limits).context("starting the HTTP listener")?;
-    tracing::info!(http = http_address, control_plane = %config.control_plane, "worker starting");
+    // The ingest routes need the ingest token once it is set (a tower layer; /metrics and /healthz stay open).
+    let routes = ingest.routes().route_layer(millrace_proto::auth::http_layer(config.tokens.clone(), &[millrace_proto::auth::Role::Ingest]));
+    metrics::serve(listener.into_std()?, config.http_threads, ctx.metrics.clone(), routes, limits, server_tls).context("starting the HTTP listener")?;
+    tracing::info!(http = http_address, tls = config.tls.enabled(), tokens = config.tokens.summary(), control_plane = %config.control_plane, "worker starting");
     let settings = assignments::Settings {
         name: config.worker_name(),
         http_address,

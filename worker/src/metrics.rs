@@ -173,7 +173,15 @@ impl Default for Metrics {
 /// (one: a current-thread runtime), until the process ends. Apart from the units' runtime, a request's parsing, its
 /// hand-over to the producer and its wake-up on acknowledgement stay on one core: on two cores that alone made ingest
 /// 15-20% cheaper per record than sharing a work-stealing runtime (BENCHMARKS.md).
-pub fn serve(listener: std::net::TcpListener, threads: usize, metrics: Metrics, routes: axum::Router, limits: HttpLimits) -> std::io::Result<()> {
+/// With `tls`, it serves HTTPS only (rustls).
+pub fn serve(
+    listener: std::net::TcpListener,
+    threads: usize,
+    metrics: Metrics,
+    routes: axum::Router,
+    limits: HttpLimits,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> std::io::Result<()> {
     use axum::routing::get;
     let app = routes
         .route("/metrics", get(move || {
@@ -192,7 +200,15 @@ pub fn serve(listener: std::net::TcpListener, threads: usize, metrics: Metrics, 
     let runtime = builder.enable_all().thread_name("millrace-http").build()?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new().name("millrace-http".into()).spawn(move || {
-        let served = runtime.block_on(async move { axum::serve(tokio::net::TcpListener::from_std(listener)?, app).await });
+        let served = runtime.block_on(async move {
+            match tls {
+                None => axum::serve(tokio::net::TcpListener::from_std(listener)?, app).await,
+                Some(config) => {
+                    let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
+                    axum_server::from_tcp_rustls(listener, config)?.serve(app.into_make_service()).await
+                }
+            }
+        });
         if let Err(e) = served {
             tracing::error!(error = %e, "the HTTP listener failed: the ingest API and /metrics are down");
         }

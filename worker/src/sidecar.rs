@@ -10,7 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use millrace_proto::auth::{Secret, WithToken};
+use millrace_proto::tls;
+use tonic::transport::Endpoint;
+
+/// A connection to one sidecar process, sending the sidecar token with every call.
+type Channel = WithToken<tonic::transport::Channel>;
 use tonic::{Code, Streaming};
 
 /// The largest gRPC message a worker sends or takes; batches are kept below it by `--batch-max-bytes`.
@@ -51,6 +56,9 @@ pub struct Sidecars {
     /// The processes each sidecar listed in its last `Describe`.
     known: Arc<Mutex<HashMap<String, Vec<String>>>>,
     timeout: Duration,
+    /// TLS to `https://` sidecars, and the sidecar token.
+    tls: tls::Client,
+    token: Option<Secret>,
 }
 
 /// A function's open `Process` stream to one sidecar process. A unit keeps all its batches on one process while
@@ -84,13 +92,14 @@ fn client(channel: Channel) -> FunctionRuntimeClient<Channel> {
 
 impl Sidecars {
     /// Parses NAME=URL pairs; connections are made lazily, so a sidecar may start after the worker.
-    pub fn new(specs: &[String], timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(specs: &[String], timeout: Duration, tls: tls::Client, token: Option<Secret>) -> anyhow::Result<Self> {
         let mut channels = HashMap::new();
         for s in specs {
             let (name, url) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--sidecar {s:?} is not NAME=URL"))?;
-            channels.insert(name.to_string(), (url.to_string(), endpoint(url)?.connect_lazy()));
+            let channel = WithToken::new(endpoint(&tls, url)?.connect_lazy(), token.as_ref());
+            channels.insert(name.to_string(), (url.to_string(), channel));
         }
-        Ok(Self { channels, extra: Default::default(), known: Default::default(), timeout })
+        Ok(Self { channels, extra: Default::default(), known: Default::default(), timeout, tls, token })
     }
 
     /// The connection to one further process of a sidecar.
@@ -99,7 +108,7 @@ impl Sidecars {
         if let Some(c) = extra.get(url) {
             return Ok(c.clone());
         }
-        let c = endpoint(url).map_err(|e| format!("{url}: {e}"))?.connect_lazy();
+        let c = WithToken::new(endpoint(&self.tls, url).map_err(|e| format!("{url}: {e}"))?.connect_lazy(), self.token.as_ref());
         extra.insert(url.to_string(), c.clone());
         Ok(c)
     }
@@ -196,8 +205,8 @@ impl Sidecars {
     }
 }
 
-fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_string())?
+fn endpoint(tls: &tls::Client, url: &str) -> anyhow::Result<Endpoint> {
+    Ok(tls.endpoint(url)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))

@@ -10,6 +10,7 @@ mod publish;
 mod refusals;
 mod round;
 mod service;
+mod session;
 #[cfg(test)]
 mod tests;
 

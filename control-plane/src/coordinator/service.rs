@@ -20,13 +20,15 @@ impl WorkerCoordinator for Coordinator {
             return Err(Error::InvalidArgument("registration must be up to 64 letters, digits and dashes (a uuid)".into()).into());
         }
         let name: String = r.name.chars().take(200).collect();
+        let session = super::session::new_secret();
         // A registration made already (its answer lost) is answered again: same worker, same generation while its
         // lease holds (a new generation if it ran out: its units may have moved).
         let (worker_id, generation, lease_ms): (String, i64, i64) = sqlx::query_as(
             "WITH l AS (SELECT COALESCE((SELECT worker_lease_ms FROM leader), $4::bigint) AS ms)
-             INSERT INTO workers (worker_id, name, http_address, generation, lease_expires_at, registration)
-             SELECT $1, $2, $3, nextval('worker_generation'), now() + l.ms * interval '1 millisecond', NULLIF($5, '') FROM l
+             INSERT INTO workers (worker_id, name, http_address, generation, lease_expires_at, registration, session_hash)
+             SELECT $1, $2, $3, nextval('worker_generation'), now() + l.ms * interval '1 millisecond', NULLIF($5, ''), $6 FROM l
              ON CONFLICT (registration) DO UPDATE SET
+               session_hash = EXCLUDED.session_hash,
                generation = CASE WHEN workers.lease_expires_at > now() THEN workers.generation ELSE EXCLUDED.generation END,
                lease_expires_at = GREATEST(workers.lease_expires_at, EXCLUDED.lease_expires_at)
              RETURNING worker_id, generation, (SELECT ms FROM l)",
@@ -36,6 +38,7 @@ impl WorkerCoordinator for Coordinator {
         .bind(r.http_address.chars().take(200).collect::<String>())
         .bind(self.lease_ms())
         .bind(&r.registration)
+        .bind(super::session::hash(&session))
         .fetch_one(self.inner.store.pool())
         .await
         .map_err(Error::from)?;
@@ -47,11 +50,13 @@ impl WorkerCoordinator for Coordinator {
             generation: generation as u64,
             lease_ms: lease_ms as u64,
             heartbeat_interval_ms: Self::heartbeat_interval_ms(lease_ms),
+            session,
         }))
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
+        self.check_session(&r.worker_id, &r.session).await?;
         let renewed: Option<i64> = sqlx::query_scalar(
             "WITH l AS (SELECT COALESCE((SELECT worker_lease_ms FROM leader), $3::bigint) AS ms)
              UPDATE workers SET lease_expires_at = now() + (SELECT ms FROM l) * interval '1 millisecond'
@@ -81,6 +86,7 @@ impl WorkerCoordinator for Coordinator {
 
     async fn watch_assignments(&self, req: Request<WatchAssignmentsRequest>) -> Result<Response<AssignmentStream>, Status> {
         let r = req.into_inner();
+        self.check_session(&r.worker_id, &r.session).await?;
         self.check_live(&r.worker_id, r.generation).await?;
         let (tx, rx) = watch::channel(None);
         // A new stream replaces an older one of the same worker, and is sent the whole set.
@@ -103,6 +109,7 @@ impl WorkerCoordinator for Coordinator {
 
     async fn report_progress(&self, req: Request<ReportProgressRequest>) -> Result<Response<ReportProgressResponse>, Status> {
         let r = req.into_inner();
+        self.check_session(&r.worker_id, &r.session).await?;
         let ids: Vec<String> = r.units.iter().map(|u| u.unit_id.clone()).collect();
         let epochs: Vec<i64> = r.units.iter().map(|u| u.epoch as i64).collect();
         let offsets: Vec<i64> = r.units.iter().map(|u| u.committed_offset).collect();
@@ -186,6 +193,7 @@ impl WorkerCoordinator for Coordinator {
 
     async fn deregister(&self, req: Request<DeregisterRequest>) -> Result<Response<DeregisterResponse>, Status> {
         let r = req.into_inner();
+        self.check_session(&r.worker_id, &r.session).await?;
         let ended = sqlx::query(
             "UPDATE workers SET lease_expires_at = now() WHERE worker_id = $1 AND generation = $2 AND lease_expires_at > now()",
         )

@@ -192,7 +192,8 @@ async fn a_followers_watch_sends_the_stored_set_and_runs_no_round() {
     // What the leader's last round stored: a worker holding one unit at epoch 7, committed up to 42. The
     // definition is not one the follower could compute (nothing is declared): it must come from the row.
     let unit = WorkUnit { unit_id: "transform/t/0".into(), name: "t".into(), source_topic: "t_src".into(), ..Default::default() };
-    sqlx::query("INSERT INTO workers (worker_id, name, http_address, generation, lease_expires_at) VALUES ('w', 'w', '', 1, now() + interval '1 minute')")
+    sqlx::query("INSERT INTO workers (worker_id, name, http_address, generation, lease_expires_at, session_hash) VALUES ('w', 'w', '', 1, now() + interval '1 minute', $1)")
+        .bind(super::session::hash("s"))
         .execute(&pool)
         .await
         .unwrap();
@@ -204,7 +205,7 @@ async fn a_followers_watch_sends_the_stored_set_and_runs_no_round() {
 
     let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.unwrap();
     listener.listen("millrace_wake").await.unwrap();
-    let req = tonic::Request::new(WatchAssignmentsRequest { worker_id: "w".into(), generation: 1 });
+    let req = tonic::Request::new(WatchAssignmentsRequest { worker_id: "w".into(), generation: 1, session: "s".into() });
     let mut stream = cf.watch_assignments(req).await.expect("a follower serves WatchAssignments").into_inner();
     let first = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut stream)).await.expect("a set at once");
     let set = first.expect("the stream is open").expect("a set");
@@ -245,7 +246,7 @@ async fn workers_get_the_lease_the_leader_wrote_whatever_this_replicas_flag() {
         .into_inner();
     assert_eq!((reg.lease_ms, reg.heartbeat_interval_ms), (4000, 1000));
     let hb = follower
-        .heartbeat(tonic::Request::new(HeartbeatRequest { worker_id: reg.worker_id.clone(), generation: reg.generation }))
+        .heartbeat(tonic::Request::new(HeartbeatRequest { worker_id: reg.worker_id.clone(), generation: reg.generation, session: reg.session.clone() }))
         .await
         .unwrap()
         .into_inner();
@@ -277,7 +278,7 @@ async fn a_write_on_a_follower_goes_to_the_leader_or_says_who_it_was_and_to_try_
     // Forwarded once already: never again (two replicas that each think the other leads do not ping-pong).
     let again = forward::route(&follower, &pool, true, Duration::from_millis(200)).await;
     assert!(matches!(again, Err(Error::NotLeader(_))), "{again:?}");
-    let refused = forward::apply(&dead, ApplyPlanRequest::default(), Duration::from_secs(2)).await.expect_err("nothing answers there");
+    let refused = forward::apply(&dead, ApplyPlanRequest::default(), Duration::from_secs(2), &Default::default()).await.expect_err("nothing answers there");
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     assert!(refused.message().contains(&dead) && refused.message().contains("try again"), "{}", refused.message());
 
@@ -319,6 +320,7 @@ async fn an_apply_of_a_deposed_leader_records_nothing() {
         started: std::time::Instant::now(),
         forward_timeout: timeout,
         leader_wait: timeout,
+        via: Default::default(),
     };
     let field = |name: &str, key| Field {
         name: name.into(),
@@ -392,8 +394,20 @@ async fn a_retried_registration_is_the_same_worker() {
     let late = a.register(reg("4b1c0b1e-0000-4000-8000-000000000001")).await.unwrap().into_inner();
     assert_eq!(late.worker_id, first.worker_id);
     assert!(late.generation > first.generation, "{} after {}", late.generation, first.generation);
-    let stale = a.heartbeat(tonic::Request::new(HeartbeatRequest { worker_id: first.worker_id.clone(), generation: first.generation })).await;
-    assert!(stale.is_err(), "a heartbeat of the old generation was taken");
+    // Each answer has its own session: the retry's replaces the first's, which no longer works.
+    assert!(first.session != again.session && again.session != late.session && late.session.len() == 64);
+    let beat = |generation: u64, session: &str| {
+        tonic::Request::new(HeartbeatRequest { worker_id: first.worker_id.clone(), generation, session: session.into() })
+    };
+    let old = a.heartbeat(beat(late.generation, &first.session)).await.unwrap_err();
+    assert_eq!(old.code(), tonic::Code::PermissionDenied, "{old:?}");
+    // The generation fence holds on its own, with the current session.
+    let stale = a.heartbeat(beat(first.generation, &late.session)).await.unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "a heartbeat of the old generation was taken: {stale:?}");
+    a.heartbeat(beat(late.generation, &late.session)).await.expect("the current session and generation");
+    // A worker that sends no session (an older binary) is told to register again, not refused for good.
+    let none = a.heartbeat(beat(late.generation, "")).await.unwrap_err();
+    assert_eq!(none.code(), tonic::Code::FailedPrecondition, "{none:?}");
     let refused = a.register(reg("x'; DROP TABLE workers; --")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("letters, digits and dashes"), "{}", refused.message());

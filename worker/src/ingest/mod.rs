@@ -34,7 +34,6 @@ const UNKNOWN_API: &str = "-";
 pub struct Settings {
     pub max_body_bytes: usize,
     pub timeout: Duration,
-    pub api_key: Option<String>,
     pub max_message_bytes: usize,
     pub linger_ms: u64,
 }
@@ -49,8 +48,6 @@ pub struct Ingest {
 /// Why a request is refused; mapped to its HTTP answer in one place (`into_response`).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("missing or wrong API key: send `Authorization: Bearer <key>` with the worker's --ingest-api-key")]
-    Unauthorized,
     #[error("no ingest API {0}: {1}")]
     NotFound(String, String),
     #[error("the body is {0} bytes, over the limit of {1}: send fewer records per request (or raise --ingest-max-body-bytes)")]
@@ -117,7 +114,7 @@ impl Ingest {
         let started = Instant::now();
         // Labelled by the API found, never by the path asked for: paths are the client's, and each distinct label
         // is a series kept forever.
-        let (api, result) = match self.find(path, headers).await {
+        let (api, result) = match self.find(path).await {
             Ok(api) => {
                 let r = self.ingest(&api, headers, body).await;
                 (Some(api), r)
@@ -137,14 +134,8 @@ impl Ingest {
         }
     }
 
-    /// The API a request names, once its key is checked.
-    async fn find(&self, path: &str, headers: &HeaderMap) -> Result<Arc<Endpoint>, IngestError> {
-        if let Some(key) = &self.settings.api_key {
-            let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
-                return Err(IngestError::Unauthorized);
-            }
-        }
+    /// The API a request names (its token was checked by the listener's layer).
+    async fn find(&self, path: &str) -> Result<Arc<Endpoint>, IngestError> {
         match self.catalog.lookup(path).await {
             Found::Api(api) => Ok(api),
             Found::Unknown { known } => {
@@ -288,7 +279,6 @@ impl Ingest {
 impl IngestError {
     fn status(&self) -> StatusCode {
         match self {
-            IngestError::Unauthorized => StatusCode::UNAUTHORIZED,
             IngestError::NotFound(..) => StatusCode::NOT_FOUND,
             IngestError::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::UnsupportedType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -325,10 +315,6 @@ pub(crate) fn split(body: &[u8], ndjson: bool) -> Result<Vec<&[u8]>, IngestError
         return Ok(items.into_iter().map(|r| r.get().as_bytes()).collect());
     }
     Ok(vec![trimmed])
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
