@@ -129,6 +129,23 @@ async fn every_listener_wants_its_roles_token_over_tls_and_no_secret_is_logged()
     let mut follower = ControlPlaneClient::new(channel(&tls, &b.url()).await.unwrap());
     follower.apply_plan(with_token(ApplyPlanRequest { plan: Some(plan.clone()), ..Default::default() }, Some(ADMIN))).await.expect("an apply forwarded over TLS");
 
+    // The CLI: https addresses, the CA and a client certificate, the admin token from its variable.
+    let cli = |token: Option<&str>| {
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = std::process::Command::new(exe.parent().unwrap().parent().unwrap().join("millrace"));
+        cmd.args(["ls", "--control-plane", &format!("{},{}", b.url(), a.url())]).args(certs.client_flags()).env_remove("MILLRACE_ADMIN_TOKEN");
+        if let Some(t) = token {
+            cmd.env("MILLRACE_ADMIN_TOKEN", t);
+        }
+        let out = cmd.output().expect("run millrace");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, listed, _) = cli(Some(ADMIN));
+    assert!(ok && listed.contains("src_to_out"), "millrace ls over TLS with the admin token: {listed}");
+    let (ok, _, refused) = cli(None);
+    assert!(!ok && refused.contains("MILLRACE_ADMIN_TOKEN"), "millrace ls without a token: {refused}");
+    answers.push(refused);
+
     // A sidecar (the Rust SDK's) with TLS and the tokens, and a worker calling everything over TLS.
     let sidecar_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sidecar_url = format!("https://{}", sidecar_listener.local_addr().unwrap());
