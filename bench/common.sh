@@ -17,3 +17,14 @@ start_broker() {
   pids+=("$broker_pid")
   wait_port "$port"
 }
+
+# A CA (ca.pem) and a certificate for 127.0.0.1 it signed (tls.pem, tls.key) in $1: rustls takes no self-signed
+# CA certificate as a server's own.
+make_certs() {
+  local d=$1
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=millrace-bench-ca -keyout "$d/ca.key" -out "$d/ca.pem" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout "$d/tls.key" -out "$d/tls.csr" >/dev/null 2>&1
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$d/tls.ext"
+  openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 1 -extfile "$d/tls.ext" \
+    -out "$d/tls.pem" >/dev/null 2>&1
+}

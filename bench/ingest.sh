@@ -51,8 +51,7 @@ worker_pid=$!
 wait_port "$hport"
 if [ "${BENCH_TLS:-0}" = 1 ]; then
   # A second worker: HTTPS (a self-signed certificate for 127.0.0.1) and an ingest token.
-  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
-    -keyout "$out/tls.key" -out "$out/tls.pem" >/dev/null 2>&1
+  make_certs "$out"
   export BENCH_TOKEN=bench-ingest-token PEER_INGEST_LUA=$PEER/ingest.lua
   tport=$(free_port)
   RUST_LOG=warn "$bin"/millrace-worker --control-plane http://127.0.0.1:$cport --kafka-brokers "$BROKER" \

@@ -40,11 +40,10 @@ start_broker
 # BENCH_TLS=1: the worker calls both sidecars over TLS (a self-signed certificate for 127.0.0.1) with a sidecar token.
 scheme=http sidecar_env=() tls_flags=()
 if [ "${BENCH_TLS:-0}" = 1 ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
-    -keyout "$out/tls.key" -out "$out/tls.pem" >/dev/null 2>&1
+  make_certs "$out"
   scheme=https
   sidecar_env=(MILLRACE_TLS_CERT="$out/tls.pem" MILLRACE_TLS_KEY="$out/tls.key" MILLRACE_SIDECAR_TOKEN=bench-sidecar-token)
-  tls_flags=(--tls-ca "$out/tls.pem" --sidecar-token bench-sidecar-token)
+  tls_flags=(--tls-ca "$out/ca.pem" --sidecar-token bench-sidecar-token)
 fi
 
 cport=$(free_port) rport=$(free_port) hport=$(free_port)

@@ -154,7 +154,8 @@ async fn every_listener_wants_its_roles_token_over_tls_and_no_secret_is_logged()
         tls_key: Some(certs.server_key.clone()),
         tls_client_ca: Some(certs.ca.clone()),
     };
-    let sidecar_tokens = millrace_proto::auth::Tokens { sidecar_token: Some(Secret::new(SIDECAR)), ..Default::default() };
+    // Like the Python sidecar, it keeps the ingest token (a function may send()): another role's token here.
+    let sidecar_tokens = millrace_proto::auth::Tokens { sidecar_token: Some(Secret::new(SIDECAR)), ingest_token: Some(Secret::new(INGEST)), ..Default::default() };
     let rt = runtime(Arc::new(AtomicU64::new(0))).tls(sidecar_tls).tokens(sidecar_tokens);
     let sidecar = tokio::spawn(rt.serve_with_listener(sidecar_listener, std::future::pending()));
     let name = format!("{}-secure", env.id);
@@ -175,7 +176,7 @@ async fn every_listener_wants_its_roles_token_over_tls_and_no_secret_is_logged()
 
     // The sidecar: the sidecar token only.
     let mut side = FunctionRuntimeClient::new(channel(&tls, &sidecar_url).await.unwrap());
-    for (token, want) in [(None, Code::Unauthenticated), (Some("wrong"), Code::Unauthenticated), (Some(WORKER), Code::Unauthenticated)] {
+    for (token, want) in [(None, Code::Unauthenticated), (Some("wrong"), Code::Unauthenticated), (Some(WORKER), Code::Unauthenticated), (Some(INGEST), Code::PermissionDenied)] {
         let s = side.describe(with_token(DescribeRequest {}, token)).await.unwrap_err();
         assert_eq!(s.code(), want, "Describe with {token:?}: {s:?}");
         answers.push(s.message().to_string());
